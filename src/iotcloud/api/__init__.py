@@ -1,0 +1,1 @@
+"""HTTP and WebSocket edges: parse, call a service, render the dialect's shapes."""

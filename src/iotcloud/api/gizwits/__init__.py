@@ -1,0 +1,1 @@
+"""The Gizwits Open API dialect (``/app/...``, ``/dev/...``, ``/ws/app/v1``)."""

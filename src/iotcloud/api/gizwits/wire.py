@@ -1,0 +1,94 @@
+"""Gizwits wire helpers: body decoding with field-naming errors, headers, JSON responses."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response
+
+from iotcloud.errors import FormInvalid, IotCloudError
+
+T = TypeVar("T")
+
+APP_ID = "X-Gizwits-Application-Id"
+USER_TOKEN = "X-Gizwits-User-token"  # noqa: S105 - a header name
+APP_TOKEN = "X-Gizwits-Application-Token"  # noqa: S105 - a header name
+APP_AUTH = "X-Gizwits-Application-Auth"
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+_AT = re.compile(r" - at `\$\.?(.*)`$")
+
+
+def json_response(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    return Response(
+        content=_encoder.encode(content),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_body(error: IotCloudError) -> dict[str, Any]:
+    return {
+        "error_code": error.code,
+        "error_message": error.message,
+        "detail_message": error.detail,
+    }
+
+
+async def json_object(
+    request: Request[Any, Any, Any], *, allow_empty: bool = False
+) -> dict[str, Any]:
+    """The request body as a JSON object, whatever Content-Type the client claimed.
+
+    Raises ``FormInvalid`` naming the problem (empty body, malformed JSON, not an object).
+    """
+    body = await request.body()
+    if not body.strip():
+        if allow_empty:
+            return {}
+        raise FormInvalid("body: a JSON object is required")
+    try:
+        value = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise FormInvalid(f"body: malformed JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise FormInvalid("body: must be a JSON object")
+    return value
+
+
+def convert(data: dict[str, Any], form: type[T]) -> T:
+    """Convert a decoded object into ``form`` (a msgspec Struct), naming the offending field."""
+    try:
+        return msgspec.convert(data, form)
+    except msgspec.ValidationError as exc:
+        raise FormInvalid(describe_validation_error(str(exc))) from exc
+
+
+def describe_validation_error(message: str) -> str:
+    """Turn msgspec's wording into ``field: problem``."""
+    missing = re.match(r"Object missing required field `(.+?)`(?: - at `\$\.?(.*)`)?$", message)
+    if missing:
+        return _path(missing.group(2), missing.group(1)) + ": is required"
+    unknown = re.match(r"Object contains unknown field `(.+?)`(?: - at `\$\.?(.*)`)?$", message)
+    if unknown:
+        return _path(unknown.group(2), unknown.group(1)) + ": unknown field"
+    at = _AT.search(message)
+    field = at.group(1) if at else "body"
+    text = _AT.sub("", message)
+    text = text[0].lower() + text[1:] if text else "invalid"
+    return f"{field or 'body'}: {text.replace('`', '')}"
+
+
+def _path(prefix: str | None, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def header(request: Request[Any, Any, Any], name: str) -> str | None:
+    value = request.headers.get(name)
+    return value.strip() if value is not None else None

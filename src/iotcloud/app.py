@@ -1,0 +1,144 @@
+"""Composition root: builds the components for a role and owns their lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from litestar import Litestar
+from litestar.middleware import DefineMiddleware
+
+from iotcloud.api.errors import EXCEPTION_HANDLERS
+from iotcloud.api.gizwits import accounts as gizwits_accounts
+from iotcloud.api.gizwits import reset_page, system
+from iotcloud.api.throttle import ThrottleMiddleware, TokenBuckets
+from iotcloud.config import ConfigError, Settings
+from iotcloud.domain.clock import Clock, SystemClock
+from iotcloud.notify.captcha import CaptchaRenderer
+from iotcloud.notify.mail import Mailer, OutboxMailer, SmtpMailer, SmtpTarget
+from iotcloud.notify.oauth import ThirdPartyVerifier, parse_providers
+from iotcloud.notify.sms import OutboxSmsSender, SmsSender, WebhookSmsSender
+from iotcloud.services.accounts import AccountService
+from iotcloud.services.apps import AppService
+from iotcloud.services.credentials import PasswordHasher
+from iotcloud.services.password_reset import PasswordResetService
+from iotcloud.services.registry import Services
+from iotcloud.services.verification import VerificationService
+from iotcloud.storage.accounts import AppTokenRepository, CodeRepository, UserTokenRepository
+from iotcloud.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL = 600.0
+MAX_BODY_BYTES = 256 * 1024
+
+
+def build_mailer(settings: Settings) -> Mailer:
+    if settings.smtp_url:
+        try:
+            target = SmtpTarget.parse(settings.smtp_url)
+        except ValueError as exc:
+            raise ConfigError(f"IOTCLOUD_SMTP_URL: {exc}") from exc
+        return SmtpMailer(target, settings.mail_from)
+    return OutboxMailer(settings.outbox_dir / "mail", settings.mail_from)
+
+
+def build_sms(settings: Settings, http: httpx.AsyncClient) -> SmsSender:
+    if settings.sms_webhook_url:
+        return WebhookSmsSender(settings.sms_webhook_url, http)
+    return OutboxSmsSender(settings.outbox_dir / "sms.jsonl")
+
+
+@asynccontextmanager
+async def running_services(
+    settings: Settings, clock: Clock | None = None, *, migrate: bool = True
+) -> AsyncIterator[Services]:
+    """Enter every component on one exit stack and yield the services built on them."""
+    clock = clock or SystemClock()
+    try:
+        providers = parse_providers(settings.auth_providers)
+    except ValueError as exc:
+        raise ConfigError(f"IOTCLOUD_AUTH_PROVIDERS: {exc}") from exc
+    async with AsyncExitStack() as stack:
+        db = await stack.enter_async_context(Database(settings.resolved_database_url))
+        if migrate:
+            await db.migrate()
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=settings.auth_provider_timeout, follow_redirects=False)
+        )
+        mailer = build_mailer(settings)
+        hasher = PasswordHasher(
+            settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+        )
+        apps = AppService(db, clock)
+        verification = VerificationService(
+            db, apps, clock, settings, build_sms(settings, http), CaptchaRenderer()
+        )
+        accounts = AccountService(
+            db, clock, settings, hasher, verification, ThirdPartyVerifier(providers, http), mailer
+        )
+        resets = PasswordResetService(db, clock, settings, hasher, verification, mailer)
+        services = Services(
+            settings=settings,
+            apps=apps,
+            accounts=accounts,
+            verification=verification,
+            password_reset=resets,
+        )
+        async with asyncio.TaskGroup() as tasks:
+            housekeeping = tasks.create_task(_housekeeping(db, clock), name="housekeeping")
+            try:
+                yield services
+            finally:
+                housekeeping.cancel()
+
+
+async def _housekeeping(db: Database, clock: Clock) -> None:
+    """Drop expired tokens, captchas, codes and reset links, every few minutes."""
+    failing = False
+    while True:
+        try:
+            async with db.session() as session:
+                now = clock.now()
+                removed = (
+                    await UserTokenRepository(session).purge_expired(now)
+                    + await AppTokenRepository(session).purge_expired(now)
+                    + await CodeRepository(session).purge_expired(now)
+                )
+            if failing:
+                log.info("housekeeping recovered")
+                failing = False
+            if removed:
+                log.debug("housekeeping removed %d expired rows", removed)
+        except Exception:  # keep the loop alive; log the failure once, and its recovery once
+            if not failing:
+                log.exception("housekeeping failed; will retry")
+                failing = True
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+
+def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
+    """The ASGI application for the ``api`` role; components start with its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with running_services(settings, clock) as services:
+            app.state.services = services
+            log.info("iotcloud HTTP API ready on %s", settings.base_url)
+            yield
+        log.info("iotcloud stopped")
+
+    per_address = TokenBuckets(settings.rate_limit_per_address, settings.rate_limit_burst_seconds)
+    per_app = TokenBuckets(settings.rate_limit_per_app, settings.rate_limit_burst_seconds)
+    return Litestar(
+        route_handlers=[*system.ROUTES, *gizwits_accounts.ROUTES, *reset_page.ROUTES],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[DefineMiddleware(ThrottleMiddleware, per_address=per_address, per_app=per_app)],
+        lifespan=[lifespan],
+        openapi_config=None,
+        request_max_body_size=MAX_BODY_BYTES,
+        logging_config=None,
+    )

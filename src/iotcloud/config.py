@@ -1,0 +1,201 @@
+"""Settings: one typed object, read once from ``IOTCLOUD_*`` environment variables.
+
+CLI flags of the same name override the environment. The object is passed explicitly to the
+components that need it; nothing reads the environment after start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+Environment = Literal["production", "development"]
+
+ENV_PREFIX = "IOTCLOUD_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or unsafe for the chosen environment."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server. Field ``x`` is read from ``IOTCLOUD_X``.
+
+    Durations are in seconds, rates in requests per second (0 disables a limit).
+    """
+
+    http_host: str = "0.0.0.0"  # noqa: S104 - a server is meant to listen on all interfaces
+    http_port: int = 8080
+    mqtt_port: int = 1883
+    data_dir: Path = Path("./data")
+    database_url: str = ""  # empty: SQLite file in the data dir
+    mqtt_url: str = ""  # empty: the embedded broker
+    public_host: str = "localhost"
+    public_url: str = ""  # empty: http://{public_host}:{http_port}
+    timezone: str = "UTC"
+    env: Environment = "production"
+    log_level: str = "INFO"
+
+    # accounts
+    user_token_ttl: int = 7 * 86400
+    user_tokens_per_user: int = 100
+    app_token_ttl: int = 2 * 3600
+    password_min_length: int = 6
+    # argon2id cost (OWASP minimum profile by default: 19 MiB, 2 passes, 1 lane)
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19456
+    argon2_parallelism: int = 1
+
+    # verification codes
+    sms_code_ttl: int = 600
+    sms_code_length: int = 6
+    sms_code_max_attempts: int = 5
+    sms_sends_per_phone_per_hour: int = 5
+    captcha_ttl: int = 300
+    captcha_length: int = 4
+    dev_captcha_code: str = ""
+    password_reset_ttl: int = 3600
+
+    # notification providers
+    sms_webhook_url: str = ""  # empty: append to <data dir>/outbox/sms.jsonl
+    smtp_url: str = ""  # empty: write .eml files to <data dir>/outbox/mail/
+    mail_from: str = "iotcloud <no-reply@localhost>"
+    # third-party sign-in: {"qq": {"url": "...", "kind": "qq"}, "wechat": "https://..."}
+    auth_providers: Mapping[str, Any] = field(default_factory=dict)
+    auth_provider_timeout: float = 5.0
+
+    # throttling (token buckets; 0 disables)
+    rate_limit_per_app: float = 1000.0
+    rate_limit_per_address: float = 100.0
+    rate_limit_burst_seconds: float = 2.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy async URL: the configured one, else a SQLite file in the data dir."""
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'iotcloud.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        """Where apps and browsers reach this server's HTTP API (no trailing slash)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.public_host}:{self.http_port}"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), then ``overrides``.
+
+        Overrides whose value is ``None`` are ignored (an unset CLI flag). Raises ``ConfigError``
+        for a malformed value or an unsafe combination.
+        """
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, hints[f.name], raw)
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name not in hints:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = _parse(name, hints[name], value) if isinstance(value, str) else value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse malformed values and insecure settings outside development."""
+        if self.env not in get_args(Environment):
+            raise ConfigError(f"IOTCLOUD_ENV must be production or development, not {self.env!r}")
+        if self.dev_captcha_code and not self.is_development:
+            raise ConfigError(
+                "IOTCLOUD_DEV_CAPTCHA_CODE fixes every captcha answer and is refused in "
+                "production; unset it or run with IOTCLOUD_ENV=development"
+            )
+        for name in ("http_port", "mqtt_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"IOTCLOUD_{name.upper()} must be a TCP port, not {port}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"IOTCLOUD_TIMEZONE {self.timezone!r} is not an IANA zone") from exc
+        positive = (
+            "user_token_ttl",
+            "app_token_ttl",
+            "sms_code_ttl",
+            "captcha_ttl",
+            "password_reset_ttl",
+            "sms_code_max_attempts",
+            "sms_code_length",
+            "captcha_length",
+            "password_min_length",
+            "user_tokens_per_user",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"IOTCLOUD_{name.upper()} must be positive")
+        for name in (
+            "rate_limit_per_app",
+            "rate_limit_per_address",
+            "sms_sends_per_phone_per_hour",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"IOTCLOUD_{name.upper()} must not be negative")
+        if not isinstance(self.auth_providers, Mapping):
+            raise ConfigError("IOTCLOUD_AUTH_PROVIDERS must be a JSON object")
+
+
+def normalize_database_url(url: str) -> str:
+    """Map plain ``postgresql://`` and ``sqlite://`` URLs onto their async drivers."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def _parse(name: str, hint: Any, raw: str) -> Any:
+    kind = hint if isinstance(hint, type) else getattr(hint, "__origin__", None)
+    try:
+        if hint is bool:
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            return lowered in {"1", "true", "yes", "on"}
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is Path:
+            return Path(raw)
+        if kind is Mapping or str(hint).startswith("collections.abc.Mapping"):
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+            return value
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"IOTCLOUD_{name.upper()}: cannot read {raw!r} ({exc})") from exc
+    return raw

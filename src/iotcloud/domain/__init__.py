@@ -1,0 +1,1 @@
+"""Pure domain rules: no web, database or MQTT imports."""

@@ -1,0 +1,191 @@
+"""One error root with stable codes, and the Gizwits code table (code -> HTTP status, message).
+
+Services raise subclasses of :class:`IotCloudError`; each API dialect renders them once. Nothing
+outside ``api/`` raises HTTP exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+
+class ErrorSpec(NamedTuple):
+    status: int
+    message: str
+
+
+#: The Gizwits Open API error table, verbatim from the seed document.
+GIZWITS_ERRORS: dict[int, ErrorSpec] = {
+    9001: ErrorSpec(400, "mac already registered!"),
+    9002: ErrorSpec(400, "product_key invalid"),
+    9003: ErrorSpec(400, "appid invalid"),
+    9004: ErrorSpec(400, "token invalid"),
+    9005: ErrorSpec(400, "user not exist"),
+    9006: ErrorSpec(400, "token expired"),
+    9007: ErrorSpec(400, "m2m_id invalid"),
+    9008: ErrorSpec(500, "server error"),
+    9009: ErrorSpec(400, "code expired"),
+    9010: ErrorSpec(400, "code invalid"),
+    9011: ErrorSpec(400, "sandbox scale quota exhausted!"),
+    9012: ErrorSpec(400, "production scale quota exhausted!"),
+    9013: ErrorSpec(400, "product has no request scale!"),
+    9014: ErrorSpec(404, "device not found!"),
+    9015: ErrorSpec(400, "form invalid!"),
+    9016: ErrorSpec(400, "did or passcode invalid!"),
+    9017: ErrorSpec(401, "device not bound!"),
+    9018: ErrorSpec(400, "phone unavailable!"),
+    9019: ErrorSpec(400, "username unavailable!"),
+    9020: ErrorSpec(400, "username or password error!"),
+    9021: ErrorSpec(400, "send command failed!"),
+    9022: ErrorSpec(400, "email unavailable!"),
+    9023: ErrorSpec(400, "device is disabled!"),
+    9024: ErrorSpec(400, "fail to notify m2m!"),
+    9025: ErrorSpec(400, "attr invalid!"),
+    9026: ErrorSpec(400, "user invalid!"),
+    9027: ErrorSpec(404, "firmware not found!"),
+    9028: ErrorSpec(404, "JD product info not found!"),
+    9029: ErrorSpec(400, "datapoint data not found!"),
+    9030: ErrorSpec(404, "scheduler not found!"),
+    9031: ErrorSpec(400, "qq oauth key invalid!"),
+    9032: ErrorSpec(400, "ota upgrade service OK, but in idle or disable!"),
+    9033: ErrorSpec(400, "bt firmware unverified, except verify device!"),
+    9034: ErrorSpec(404, "bt firmware is OK, but nothing to upgrade!"),
+    9035: ErrorSpec(500, "Save kairosdb error!"),
+    9036: ErrorSpec(400, "event not defined!"),
+    9037: ErrorSpec(400, "send sms failed!"),
+    9038: ErrorSpec(400, "X-Gizwits-Application-Auth invalid!"),
+    9039: ErrorSpec(403, "Not allowed to call deprecated API!"),
+    9040: ErrorSpec(400, "bad qrcode content!"),
+    9041: ErrorSpec(429, "request was throttled"),
+    9042: ErrorSpec(400, "device offline!"),
+    9043: ErrorSpec(400, "X-Gizwits-Timestamp invalid!"),
+    9044: ErrorSpec(400, "X-Gizwits-Signature invalid!"),
+    9045: ErrorSpec(400, "API deprecated!"),
+    9999: ErrorSpec(400, "reserved"),
+}
+
+
+class IotCloudError(Exception):
+    """Root of every error a client can see. ``code`` is the stable Gizwits code.
+
+    ``detail`` names the problem for humans (the Gizwits ``detail_message``).
+    """
+
+    code: ClassVar[int] = 9999
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.message)
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        return GIZWITS_ERRORS[self.code].message
+
+    @property
+    def http_status(self) -> int:
+        return GIZWITS_ERRORS[self.code].status
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code}, detail={self.detail!r})"
+
+
+class ProductKeyInvalid(IotCloudError):
+    code = 9002
+
+
+class AppIdInvalid(IotCloudError):
+    code = 9003
+
+
+class TokenInvalid(IotCloudError):
+    code = 9004
+
+
+class UserNotFound(IotCloudError):
+    code = 9005
+
+
+class TokenExpired(IotCloudError):
+    code = 9006
+
+
+class ServerError(IotCloudError):
+    code = 9008
+
+
+class CodeExpired(IotCloudError):
+    code = 9009
+
+
+class CodeInvalid(IotCloudError):
+    code = 9010
+
+
+class DeviceNotFound(IotCloudError):
+    code = 9014
+
+
+class FormInvalid(IotCloudError):
+    """Body, query or headers do not match the endpoint's form; the detail names the field."""
+
+    code = 9015
+
+
+class DeviceNotBound(IotCloudError):
+    code = 9017
+
+
+class PhoneUnavailable(IotCloudError):
+    code = 9018
+
+
+class UsernameUnavailable(IotCloudError):
+    code = 9019
+
+
+class LoginFailed(IotCloudError):
+    code = 9020
+
+
+class EmailUnavailable(IotCloudError):
+    code = 9022
+
+
+class AttrInvalid(IotCloudError):
+    code = 9025
+
+
+class UserInvalid(IotCloudError):
+    code = 9026
+
+
+class ThirdPartyAuthInvalid(IotCloudError):
+    code = 9031
+
+
+class SmsSendFailed(IotCloudError):
+    code = 9037
+
+
+class AppAuthInvalid(IotCloudError):
+    code = 9038
+
+
+class Throttled(IotCloudError):
+    """Too many requests; ``retry_after`` (seconds) is sent as the ``Retry-After`` header."""
+
+    code = 9041
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class NothingChanged(IotCloudError):
+    """``PUT /app/users`` whose values equal the stored ones (Gizwits answers 9999)."""
+
+    code = 9999
+
+
+class MailSendFailed(ServerError):
+    """The mail provider refused or could not be reached."""

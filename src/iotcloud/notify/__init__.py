@@ -1,0 +1,1 @@
+"""Outbound notifications (SMS, e-mail), captcha images and third-party sign-in verifiers."""

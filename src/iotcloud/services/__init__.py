@@ -1,0 +1,1 @@
+"""Use cases combining domain rules, storage and the outside world (gateway, notifications)."""

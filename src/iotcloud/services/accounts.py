@@ -1,0 +1,435 @@
+"""App users: sign-up in every Gizwits variant, sign-in, tokens, profile changes, logout."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from iotcloud.config import Settings
+from iotcloud.domain import accounts as rules
+from iotcloud.domain.clock import Clock
+from iotcloud.errors import (
+    EmailUnavailable,
+    FormInvalid,
+    IotCloudError,
+    LoginFailed,
+    NothingChanged,
+    PhoneUnavailable,
+    TokenExpired,
+    TokenInvalid,
+    UserInvalid,
+    UsernameUnavailable,
+    UserNotFound,
+)
+from iotcloud.notify.mail import Mail, Mailer
+from iotcloud.notify.oauth import ThirdPartyIdentity, ThirdPartyVerifier
+from iotcloud.services.apps import App
+from iotcloud.services.credentials import PasswordHasher, digest, new_token, new_uid
+from iotcloud.services.verification import VerificationService
+from iotcloud.storage.accounts import UserRepository, UserTokenRepository
+from iotcloud.storage.database import Database
+from iotcloud.storage.models import UserRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """What sign-up and sign-in return: ``expire_at`` in Unix seconds."""
+
+    uid: str
+    token: str
+    expire_at: int
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    """The user behind a request's user token."""
+
+    app_id: int
+    user_id: int
+    uid: str
+    token_digest: str
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    uid: str
+    is_anonymous: bool
+    username: str | None
+    phone: str | None
+    email: str | None
+    name: str | None
+    gender: str | None
+    birthday: str | None
+    address: str | None
+    lang: str | None
+    remark: str | None
+
+
+@dataclass(frozen=True)
+class UserChange:
+    """A ``PUT /app/users`` body; ``None`` means the field was not sent."""
+
+    username: str | None = None
+    password: str | None = None
+    phone: str | None = None
+    code: str | None = None
+    old_pwd: str | None = None
+    new_pwd: str | None = None
+    email: str | None = None
+    profile: Mapping[str, str] = field(default_factory=dict)
+
+
+def _checked(check: Callable[[str], str], value: str) -> str:
+    try:
+        return check(value)
+    except rules.FieldInvalid as exc:
+        raise FormInvalid(str(exc)) from exc
+
+
+class AccountService:
+    """Every operation is one unit of work: a failure leaves no user, token or used code behind."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        settings: Settings,
+        hasher: PasswordHasher,
+        codes: VerificationService,
+        third_party: ThirdPartyVerifier,
+        mailer: Mailer,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.settings = settings
+        self.hasher = hasher
+        self.codes = codes
+        self.third_party = third_party
+        self.mailer = mailer
+
+    # -- sign-up ------------------------------------------------------------------------------
+
+    async def create_anonymous(
+        self, app: App, phone_id: str, lang: str | None = None
+    ) -> IssuedToken:
+        """Idempotent per ``phone_id``: the same phone_id always maps to the same uid."""
+        phone_id = _checked(rules.check_phone_id, phone_id)
+        for _ in range(2):  # a concurrent create of the same phone_id wins once; then we find it
+            try:
+                async with self.db.session() as session:
+                    users = UserRepository(session)
+                    user = await users.by_field(app.id, "phone_id", phone_id)
+                    if user is None:
+                        user = await users.save(
+                            self._new_user(app, phone_id=phone_id, is_anonymous=True, lang=lang)
+                        )
+                    return await self._issue(session, user)
+            except UsernameUnavailable:
+                continue
+        raise UserInvalid("phone_id is being registered concurrently; retry")
+
+    async def create_with_username(
+        self, app: App, username: str, password: str, lang: str | None = None
+    ) -> IssuedToken:
+        username = _checked(rules.check_username, username)
+        password_hash = await self._hash_new(password, "password")
+        async with self.db.session() as session:
+            users = UserRepository(session)
+            if await users.identity_taken(app.id, "username", username):
+                raise UsernameUnavailable(f"username {username} is taken")
+            user = await users.save(
+                self._new_user(app, username=username, password_hash=password_hash, lang=lang)
+            )
+            return await self._issue(session, user)
+
+    async def create_with_email(
+        self, app: App, email: str, password: str, lang: str | None = None
+    ) -> IssuedToken:
+        email = _checked(rules.check_email, email)
+        password_hash = await self._hash_new(password, "password")
+        async with self.db.session() as session:
+            users = UserRepository(session)
+            if await users.identity_taken(app.id, "email", email):
+                raise EmailUnavailable(f"email {email} is taken")
+            user = await users.save(
+                self._new_user(app, email=email, password_hash=password_hash, lang=lang)
+            )
+            issued = await self._issue(session, user)
+        await self._notify(
+            Mail(
+                to=email,
+                subject=f"Welcome to {app.name}",
+                text=f"Your {app.name} account {email} is ready. You can sign in now.\n",
+            )
+        )
+        return issued
+
+    async def create_with_phone(
+        self, app: App, phone: str, code: str, password: str | None, lang: str | None = None
+    ) -> IssuedToken:
+        """Phone + SMS code, with a password or password-free."""
+        phone = _checked(rules.check_phone, phone)
+        password_hash = await self._hash_new(password, "password") if password is not None else None
+        async with self.db.session() as session:
+            users = UserRepository(session)
+            if await users.identity_taken(app.id, "phone", phone):
+                raise PhoneUnavailable(f"phone {phone} is taken")
+            await self.codes.consume_code(session, app, phone, code)
+            user = await users.save(
+                self._new_user(app, phone=phone, password_hash=password_hash, lang=lang)
+            )
+            return await self._issue(session, user)
+
+    async def create_with_third_party(
+        self, app: App, identity: ThirdPartyIdentity, lang: str | None = None
+    ) -> IssuedToken:
+        """Verified with the provider; signing up twice signs the same user in again."""
+        for name, value in (("authData.uid", identity.uid), ("authData.token", identity.token)):
+            if not 1 <= len(value) <= 512:
+                raise FormInvalid(f"{name}: must be 1 to 512 characters")
+        if len(identity.uid) > 128:
+            raise FormInvalid("authData.uid: must be at most 128 characters")
+        await self.third_party.verify(identity)
+        for _ in range(2):
+            try:
+                async with self.db.session() as session:
+                    users = UserRepository(session)
+                    user = await users.by_third_party(app.id, identity.src, identity.uid)
+                    if user is None:
+                        user = await users.save(
+                            self._new_user(
+                                app, auth_src=identity.src, auth_uid=identity.uid, lang=lang
+                            )
+                        )
+                    return await self._issue(session, user)
+            except UsernameUnavailable:
+                continue
+        raise UserInvalid("this identity is being registered concurrently; retry")
+
+    # -- sign-in and tokens -------------------------------------------------------------------
+
+    async def login(self, app: App, identity: str, password: str) -> IssuedToken:
+        """Sign in with a username, e-mail or phone in ``identity``; 9020 on any mismatch."""
+        kind = rules.login_identity_kind(identity)
+        key = identity.lower() if kind == "email" else identity
+        async with self.db.session() as session:
+            user = await UserRepository(session).by_field(app.id, kind, key)
+        password_hash = user.password_hash if user is not None else None
+        if not await self.hasher.verify(password_hash, password) or user is None:
+            raise LoginFailed("username or password is wrong")
+        async with self.db.session() as session:
+            return await self._issue(session, user)
+
+    async def authenticate(self, app: App, token: str | None) -> CurrentUser:
+        """The user behind ``token`` in ``app``; raises 9004 (unknown) or 9006 (expired)."""
+        if not token:
+            raise TokenInvalid("X-Gizwits-User-token missing")
+        token_digest = digest(token)
+        async with self.db.session() as session:
+            found = await UserTokenRepository(session).user_for(token_digest)
+        if found is None or found[1].app_id != app.id:
+            raise TokenInvalid("user token unknown or revoked")
+        row, user = found
+        if row.expires_at <= self.clock.now():
+            raise TokenExpired("user token expired; sign in again")
+        return CurrentUser(app_id=app.id, user_id=user.id, uid=user.uid, token_digest=token_digest)
+
+    async def logout(self, current: CurrentUser) -> None:
+        async with self.db.session() as session:
+            await UserTokenRepository(session).revoke(current.token_digest)
+
+    async def profile(self, current: CurrentUser) -> UserProfile:
+        async with self.db.session() as session:
+            user = await session.get(UserRow, current.user_id)
+        if user is None:
+            raise UserNotFound("the user was deleted")
+        return _profile(user)
+
+    # -- changes ------------------------------------------------------------------------------
+
+    async def update(self, app: App, current: CurrentUser, change: UserChange) -> datetime:
+        """Apply one ``PUT /app/users`` variant plus profile fields; returns ``updatedAt``.
+
+        Variants: ``old_pwd+new_pwd``; ``username+password`` and ``phone+password+code`` (only for
+        anonymous users); ``phone+code``; ``email``. Raises 9015 for other combinations, 9999 when
+        nothing would change.
+        """
+        sent = {name for name in _CREDENTIAL_FIELDS if getattr(change, name) is not None}
+        variant = _VARIANTS.get(frozenset(sent))
+        if variant is None:
+            raise FormInvalid(_explain_combination(sent))
+        if not sent and not change.profile:
+            raise FormInvalid("nothing to update: send at least one field")
+        profile = {
+            name: _checked(rules.PROFILE_CHECKS[name], value)
+            for name, value in change.profile.items()
+        }
+        new_hash: str | None = None
+        if variant == "password":
+            assert change.new_pwd is not None
+            new_hash = await self._hash_new(change.new_pwd, "new_pwd")
+        elif variant in {"anonymous_username", "anonymous_phone"}:
+            assert change.password is not None
+            new_hash = await self._hash_new(change.password, "password")
+
+        now = self.clock.now()
+        async with self.db.session() as session:
+            users = UserRepository(session)
+            user = await session.get(UserRow, current.user_id)
+            if user is None:
+                raise UserNotFound("the user was deleted")
+            changed = False
+            if variant == "password":
+                assert change.old_pwd is not None
+                assert change.new_pwd is not None
+                if not await self.hasher.verify(user.password_hash, change.old_pwd):
+                    raise LoginFailed("old_pwd is wrong")
+                changed = change.old_pwd != change.new_pwd
+                user.password_hash = new_hash
+                # Other sessions end; the one that changed the password stays signed in.
+                await UserTokenRepository(session).revoke_all(
+                    user.id, except_digest=current.token_digest
+                )
+            elif variant in {"anonymous_username", "anonymous_phone"}:
+                if not user.is_anonymous:
+                    raise UserInvalid(
+                        "username/phone with password can only be set on an anonymous user"
+                    )
+                if variant == "anonymous_username":
+                    assert change.username is not None
+                    username = _checked(rules.check_username, change.username)
+                    if await users.identity_taken(
+                        app.id, "username", username, except_user=user.id
+                    ):
+                        raise UsernameUnavailable(f"username {username} is taken")
+                    user.username = username
+                else:
+                    assert change.phone is not None
+                    assert change.code is not None
+                    phone = _checked(rules.check_phone, change.phone)
+                    if await users.identity_taken(app.id, "phone", phone, except_user=user.id):
+                        raise PhoneUnavailable(f"phone {phone} is taken")
+                    await self.codes.consume_code(session, app, phone, change.code)
+                    user.phone = phone
+                user.password_hash = new_hash
+                user.is_anonymous = False
+                changed = True
+            elif variant == "phone":
+                assert change.phone is not None
+                assert change.code is not None
+                phone = _checked(rules.check_phone, change.phone)
+                if phone != user.phone:
+                    if await users.identity_taken(app.id, "phone", phone, except_user=user.id):
+                        raise PhoneUnavailable(f"phone {phone} is taken")
+                    await self.codes.consume_code(session, app, phone, change.code)
+                    user.phone = phone
+                    changed = True
+            elif variant == "email":
+                assert change.email is not None
+                email = _checked(rules.check_email, change.email)
+                if email != user.email:
+                    if await users.identity_taken(app.id, "email", email, except_user=user.id):
+                        raise EmailUnavailable(f"email {email} is taken")
+                    user.email = email
+                    changed = True
+            for name, value in profile.items():
+                if getattr(user, name) != value:
+                    setattr(user, name, value)
+                    changed = True
+            if not changed:
+                raise NothingChanged("the new values equal the stored ones")
+            user.updated_at = now
+            await users.save(user)
+        return now
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _new_user(self, app: App, *, is_anonymous: bool = False, **values: object) -> UserRow:
+        lang = values.get("lang")
+        if isinstance(lang, str):
+            _checked(rules.check_lang, lang)
+        now = self.clock.now()
+        return UserRow(
+            uid=new_uid(),
+            app_id=app.id,
+            is_anonymous=is_anonymous,
+            created_at=now,
+            updated_at=now,
+            **values,
+        )
+
+    async def _hash_new(self, password: str, field: str) -> str:
+        _checked(
+            lambda v: rules.check_password(v, self.settings.password_min_length, field), password
+        )
+        return await self.hasher.hash(password)
+
+    async def _issue(self, session: AsyncSession, user: UserRow) -> IssuedToken:
+        token, token_digest = new_token()
+        now = self.clock.now()
+        await UserTokenRepository(session).add(
+            user.id,
+            token_digest,
+            now,
+            self.settings.user_token_ttl,
+            keep=self.settings.user_tokens_per_user,
+        )
+        return IssuedToken(
+            uid=user.uid, token=token, expire_at=int(now.timestamp()) + self.settings.user_token_ttl
+        )
+
+    async def _notify(self, mail: Mail) -> None:
+        try:
+            await self.mailer.send(mail)
+        except IotCloudError as exc:  # a welcome mail is a courtesy; sign-up already succeeded
+            log.warning("welcome mail to %s not sent: %s", mail.to, exc)
+
+
+_CREDENTIAL_FIELDS = ("username", "password", "phone", "code", "old_pwd", "new_pwd", "email")
+
+_VARIANTS: dict[frozenset[str], str] = {
+    frozenset(): "profile",
+    frozenset({"old_pwd", "new_pwd"}): "password",
+    frozenset({"username", "password"}): "anonymous_username",
+    frozenset({"phone", "password", "code"}): "anonymous_phone",
+    frozenset({"phone", "code"}): "phone",
+    frozenset({"email"}): "email",
+}
+
+
+def _explain_combination(sent: set[str]) -> str:
+    names = ", ".join(sorted(sent))
+    hints = {
+        "old_pwd": "old_pwd needs new_pwd",
+        "new_pwd": "new_pwd needs old_pwd",
+        "username": "username needs password",
+        "code": "code needs phone",
+        "phone": "phone needs code",
+        "password": "password needs username, or phone and code",
+    }
+    if len(sent) == 1:
+        (only,) = sent
+        return hints.get(only, f"{only} cannot be changed on its own")
+    return f"these fields cannot be changed together: {names}"
+
+
+def _profile(user: UserRow) -> UserProfile:
+    return UserProfile(
+        uid=user.uid,
+        is_anonymous=user.is_anonymous,
+        username=user.username,
+        phone=user.phone,
+        email=user.email,
+        name=user.name,
+        gender=user.gender,
+        birthday=user.birthday,
+        address=user.address,
+        lang=user.lang,
+        remark=user.remark,
+    )

@@ -1,0 +1,20 @@
+"""The set of services a request handler may call, built once by the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from iotcloud.config import Settings
+from iotcloud.services.accounts import AccountService
+from iotcloud.services.apps import AppService
+from iotcloud.services.password_reset import PasswordResetService
+from iotcloud.services.verification import VerificationService
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    apps: AppService
+    accounts: AccountService
+    verification: VerificationService
+    password_reset: PasswordResetService
