@@ -1,0 +1,86 @@
+"""Shared fixtures: a real PostgreSQL server, real ``iotcloud serve`` processes, unique names."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pg import PostgresServer
+from tests.server import RunningServer, make_server
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer | str]:
+    """The session's PostgreSQL: ``IOTCLOUD_TEST_POSTGRES_URL`` if set, else a throwaway server."""
+    given = os.environ.get("IOTCLOUD_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def new_database_url(postgres: PostgresServer | str, backend: str, directory: Path) -> str | None:
+    """A fresh, empty database for ``backend``: a new SQLite file or a new PostgreSQL database."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{directory / f'{uuid.uuid4().hex}.db'}"
+    if isinstance(postgres, str):
+        return postgres
+    return postgres.create_database("t_" + uuid.uuid4().hex[:16])
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Parametrized over both backends by ``pytest_generate_tests``."""
+    backend = request.param
+    postgres = request.getfixturevalue("postgres") if backend == "postgres" else ""
+    url = new_database_url(postgres, backend, tmp_path)
+    assert url is not None
+    return url
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """One running ``iotcloud serve`` per backend for the whole session."""
+    backend = request.param
+    data_dir = Path(tempfile.mkdtemp(prefix=f"iotcloud-{backend}-"))
+    postgres = request.getfixturevalue("postgres") if backend == "postgres" else ""
+    url = new_database_url(postgres, backend, data_dir) if backend == "postgres" else None
+    running = make_server(data_dir, url, rate_limit_per_address=0, rate_limit_per_app=0)
+    running.start()
+    try:
+        yield running
+    finally:
+        code = running.stop()
+        assert code == 0, f"server exited with {code}:\n{running.log()}"
+        assert "Traceback" not in running.log(), running.log()
+
+
+@pytest.fixture(scope="session")
+def app(server: RunningServer) -> dict[str, str]:
+    """An app on the session's server: ``{"appid", "appsecret"}``."""
+    return server.create_app("Integration")
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def unique_phone() -> str:
+    return "1" + str(uuid.uuid4().int)[:10]
