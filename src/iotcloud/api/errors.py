@@ -40,7 +40,8 @@ def render_http_error(request: AnyRequest, exc: HTTPException) -> Response[bytes
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.detail)
         return json_response(error_body(ServerError(detail)), status)
-    headers = {"Allow": exc.headers["Allow"]} if exc.headers and "Allow" in exc.headers else None
+    allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), None)
+    headers = {"Allow": allow} if allow else None
     return json_response(error_body(FormInvalid(detail)), status, headers)
 
 

@@ -153,7 +153,7 @@ class UserTokenRepository:
 
     async def purge_expired(self, now: datetime) -> int:
         result = await self.session.execute(
-            delete(UserTokenRow).where(UserTokenRow.expires_at < now)
+            delete(UserTokenRow).where(UserTokenRow.expires_at <= now)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -170,7 +170,9 @@ class AppTokenRepository:
         return await self.session.scalar(select(AppTokenRow).where(AppTokenRow.digest == digest))
 
     async def purge_expired(self, now: datetime) -> int:
-        result = await self.session.execute(delete(AppTokenRow).where(AppTokenRow.expires_at < now))
+        result = await self.session.execute(
+            delete(AppTokenRow).where(AppTokenRow.expires_at <= now)
+        )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -234,12 +236,12 @@ class CodeRepository:
             (CaptchaRow, CaptchaRow.expires_at),
             (PasswordResetRow, PasswordResetRow.expires_at),
         ):
-            result = await self.session.execute(delete(model).where(column < now))
+            result = await self.session.execute(delete(model).where(column <= now))
             removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
         # SMS codes are kept for an hour after expiry: they count towards the hourly send limit.
         result = await self.session.execute(
             delete(SmsCodeRow).where(
-                SmsCodeRow.expires_at < now,
+                SmsCodeRow.expires_at <= now,
                 SmsCodeRow.created_at < now - timedelta(hours=1),
             )
         )
