@@ -21,8 +21,9 @@ from iotcloud.notify.captcha import CaptchaRenderer
 from iotcloud.notify.mail import Mailer, OutboxMailer, SmtpMailer, SmtpTarget
 from iotcloud.notify.oauth import ThirdPartyVerifier, parse_providers
 from iotcloud.notify.sms import OutboxSmsSender, SmsSender, WebhookSmsSender
-from iotcloud.services.accounts import AccountService
+from iotcloud.services.accounts import AccountService, CurrentUser
 from iotcloud.services.apps import AppService
+from iotcloud.services.auth_cache import AuthCache
 from iotcloud.services.credentials import PasswordHasher
 from iotcloud.services.password_reset import PasswordResetService
 from iotcloud.services.registry import Services
@@ -77,10 +78,20 @@ async def running_services(
         verification = VerificationService(
             db, apps, clock, settings, build_sms(settings, http), CaptchaRenderer()
         )
+        auth_cache: AuthCache[CurrentUser] = AuthCache(settings.auth_cache_seconds)
         accounts = AccountService(
-            db, clock, settings, hasher, verification, ThirdPartyVerifier(providers, http), mailer
+            db,
+            clock,
+            settings,
+            hasher,
+            verification,
+            ThirdPartyVerifier(providers, http),
+            mailer,
+            auth_cache,
         )
-        resets = PasswordResetService(db, clock, settings, hasher, verification, mailer)
+        resets = PasswordResetService(
+            db, clock, settings, hasher, verification, mailer, auth_cache.drop_user
+        )
         services = Services(
             settings=settings,
             apps=apps,

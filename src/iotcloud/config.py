@@ -46,6 +46,9 @@ class Settings:
     # accounts
     user_token_ttl: int = 7 * 86400
     user_tokens_per_user: int = 100
+    # how long a checked token is trusted without a database read (revocations made by this
+    # process apply at once; other processes of a scale-out deployment follow within this)
+    auth_cache_seconds: float = 5.0
     app_token_ttl: int = 2 * 3600
     password_min_length: int = 6
     # argon2id cost (OWASP minimum profile by default: 19 MiB, 2 passes, 1 lane)

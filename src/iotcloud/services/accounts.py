@@ -28,6 +28,7 @@ from iotcloud.errors import (
 from iotcloud.notify.mail import Mail, Mailer
 from iotcloud.notify.oauth import ThirdPartyIdentity, ThirdPartyVerifier
 from iotcloud.services.apps import App
+from iotcloud.services.auth_cache import AuthCache
 from iotcloud.services.credentials import PasswordHasher, digest, new_token, new_uid
 from iotcloud.services.verification import VerificationService
 from iotcloud.storage.accounts import UserRepository, UserTokenRepository
@@ -47,16 +48,6 @@ class IssuedToken:
 
 
 @dataclass(frozen=True)
-class CurrentUser:
-    """The user behind a request's user token."""
-
-    app_id: int
-    user_id: int
-    uid: str
-    token_digest: str
-
-
-@dataclass(frozen=True)
 class UserProfile:
     uid: str
     is_anonymous: bool
@@ -69,6 +60,17 @@ class UserProfile:
     address: str | None
     lang: str | None
     remark: str | None
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    """The user behind a request's user token, as loaded when the token was checked."""
+
+    app_id: int
+    user_id: int
+    uid: str
+    token_digest: str
+    profile: UserProfile
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ class AccountService:
         codes: VerificationService,
         third_party: ThirdPartyVerifier,
         mailer: Mailer,
+        auth_cache: AuthCache[CurrentUser],
     ) -> None:
+        self.auth_cache = auth_cache
         self.db = db
         self.clock = clock
         self.settings = settings
@@ -231,25 +235,35 @@ class AccountService:
         if not token:
             raise TokenInvalid("X-Gizwits-User-token missing")
         token_digest = digest(token)
-        async with self.db.session() as session:
-            found = await UserTokenRepository(session).user_for(token_digest)
-        if found is None or found[1].app_id != app.id:
+        cached = self.auth_cache.get(token_digest)
+        if cached is None:
+            epoch = self.auth_cache.epoch
+            async with self.db.session() as session:
+                found = await UserTokenRepository(session).user_for(token_digest)
+            if found is None:
+                raise TokenInvalid("user token unknown or revoked")
+            row, user = found
+            current = CurrentUser(
+                app_id=user.app_id,
+                user_id=user.id,
+                uid=user.uid,
+                token_digest=token_digest,
+                profile=_profile(user),
+            )
+            expires = row.expires_at
+            self.auth_cache.put(token_digest, user.id, expires, current, epoch)
+        else:
+            current, expires = cached
+        if current.app_id != app.id:
             raise TokenInvalid("user token unknown or revoked")
-        row, user = found
-        if row.expires_at <= self.clock.now():
+        if expires <= self.clock.now():
             raise TokenExpired("user token expired; sign in again")
-        return CurrentUser(app_id=app.id, user_id=user.id, uid=user.uid, token_digest=token_digest)
+        return current
 
     async def logout(self, current: CurrentUser) -> None:
         async with self.db.session() as session:
             await UserTokenRepository(session).revoke(current.token_digest)
-
-    async def profile(self, current: CurrentUser) -> UserProfile:
-        async with self.db.session() as session:
-            user = await session.get(UserRow, current.user_id)
-        if user is None:
-            raise UserNotFound("the user was deleted")
-        return _profile(user)
+        self.auth_cache.drop_token(current.token_digest)
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -346,6 +360,7 @@ class AccountService:
                 raise NothingChanged("the new values equal the stored ones")
             user.updated_at = now
             await users.save(user)
+        self.auth_cache.drop_user(current.user_id)
         return now
 
     # -- internals ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from iotcloud.config import Settings
@@ -32,7 +33,9 @@ class PasswordResetService:
         hasher: PasswordHasher,
         codes: VerificationService,
         mailer: Mailer,
+        drop_user_sessions: Callable[[int], None],
     ) -> None:
+        self.drop_user_sessions = drop_user_sessions
         self.db = db
         self.clock = clock
         self.settings = settings
@@ -116,6 +119,7 @@ class PasswordResetService:
             user.password_hash = new_hash
             user.updated_at = now
             await UserTokenRepository(session).revoke_all(user.id)
+        self.drop_user_sessions(user.id)
 
     async def reset_by_phone(self, app: App, phone: str, code: str, new_password: str) -> None:
         """Set the password of the user with ``phone`` after checking an SMS code."""
@@ -133,3 +137,4 @@ class PasswordResetService:
             user.password_hash = new_hash
             user.updated_at = self.clock.now()
             await UserTokenRepository(session).revoke_all(user.id)
+        self.drop_user_sessions(user.id)

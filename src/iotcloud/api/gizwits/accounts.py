@@ -3,6 +3,7 @@ password reset, as the Gizwits Open API defines them."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -208,22 +209,7 @@ async def update_user(request: AnyRequest) -> Response[bytes]:
 @get("/app/users")
 async def get_user(request: AnyRequest) -> Response[bytes]:
     _, user = await current_user(request)
-    profile = await services(request).accounts.profile(user)
-    return json_response(msgspec.structs.asdict(_ProfileOut(**profile.__dict__)))
-
-
-class _ProfileOut(msgspec.Struct):
-    uid: str
-    is_anonymous: bool
-    username: str | None
-    phone: str | None
-    email: str | None
-    name: str | None
-    gender: str | None
-    birthday: str | None
-    address: str | None
-    lang: str | None
-    remark: str | None
+    return json_response(dataclasses.asdict(user.profile))
 
 
 @post("/app/login", status_code=200)
