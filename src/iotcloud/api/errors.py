@@ -19,8 +19,8 @@ AnyRequest = Request[Any, Any, Any]
 
 def render_iotcloud_error(request: AnyRequest, exc: IotCloudError) -> Response[bytes]:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
-    if exc.http_status >= 500:
-        log.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
+    if exc.http_status >= 500:  # raised on purpose: the raiser logged the cause already
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return json_response(error_body(exc), exc.http_status, headers)
 
 

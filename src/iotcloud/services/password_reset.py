@@ -115,7 +115,8 @@ class PasswordResetService:
             user = await session.get(UserRow, row.user_id)
             if user is None:
                 raise UserNotFound("the user was deleted")
-            row.used_at = now
+            if not await CodeRepository(session).use_password_reset(row.id, now):
+                raise CodeInvalid("this reset link was just used")
             user.password_hash = new_hash
             user.updated_at = now
             await UserTokenRepository(session).revoke_all(user.id)

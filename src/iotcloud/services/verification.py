@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class CaptchaNotFound(CodeInvalid):
-    """Unknown or expired captcha id (rendered as 404 for the image URL)."""
+    """Unknown, used or expired captcha id."""
 
 
 class VerificationService:
@@ -121,10 +121,10 @@ class VerificationService:
     async def _solve_captcha(self, app: App, captcha_id: str, answer: str) -> None:
         """Burn the captcha (one guess each) and raise 9009/9010 unless ``answer`` is right."""
         async with self.db.session() as session:
-            row = await CodeRepository(session).captcha(captcha_id)
-            if row is None or row.app_id != app.id or row.used:
+            codes = CodeRepository(session)
+            row = await codes.captcha(captcha_id)
+            if row is None or row.app_id != app.id or not await codes.burn_captcha(captcha_id):
                 raise CodeInvalid("captcha_id unknown or already used")
-            row.used = True
             expired = row.expires_at <= self.clock.now()
             right = same_secret(row.answer.upper(), answer.strip().upper())
         if expired:
@@ -146,7 +146,8 @@ class VerificationService:
         phone = _phone(phone)
         now = self.clock.now()
         code = new_numeric_code(self.settings.sms_code_length)
-        async with self.db.session() as session:
+        # Serialised per phone: concurrent sends must not slip past the hourly cap together.
+        async with self.db.session(lock=f"sms-code:{app.id}:{phone}") as session:
             codes = CodeRepository(session)
             cap = self.settings.sms_sends_per_phone_per_hour
             if cap and await codes.sms_sends_since(app.id, phone, now - timedelta(hours=1)) >= cap:
@@ -178,30 +179,30 @@ class VerificationService:
     async def consume_code(self, session: AsyncSession, app: App, phone: str, code: str) -> None:
         """Mark the newest code of ``phone`` used in ``session``'s unit of work.
 
-        Call it before any other write of that unit of work: a wrong guess is counted in a
-        transaction of its own, so it sticks even though the caller's work is rolled back.
-        Raises 9010 (wrong, used, or too many guesses) or 9009 (expired).
+        Every guess is counted first, in a transaction of its own, so the count sticks even when
+        the caller's work is rolled back and however many guesses race. Call it before any
+        other write of the caller's unit of work. Raises 9010 (wrong, used, or too many guesses)
+        or 9009 (expired).
         """
         if not code:
             raise FormInvalid("code: must not be empty")
-        row = await CodeRepository(session).newest_sms_code(app.id, phone)
+        codes = CodeRepository(session)
+        row = await codes.newest_sms_code(app.id, phone)
         now = self.clock.now()
         if row is None or row.consumed_at is not None:
             raise CodeInvalid("no unused code was sent to this phone; request one")
         if row.expires_at <= now:
             raise CodeExpired("the code expired; request a new one")
-        if row.attempts >= self.settings.sms_code_max_attempts:
+        async with self.db.session() as attempt:
+            allowed = await CodeRepository(attempt).count_attempt(
+                row.id, self.settings.sms_code_max_attempts
+            )
+        if not allowed:
             raise CodeInvalid("too many wrong codes; request a new one")
         if not same_secret(row.digest, digest(code.strip())):
-            await self._count_wrong_guess(row.id)
             raise CodeInvalid("the code is wrong")
-        row.consumed_at = now
-
-    async def _count_wrong_guess(self, code_id: int) -> None:
-        async with self.db.session() as session:
-            row = await session.get(SmsCodeRow, code_id)
-            if row is not None:
-                row.attempts += 1
+        if not await codes.consume_sms_code(row.id, now):
+            raise CodeInvalid("this code was just used")
 
 
 def _phone(value: str) -> str:

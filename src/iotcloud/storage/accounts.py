@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -189,6 +190,16 @@ class CodeRepository:
     async def captcha(self, captcha_id: str) -> CaptchaRow | None:
         return await self.session.get(CaptchaRow, captcha_id)
 
+    async def burn_captcha(self, captcha_id: str) -> bool:
+        """Mark a captcha used; False if it already was (one guess per captcha, even when
+        requests race)."""
+        result = await self.session.execute(
+            update(CaptchaRow)
+            .where(CaptchaRow.id == captcha_id, CaptchaRow.used.is_(False))
+            .values(used=True)
+        )
+        return _changed_one(result)
+
     async def add_sms_code(self, row: SmsCodeRow) -> None:
         """Store a new code; earlier live codes of the same phone stop being accepted."""
         await self.session.execute(
@@ -221,6 +232,33 @@ class CodeRepository:
             .limit(1)
         )
 
+    async def count_attempt(self, code_id: int, limit: int) -> bool:
+        """Count one guess at a code; False once ``limit`` guesses were made. Atomic."""
+        result = await self.session.execute(
+            update(SmsCodeRow)
+            .where(SmsCodeRow.id == code_id, SmsCodeRow.attempts < limit)
+            .values(attempts=SmsCodeRow.attempts + 1)
+        )
+        return _changed_one(result)
+
+    async def consume_sms_code(self, code_id: int, now: datetime) -> bool:
+        """Mark a code used; False if it already was. Atomic."""
+        result = await self.session.execute(
+            update(SmsCodeRow)
+            .where(SmsCodeRow.id == code_id, SmsCodeRow.consumed_at.is_(None))
+            .values(consumed_at=now)
+        )
+        return _changed_one(result)
+
+    async def use_password_reset(self, reset_id: int, now: datetime) -> bool:
+        """Mark a reset link used; False if it already was. Atomic."""
+        result = await self.session.execute(
+            update(PasswordResetRow)
+            .where(PasswordResetRow.id == reset_id, PasswordResetRow.used_at.is_(None))
+            .values(used_at=now)
+        )
+        return _changed_one(result)
+
     async def add_password_reset(self, row: PasswordResetRow) -> None:
         self.session.add(row)
         await self.session.flush()
@@ -246,3 +284,7 @@ class CodeRepository:
             )
         )
         return removed + int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _changed_one(result: Any) -> bool:
+    return int(result.rowcount or 0) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,6 +51,7 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._local_locks: dict[str, _KeyLock] = {}
 
     async def __aenter__(self) -> Database:
         return self
@@ -62,10 +65,31 @@ class Database:
         await self.engine.dispose()
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        """One unit of work: committed when the block ends normally, rolled back otherwise."""
+    async def session(self, *, lock: str | None = None) -> AsyncIterator[AsyncSession]:
+        """One unit of work: committed when the block ends normally, rolled back otherwise.
+
+        ``lock`` serialises units of work that share the key, for check-then-write sequences
+        no constraint can guard (e.g. "fewer than N rows, then insert one"): a transaction-scoped
+        advisory lock on PostgreSQL (across processes), an in-process lock on SQLite (whose
+        server is a single process), held until the commit.
+        """
+        if lock is not None and self.is_sqlite:
+            entry = self._local_locks.setdefault(lock, _KeyLock())
+            entry.users += 1
+            try:
+                async with entry.lock, self.session() as session:
+                    yield session
+            finally:
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._local_locks[lock]
+            return
         async with self._sessions() as session:
             try:
+                if lock is not None:
+                    await session.execute(
+                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_id(lock)}
+                    )
                 yield session
                 await session.commit()
             except BaseException:
@@ -93,6 +117,19 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def _upgrade(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
+
+
+class _KeyLock:
+    """An in-process lock for one key, forgotten when nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+def _lock_id(key: str) -> int:
+    """A stable signed 64-bit id for an advisory lock key."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
