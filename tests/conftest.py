@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.pg import PostgresServer
-from tests.server import RunningServer, make_server
+from tests.server import RunningServer, serving
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -62,14 +62,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"iotcloud-{backend}-"))
     postgres = request.getfixturevalue("postgres") if backend == "postgres" else ""
     url = new_database_url(postgres, backend, data_dir) if backend == "postgres" else None
-    running = make_server(data_dir, url, rate_limit_per_address=0, rate_limit_per_app=0)
-    running.start()
-    try:
+    with serving(data_dir, url, rate_limit_per_address=0, rate_limit_per_app=0) as running:
         yield running
-    finally:
-        code = running.stop()
-        assert code == 0, f"server exited with {code}:\n{running.log()}"
-        assert "Traceback" not in running.log(), running.log()
 
 
 @pytest.fixture(scope="session")

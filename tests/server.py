@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,23 @@ def server_env(data_dir: Path, database_url: str | None, **settings: Any) -> dic
 def make_server(data_dir: Path, database_url: str | None, **settings: Any) -> RunningServer:
     env = server_env(data_dir, database_url, **settings)
     return RunningServer(data_dir=data_dir, env=env, http_port=int(env["IOTCLOUD_HTTP_PORT"]))
+
+
+@contextmanager
+def serving(
+    data_dir: Path, database_url: str | None, *, allow_tracebacks: bool = False, **settings: Any
+) -> Iterator[RunningServer]:
+    """A started server; on exit it must stop with status 0 (and, unless allowed, with no
+    traceback in its log)."""
+    running = make_server(data_dir, database_url, **settings)
+    running.start()
+    try:
+        yield running
+    finally:
+        code = running.stop()
+        assert code == 0, f"server exited with {code}:\n{running.log()}"
+        if not allow_tracebacks:
+            assert "Traceback" not in running.log(), running.log()
 
 
 def run_cli(

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import unique, unique_phone
-from tests.server import DEV_CAPTCHA, RunningServer, make_server
+from tests.server import DEV_CAPTCHA, RunningServer, serving
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -894,20 +894,14 @@ def webhook_server(
     SQLite only: the provider choice does not touch the database, and both backends are
     covered by the shared-server tests above.
     """
-    running = make_server(
+    with serving(
         tmp_path_factory.mktemp("iotcloud-sms-webhook"),
         None,
         sms_webhook_url=gateway.url,
         rate_limit_per_address=0,
         rate_limit_per_app=0,
-    )
-    running.start()
-    try:
+    ) as running:
         yield running
-    finally:
-        code = running.stop()
-        assert code == 0, f"server exited with {code}:\n{running.log()}"
-        assert "Traceback" not in running.log(), running.log()
 
 
 @pytest.fixture

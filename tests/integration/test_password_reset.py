@@ -29,7 +29,7 @@ from aiosmtpd.controller import Controller
 
 from tests.conftest import unique, unique_phone
 from tests.pg import free_port
-from tests.server import RunningServer, make_server
+from tests.server import RunningServer, serving
 
 RESET_LINK = re.compile(r"http://127\.0\.0\.1:(\d+)/account/reset/([A-Za-z0-9_\-]+)")
 
@@ -537,20 +537,15 @@ def smtp_server(
     SQLite only: the mail provider does not touch the database differently per backend, and
     both backends are covered by the outbox tests above.
     """
-    running = make_server(
+    with serving(
         tmp_path_factory.mktemp("iotcloud-smtp"),
         None,
         smtp_url=f"smtp://127.0.0.1:{smtp.port}",
         mail_from="Reset Test <no-reply@iotcloud.test>",
         rate_limit_per_address=0,
         rate_limit_per_app=0,
-    )
-    running.start()
-    try:
+    ) as running:
         yield running
-    finally:
-        code = running.stop()
-        assert code == 0, f"server exited with {code}:\n{running.log()}"
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import unique
 from tests.pg import free_port
-from tests.server import RunningServer, make_server
+from tests.server import RunningServer, serving
 
 
 @dataclass
@@ -124,7 +124,7 @@ def oauth_server(
     base = f"http://127.0.0.1:{port}"
     closed = free_port()  # nothing listens there
     data_dir: Path = tmp_path_factory.mktemp("iotcloud-oauth")
-    running = make_server(
+    with serving(
         data_dir,
         None,
         auth_providers={
@@ -136,14 +136,8 @@ def oauth_server(
         },
         rate_limit_per_address=0,
         rate_limit_per_app=0,
-    )
-    running.start()
-    try:
+    ) as running:
         yield running
-    finally:
-        code = running.stop()
-        assert code == 0, f"server exited with {code}:\n{running.log()}"
-        assert "Traceback" not in running.log(), running.log()
 
 
 @pytest.fixture(scope="module")

@@ -6,22 +6,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.server import RunningServer, make_server
+from tests.server import RunningServer, serving
 
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A server with small limits (SQLite: throttling keeps no state in the database)."""
-    server = make_server(
+    with serving(
         tmp_path_factory.mktemp("throttle"),
         None,
         rate_limit_per_address=5,
         rate_limit_per_app=2,
         rate_limit_burst_seconds=4,
-    )
-    server.start()
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 def test_an_app_over_its_limit_is_throttled_and_others_are_not(limited: RunningServer) -> None:

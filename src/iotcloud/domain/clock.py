@@ -35,3 +35,8 @@ class FrozenClock:
 
     def set(self, instant: datetime) -> None:
         self._now = instant.astimezone(UTC)
+
+
+def iso_utc(instant: datetime) -> str:
+    """``2026-03-01T12:00:00.000Z``: UTC with milliseconds, the shape the Open API returns."""
+    return instant.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from iotcloud.config import Settings
 from iotcloud.domain.accounts import FieldInvalid, check_phone
-from iotcloud.domain.clock import Clock
+from iotcloud.domain.clock import Clock, iso_utc
 from iotcloud.errors import (
     AppAuthInvalid,
     CodeExpired,
@@ -167,7 +167,7 @@ class VerificationService:
             )
             # Sent inside the unit of work: if delivery fails, the code is not stored either.
             await self.sms.send(
-                SmsMessage(phone=phone, code=code, purpose=purpose, sent_at=_iso(now))
+                SmsMessage(phone=phone, code=code, purpose=purpose, sent_at=iso_utc(now))
             )
 
     async def verify_code(self, app: App, phone: str, code: str) -> None:
@@ -210,7 +210,3 @@ def _phone(value: str) -> str:
         return check_phone(value)
     except FieldInvalid as exc:
         raise FormInvalid(str(exc)) from exc
-
-
-def _iso(instant: datetime) -> str:
-    return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -20,6 +20,7 @@ from iotcloud.api.gizwits.wire import (
     json_object,
     json_response,
 )
+from iotcloud.domain.clock import iso_utc
 from iotcloud.errors import FormInvalid
 from iotcloud.notify.oauth import ThirdPartyIdentity
 from iotcloud.services.accounts import CurrentUser, IssuedToken, UserChange
@@ -145,10 +146,6 @@ def _issued(issued: IssuedToken, status_code: int) -> Response[bytes]:
     )
 
 
-def _iso(value: Any) -> str:
-    return str(value.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
-
-
 @post("/app/users", status_code=201)
 async def create_user(request: AnyRequest) -> Response[bytes]:
     """Sign up: anonymous (``phone_id``), username, e-mail, phone + code, or ``authData``."""
@@ -203,7 +200,7 @@ async def update_user(request: AnyRequest) -> Response[bytes]:
         profile=profile,
     )
     updated = await services(request).accounts.update(app, user, change)
-    return json_response({"updatedAt": _iso(updated)})
+    return json_response({"updatedAt": iso_utc(updated)})
 
 
 @get("/app/users")
