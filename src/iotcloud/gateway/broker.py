@@ -1,0 +1,259 @@
+"""The broker-adapter interface: who a device is, what it may do, and what the gateway hears.
+
+A broker adapter (embedded amqtt, or an external broker calling our hooks) authenticates every
+device CONNECT through an `Authenticator`, enforces the topic ACL (`may_publish`, `may_subscribe`)
+on every PUBLISH and SUBSCRIBE, and reports presence and traffic to `BrokerEvents`.
+
+Topic ACL (Gizwits device side, `shared/spec/gizwits.md` §3.3-3.4), for a device with ``did`` of
+product ``product_key``:
+
+* publish: ``dev2app/{did}`` (broadcast reports) and ``dev2app/{did}/{clientid}`` (replies to one
+  app client; exactly one more non-empty level, no deeper levels), and ``cli2ser_req`` (GAgent's
+  server-control requests; the topic carries no did, the principal tells who sent it);
+* subscribe: exactly ``ser2cli_res/{did}`` and ``ser2cli_noti/{product_key}``, and any well-formed
+  filter under ``app2dev/{did}`` (``app2dev/{did}``, ``app2dev/{did}/#``, ``app2dev/{did}/+``,
+  ``app2dev/{did}/{clientid}``). A filter whose first two levels are not literally one of these
+  prefixes is refused, so no wildcard can reach another device's topics.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
+
+_FORBIDDEN_IN_ID = frozenset("/+#\0")
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePrincipal:
+    """An authenticated device: the identity every ACL decision and event refers to."""
+
+    did: str
+    product_key: str
+
+
+class AuthRefusal(enum.IntEnum):
+    """Why an `Authenticator` refuses a CONNECT; the value is the MQTT 3.1/3.1.1 CONNACK code."""
+
+    BAD_CREDENTIALS = 4
+    """Unknown did or wrong passcode ("bad user name or password")."""
+    NOT_AUTHORIZED = 5
+    """Known device that may not connect now, e.g. disabled ("not authorized")."""
+
+
+class Authenticator(Protocol):
+    """Decides whether a CONNECT may become a device session."""
+
+    async def authenticate(
+        self, client_id: str, username: str | None, password: str | None
+    ) -> DevicePrincipal | AuthRefusal | None:
+        """Return the device, or why it is refused (``None`` means `AuthRefusal.BAD_CREDENTIALS`).
+
+        Called once per CONNECT, after the broker checked the protocol and that ``client_id`` is
+        non-empty and equals ``username``. The returned principal's ``did`` must equal
+        ``client_id``. An exception or a slow answer refuses the CONNECT with "server
+        unavailable" (3); the device retries later.
+        """
+        ...
+
+
+class DisconnectReason(enum.StrEnum):
+    """Why a device session ended (reported exactly once per session)."""
+
+    CLEAN = "disconnect"
+    """The device sent DISCONNECT."""
+    LOST = "lost"
+    """The connection closed or failed without DISCONNECT."""
+    KEEPALIVE_TIMEOUT = "keepalive_timeout"
+    """Nothing received for 1.5 x the device's keep-alive."""
+    KICKED = "kicked"
+    """Closed by `BrokerAdapter.disconnect_device` (device disabled or deleted)."""
+    TAKEOVER = "takeover"
+    """A new connection with the same client id replaced this one."""
+    PROTOCOL_ERROR = "protocol_error"
+    """The device broke the protocol (oversized or malformed packet, invalid topic)."""
+    SHUTDOWN = "shutdown"
+    """The broker stopped."""
+
+
+class AclAction(enum.StrEnum):
+    """What a device tried to do when the ACL said no."""
+
+    PUBLISH = "publish"
+    SUBSCRIBE = "subscribe"
+
+
+class BrokerEvents(Protocol):
+    """What the gateway hears from a broker.
+
+    Callbacks are awaited one at a time, in order, from one task owned by the broker: for one
+    session, ``on_connect`` comes first and ``on_disconnect`` last. Callbacks should be quick
+    (hand work to a bounded queue); an exception is logged and does not affect the device.
+    """
+
+    async def on_connect(
+        self, principal: DevicePrincipal, client_id: str, keepalive: int, peer: str
+    ) -> None:
+        """A device session started: CONNACK "accepted" was sent. ``peer`` is ``host:port``."""
+        ...
+
+    async def on_disconnect(
+        self, principal: DevicePrincipal, client_id: str, reason: DisconnectReason
+    ) -> None:
+        """The session that ``on_connect`` reported ended."""
+        ...
+
+    async def on_publish(self, principal: DevicePrincipal, topic: str, payload: bytes) -> None:
+        """The device published a message the ACL allows (it is also routed to subscribers)."""
+        ...
+
+    async def on_denied(self, principal: DevicePrincipal, action: AclAction, topic: str) -> None:
+        """The ACL refused a PUBLISH (dropped) or a SUBSCRIBE (SUBACK 0x80)."""
+        ...
+
+
+@dataclass(slots=True)
+class BrokerStats:
+    """Counters since the broker started (monotonic; read them, never reset them)."""
+
+    connects: int = 0
+    """Device sessions started (CONNACK accepted)."""
+    auth_failures: int = 0
+    """CONNECTs refused for identity or credentials (CONNACK 2, 4 or 5)."""
+    messages_in: int = 0
+    """Device PUBLISH packets the ACL allowed."""
+    messages_out: int = 0
+    """PUBLISH packets written to devices."""
+    denied_publish: int = 0
+    """Device PUBLISH packets dropped by the ACL."""
+    denied_subscribe: int = 0
+    """Subscription filters refused by the ACL."""
+    rejected_connections: int = 0
+    """TCP connections closed before a session: over capacity, bad protocol, no CONNECT in time."""
+    events_dropped: int = 0
+    """``on_publish``/``on_denied`` events shed because the event queue was full."""
+
+
+class BrokerAdapter(Protocol):
+    """A running MQTT broker that devices connect to; an async context manager.
+
+    ``async with adapter:`` starts it; leaving the block closes every device connection
+    (reported as `DisconnectReason.SHUTDOWN`) and delivers the pending events.
+    """
+
+    @property
+    def stats(self) -> BrokerStats: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        """Route a message to the devices subscribed to ``topic``.
+
+        Returns once the broker accepted it for routing (not when devices received it).
+        Raises ``ValueError`` for a topic that is not a valid MQTT topic name or a bad QoS.
+        """
+        ...
+
+    async def disconnect_device(self, did: str) -> bool:
+        """Close the device's connection, if any; True if one was closed.
+
+        On return the session has ended and its ``on_disconnect`` (`DisconnectReason.KICKED`)
+        is queued. It does not stop the device from reconnecting: refuse it in the
+        `Authenticator`.
+        """
+        ...
+
+    def connected_dids(self) -> set[str]:
+        """The dids with a session now (a snapshot)."""
+        ...
+
+
+def is_topic_name(topic: str) -> bool:
+    """Whether ``topic`` is a valid MQTT topic name a client may publish to (no wildcards, no $)."""
+    return (
+        bool(topic)
+        and not topic.startswith("$")
+        and "+" not in topic
+        and "#" not in topic
+        and "\0" not in topic
+        and len(topic.encode()) <= 0xFFFF
+    )
+
+
+def is_topic_filter(topic_filter: str) -> bool:
+    """Whether ``topic_filter`` is a well-formed MQTT subscription filter."""
+    if not topic_filter or "\0" in topic_filter or len(topic_filter.encode()) > 0xFFFF:
+        return False
+    levels = topic_filter.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+def matching_filters(topic: str, *, max_levels: int = 8) -> list[str] | None:
+    """Every subscription filter that matches ``topic``, or None if it has over ``max_levels``.
+
+    MQTT matching: ``+`` is one level, a final ``#`` any number of levels including none (so
+    ``a/#`` matches ``a``), and filters starting with a wildcard do not match ``$`` topics. There
+    are 2**L + 2**(L+1) - 1 of them for L levels, hence the limit.
+    """
+    levels = topic.split("/")
+    if len(levels) > max_levels:
+        return None
+    wildcard_first = not topic.startswith("$")
+    found = ["#"] if wildcard_first else []
+    prefixes = [levels[0], "+"] if wildcard_first else [levels[0]]
+    for level in levels[1:]:
+        found += [f"{prefix}/#" for prefix in prefixes]
+        prefixes = [
+            f"{prefix}/{alternative}" for prefix in prefixes for alternative in (level, "+")
+        ]
+    return found + prefixes + [f"{prefix}/#" for prefix in prefixes]
+
+
+def may_publish(principal: DevicePrincipal, topic: str) -> bool:
+    """Whether the device may publish to ``topic`` (see the module docstring)."""
+    if not _usable(principal.did) or not is_topic_name(topic):
+        return False
+    if topic == "cli2ser_req":
+        return True
+    levels = topic.split("/")
+    if levels[0] != "dev2app" or len(levels) not in (2, 3) or levels[1] != principal.did:
+        return False
+    return len(levels) == 2 or levels[2] != ""
+
+
+def may_subscribe(principal: DevicePrincipal, topic_filter: str) -> bool:
+    """Whether the device may subscribe to ``topic_filter`` (see the module docstring)."""
+    if not _usable(principal.did) or not is_topic_filter(topic_filter):
+        return False
+    levels = topic_filter.split("/")
+    if len(levels) < 2:
+        return False
+    head, rest = (levels[0], levels[1]), levels[2:]
+    if head == ("app2dev", principal.did):
+        return True
+    if head == ("ser2cli_res", principal.did):
+        return not rest
+    return (
+        head == ("ser2cli_noti", principal.product_key)
+        and _usable(principal.product_key)
+        and not rest
+    )
+
+
+def _usable(identifier: str) -> bool:
+    """An id that can be a topic level on its own (not empty, no separator, no wildcard)."""
+    return bool(identifier) and _FORBIDDEN_IN_ID.isdisjoint(identifier)
