@@ -20,6 +20,7 @@ from tests.pg import free_port
 
 IOTCLOUD = [sys.executable, "-m", "iotcloud.cli"]
 DEV_CAPTCHA = "7K3Q"
+ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 @dataclass
@@ -96,6 +97,7 @@ def server_env(data_dir: Path, database_url: str | None, **settings: Any) -> dic
         IOTCLOUD_PUBLIC_HOST="127.0.0.1",
         IOTCLOUD_ENV="development",
         IOTCLOUD_DEV_CAPTCHA_CODE=DEV_CAPTCHA,
+        IOTCLOUD_ADMIN_TOKEN=ADMIN_TOKEN,
         IOTCLOUD_LOG_LEVEL="INFO",
     )
     if database_url:

@@ -11,8 +11,11 @@ import httpx
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 
+from iotcloud.api.admin.routes import ROUTER as ADMIN_ROUTER
 from iotcloud.api.errors import EXCEPTION_HANDLERS
 from iotcloud.api.gizwits import accounts as gizwits_accounts
+from iotcloud.api.gizwits import devices as gizwits_devices
+from iotcloud.api.gizwits import products as gizwits_products
 from iotcloud.api.gizwits import reset_page, system
 from iotcloud.api.throttle import ThrottleMiddleware, TokenBuckets
 from iotcloud.config import ConfigError, Settings
@@ -25,7 +28,9 @@ from iotcloud.services.accounts import AccountService, CurrentUser
 from iotcloud.services.apps import AppService
 from iotcloud.services.auth_cache import AuthCache
 from iotcloud.services.credentials import PasswordHasher
+from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
+from iotcloud.services.products import ProductService
 from iotcloud.services.registry import Services
 from iotcloud.services.verification import VerificationService
 from iotcloud.storage.accounts import AppTokenRepository, CodeRepository, UserTokenRepository
@@ -98,6 +103,8 @@ async def running_services(
             accounts=accounts,
             verification=verification,
             password_reset=resets,
+            products=ProductService(db, clock),
+            devices=DeviceService(db, clock, settings),
         )
         async with asyncio.TaskGroup() as tasks:
             housekeeping = tasks.create_task(_housekeeping(db, clock), name="housekeeping")
@@ -145,7 +152,14 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
     per_address = TokenBuckets(settings.rate_limit_per_address, settings.rate_limit_burst_seconds)
     per_app = TokenBuckets(settings.rate_limit_per_app, settings.rate_limit_burst_seconds)
     return Litestar(
-        route_handlers=[*system.ROUTES, *gizwits_accounts.ROUTES, *reset_page.ROUTES],
+        route_handlers=[
+            *system.ROUTES,
+            *gizwits_accounts.ROUTES,
+            *gizwits_devices.ROUTES,
+            *gizwits_products.ROUTES,
+            *reset_page.ROUTES,
+            ADMIN_ROUTER,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(ThrottleMiddleware, per_address=per_address, per_app=per_app)],
         lifespan=[lifespan],

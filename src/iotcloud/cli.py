@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import json
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from iotcloud.api.admin.views import (
+    device_credentials_view,
+    device_view,
+    product_credentials_view,
+    product_view,
+)
 from iotcloud.config import ConfigError, Settings
 from iotcloud.domain.clock import SystemClock
-from iotcloud.errors import IotCloudError
+from iotcloud.errors import FormInvalid, IotCloudError
 from iotcloud.services.apps import App, AppService
+from iotcloud.services.devices import DeviceService, ImportReport, read_device_csv
+from iotcloud.services.products import ProductService
 from iotcloud.storage.database import Database
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -219,6 +230,210 @@ def app_rotate(appid: str, appsecret: str | None, as_json: bool, **options: Any)
     settings = load_settings(options)
     creds = with_apps(settings, lambda svc: svc.rotate_secret(appid, appsecret))
     _emit(as_json, {"appid": creds.appid, "appsecret": creds.appsecret})
+
+
+# -- products and devices ------------------------------------------------------------------------
+
+
+def with_catalog(
+    settings: Settings, action: Callable[[ProductService, DeviceService], Awaitable[T]]
+) -> T:
+    """Run ``action`` with the product and device services on the configured database."""
+
+    async def go() -> T:
+        async with Database(settings.resolved_database_url) as db:
+            await db.migrate()
+            clock = SystemClock()
+            return await action(ProductService(db, clock), DeviceService(db, clock, settings))
+
+    return run(go())
+
+
+@main.group("product")
+def product_group() -> None:
+    """Manage products (Gizwits datapoint definitions)."""
+
+
+@product_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--product-secret", default=None, help="keep an existing product_secret (default: generated)"
+)
+@click.option("--replace", is_flag=True, help="swap the data points of an existing product_key")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def product_import(
+    file: Path, product_secret: str | None, replace: bool, as_json: bool, **options: Any
+) -> None:
+    """Import a Gizwits datapoint JSON file; print its product_key and product_secret.
+
+    The file's own product_key is kept (else one is generated). An invalid file is refused with
+    the attr at fault named, and nothing is stored.
+    """
+    settings = load_settings(options)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise click.ClickException(f"{file}: not a JSON file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise click.ClickException(f"{file}: must hold a JSON object")
+    creds = with_catalog(
+        settings, lambda products, _: products.import_definition(data, product_secret, replace)
+    )
+    _emit(as_json, product_credentials_view(creds))
+
+
+@product_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def product_list(as_json: bool, **options: Any) -> None:
+    """List products."""
+    settings = load_settings(options)
+    products = with_catalog(settings, lambda svc, _: svc.list())
+    table = Table()
+    table.add_column("product_key", no_wrap=True, min_width=32)
+    for heading in ("name", "protocol", "updated"):
+        table.add_column(heading)
+    for product in products:
+        table.add_row(
+            product.product_key,
+            product.name,
+            product.protocol_type,
+            product.updated_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    _emit(as_json, [product_view(product) for product in products], table)
+
+
+@product_group.command("show")
+@click.argument("product_key")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def product_show(product_key: str, as_json: bool, **options: Any) -> None:
+    """Show one product: its secret and its data points."""
+    settings = load_settings(options)
+
+    async def show(products: ProductService, _: DeviceService) -> dict[str, Any]:
+        product = await products.get(product_key)
+        return product_view(product, await products.definition(product.product_key))
+
+    view = with_catalog(settings, show)
+    if as_json:
+        _emit(True, view)
+        return
+    _emit(False, {key: value for key, value in view.items() if key != "attrs"})
+    table = Table("id", "name", "display name", "type", "data type")
+    for attr in view["attrs"]:
+        table.add_row(
+            str(attr["id"]), attr["name"], attr["display_name"], attr["type"], attr["data_type"]
+        )
+    Console().print(table)
+
+
+@main.group("device")
+def device_group() -> None:
+    """Manage devices (did / passcode)."""
+
+
+@device_group.command("create")
+@click.option("--product-key", required=True, help="the product the device belongs to")
+@click.option("--mac", required=True, help="aa:bb:cc:dd:ee:ff, aa-bb-... or aabbccddeeff")
+@click.option("--passcode", default=None, help="keep an existing passcode (default: generated)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def device_create(
+    product_key: str, mac: str, passcode: str | None, as_json: bool, **options: Any
+) -> None:
+    """Create a device and print its did, passcode and MAC (an existing MAC: the same device)."""
+    settings = load_settings(options)
+    creds = with_catalog(settings, lambda _, devices: devices.create(product_key, mac, passcode))
+    _emit(as_json, device_credentials_view(creds))
+
+
+@device_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def device_import(file: Path, as_json: bool, **options: Any) -> None:
+    """Create devices from a CSV file with the header product_key,mac[,passcode].
+
+    Good rows are stored, bad ones reported with their line numbers; rows whose device exists
+    already change nothing. Exits with status 1 when any row failed.
+    """
+    settings = load_settings(options)
+    try:
+        with file.open(encoding="utf-8-sig", newline="") as handle:
+            rows, failures = read_device_csv(handle)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise click.ClickException(f"{file}: cannot read ({exc})") from exc
+    except FormInvalid as exc:
+        raise click.ClickException(f"{file}: {exc.detail}") from exc
+    console = Console(stderr=True)
+
+    async def store(_: ProductService, devices: DeviceService) -> ImportReport:
+        if not (console.is_terminal and not as_json and rows):
+            return await devices.import_csv(rows)
+        with Progress(
+            TextColumn("importing devices"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("import", total=len(rows))
+            return await devices.import_csv(rows, progress=lambda n: bar.advance(task, n))
+
+    report = with_catalog(settings, store)
+    failed = sorted([*failures, *report.failed], key=lambda failure: failure.line)
+    if as_json:
+        _emit(
+            True,
+            {
+                "created": report.created,
+                "existing": report.existing,
+                "failed": [{"line": f.line, "error": f.error} for f in failed],
+            },
+        )
+    else:
+        for failure in failed:
+            click.echo(f"{file}:{failure.line}: {failure.error}", err=True)
+        click.echo(
+            f"created {report.created}, already existing {report.existing}, failed {len(failed)}"
+        )
+    if failed:
+        sys.exit(1)
+
+
+@device_group.command("show")
+@click.argument("did")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def device_show(did: str, as_json: bool, **options: Any) -> None:
+    """Show one device."""
+    settings = load_settings(options)
+    device = with_catalog(settings, lambda _, devices: devices.get(did))
+    _emit(as_json, device_view(device))
+
+
+@device_group.command("disable")
+@click.argument("did")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def device_disable(did: str, as_json: bool, **options: Any) -> None:
+    """Disable a device: it can no longer provision or connect, nor register again."""
+    settings = load_settings(options)
+    device = with_catalog(settings, lambda _, devices: devices.set_disabled(did, True))
+    _emit(as_json, device_view(device))
+
+
+@device_group.command("enable")
+@click.argument("did")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def device_enable(did: str, as_json: bool, **options: Any) -> None:
+    """Enable a disabled device again."""
+    settings = load_settings(options)
+    device = with_catalog(settings, lambda _, devices: devices.set_disabled(did, False))
+    _emit(as_json, device_view(device))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 Environment = Literal["production", "development"]
 
 ENV_PREFIX = "IOTCLOUD_"
+ADMIN_TOKEN_MIN = 16
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,9 @@ class Settings:
     timezone: str = "UTC"
     env: Environment = "production"
     log_level: str = "INFO"
+    # operator API (/admin/v1): callers send "Authorization: Bearer <admin_token>"; empty turns
+    # the operator API off (every call answers 403)
+    admin_token: str = field(default="", repr=False)
 
     # accounts
     user_token_ttl: int = 7 * 86400
@@ -133,6 +137,11 @@ class Settings:
             raise ConfigError(
                 "IOTCLOUD_DEV_CAPTCHA_CODE fixes every captcha answer and is refused in "
                 "production; unset it or run with IOTCLOUD_ENV=development"
+            )
+        if self.admin_token and len(self.admin_token) < ADMIN_TOKEN_MIN and not self.is_development:
+            raise ConfigError(
+                f"IOTCLOUD_ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN} characters outside "
+                "development (e.g. `openssl rand -hex 32`)"
             )
         for name in ("http_port", "mqtt_port"):
             port = getattr(self, name)

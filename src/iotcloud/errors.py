@@ -189,3 +189,41 @@ class NothingChanged(IotCloudError):
 
 class MailSendFailed(ServerError):
     """The mail provider refused or could not be reached."""
+
+
+class DeviceAuthInvalid(IotCloudError):
+    """A device call named a did whose passcode does not match."""
+
+    code = 9016
+
+
+class DeviceDisabled(IotCloudError):
+    """The device was disabled (by itself through ``DELETE /dev/devices``, or by an operator)."""
+
+    code = 9023
+
+
+class ProductDefinitionInvalid(FormInvalid):
+    """A datapoint JSON failed validation; ``attr`` names the attr at fault (None when the problem
+    is with the product as a whole). Nothing was stored."""
+
+    def __init__(self, detail: str, attr: str | None = None) -> None:
+        super().__init__(detail)
+        self.attr = attr
+
+
+class ProductKeyTaken(FormInvalid):
+    """An import named a product_key that already exists and did not ask to replace it."""
+
+
+class OperatorAuthFailed(TokenInvalid):
+    """The operator API refused the caller: a missing or wrong ``Authorization: Bearer`` token
+    (HTTP 401), or no admin token configured at all (HTTP 403, ``disabled=True``)."""
+
+    def __init__(self, detail: str, *, disabled: bool = False) -> None:
+        super().__init__(detail)
+        self.disabled = disabled
+
+    @property
+    def http_status(self) -> int:
+        return 403 if self.disabled else 401

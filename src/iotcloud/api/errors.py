@@ -10,7 +10,13 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED
 
 from iotcloud.api.gizwits.wire import error_body, json_response
-from iotcloud.errors import FormInvalid, IotCloudError, ServerError, Throttled
+from iotcloud.errors import (
+    FormInvalid,
+    IotCloudError,
+    OperatorAuthFailed,
+    ServerError,
+    Throttled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +24,11 @@ AnyRequest = Request[Any, Any, Any]
 
 
 def render_iotcloud_error(request: AnyRequest, exc: IotCloudError) -> Response[bytes]:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
+    headers: dict[str, str] | None = None
+    if isinstance(exc, Throttled):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, OperatorAuthFailed) and exc.http_status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="iotcloud operator API"'}
     if exc.http_status >= 500:  # raised on purpose: the raiser logged the cause already
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return json_response(error_body(exc), exc.http_status, headers)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from iotcloud.config import Settings
 from iotcloud.services.accounts import AccountService
 from iotcloud.services.apps import AppService
+from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
+from iotcloud.services.products import ProductService
 from iotcloud.services.verification import VerificationService
 
 
@@ -18,3 +20,5 @@ class Services:
     accounts: AccountService
     verification: VerificationService
     password_reset: PasswordResetService
+    products: ProductService
+    devices: DeviceService

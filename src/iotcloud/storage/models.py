@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -174,3 +175,41 @@ class PasswordResetRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ProductRow(Base):
+    """A product: its keys and the datapoint JSON it was imported from, kept as imported."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    product_key: Mapped[str] = mapped_column(String(32), unique=True)
+    product_secret: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(256))
+    protocol_type: Mapped[str] = mapped_column(String(16))
+    definition: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeviceRow(Base):
+    """A device of a product. One did per (product, MAC): a device registering again keeps it."""
+
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("product_id", "mac"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    did: Mapped[str] = mapped_column(String(22), unique=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="RESTRICT"))
+    mac: Mapped[str] = mapped_column(String(12))
+    passcode: Mapped[str] = mapped_column(String(32))
+    is_disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    is_online: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    last_online_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_offline_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    mcu_soft_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    mcu_hard_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    wifi_soft_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    wifi_hard_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Request, Response
@@ -59,6 +60,39 @@ async def json_object(
         raise FormInvalid(f"body: malformed JSON ({exc})") from exc
     if not isinstance(value, dict):
         raise FormInvalid("body: must be a JSON object")
+    return value
+
+
+async def form_fields(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """A form-encoded body (``a=1&b=2``, what GAgent sends) as a dict of strings.
+
+    A JSON object body is accepted too when the client says ``application/json``; unknown fields
+    are kept (device firmware sends extras). The first value of a repeated field wins. Raises
+    ``FormInvalid`` for a body that is not UTF-8 (or a malformed JSON body).
+    """
+    if request.headers.get("content-type", "").lower().startswith("application/json"):
+        data = await json_object(request, allow_empty=True)
+        for name, value in data.items():
+            if not isinstance(value, str):
+                raise FormInvalid(f"{name}: must be a string")
+        return dict(data)
+    body = await request.body()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormInvalid("body: not UTF-8") from exc
+    fields: dict[str, str] = {}
+    # lenient on purpose: firmware may send a trailing '&'; a missing field is named later
+    for name, value in parse_qsl(text.strip(), keep_blank_values=True):
+        fields.setdefault(name, value)
+    return fields
+
+
+def required_field(fields: dict[str, str], name: str) -> str:
+    """``fields[name]``, or ``FormInvalid`` naming it when absent or empty."""
+    value = fields.get(name, "")
+    if not value:
+        raise FormInvalid(f"{name}: is required")
     return value
 
 

@@ -1,0 +1,53 @@
+"""``/admin/v1/devices``: create devices, show them, disable and enable them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post, put
+
+from iotcloud.api.admin.views import device_credentials_view, device_view
+from iotcloud.api.gizwits.wire import convert, json_object, json_response
+from iotcloud.services.registry import Services
+
+AnyRequest = Request[Any, Any, Any]
+
+
+def services(request: AnyRequest) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+class CreateDeviceForm(msgspec.Struct, forbid_unknown_fields=True):
+    product_key: str
+    mac: str
+    passcode: str | None = None
+
+
+class ChangeDeviceForm(msgspec.Struct, forbid_unknown_fields=True):
+    is_disabled: bool
+
+
+@post("/devices")
+async def create_device(request: AnyRequest) -> Response[bytes]:
+    """``{"product_key", "mac"[, "passcode"]}`` -> 201 ``{"did", "passcode", "mac"}``; 200 with
+    the existing device when the MAC is already registered in the product."""
+    form = convert(await json_object(request), CreateDeviceForm)
+    creds = await services(request).devices.create(form.product_key, form.mac, form.passcode)
+    return json_response(device_credentials_view(creds), 201 if creds.created else 200)
+
+
+@get("/devices/{did:str}")
+async def show_device(request: AnyRequest, did: str) -> Response[bytes]:
+    return json_response(device_view(await services(request).devices.get(did)))
+
+
+@put("/devices/{did:str}")
+async def change_device(request: AnyRequest, did: str) -> Response[bytes]:
+    """``{"is_disabled": bool}`` -> the device."""
+    form = convert(await json_object(request), ChangeDeviceForm)
+    device = await services(request).devices.set_disabled(did, form.is_disabled)
+    return json_response(device_view(device))
+
+
+ROUTES = [create_device, show_device, change_device]

@@ -1,0 +1,414 @@
+"""Devices: self-registration and provisioning (GAgent's ``/dev/devices``), operator creation,
+bulk import, and enabling/disabling.
+
+Identity rules (``domain/devices.py``): one did per (product, MAC). A device that registers again
+with the same MAC, e.g. after a factory reset, keeps its did, and the passcode it sends replaces
+the stored one, so the firmware's freshly generated passcode is what MQTT accepts from then on.
+A disabled device stays disabled when it registers again (9023); only an operator enables it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from iotcloud.config import Settings
+from iotcloud.domain import devices as rules
+from iotcloud.domain.accounts import FieldInvalid
+from iotcloud.domain.clock import Clock
+from iotcloud.errors import (
+    DeviceAuthInvalid,
+    DeviceDisabled,
+    DeviceNotFound,
+    FormInvalid,
+    ProductKeyInvalid,
+    ServerError,
+)
+from iotcloud.storage.database import Database
+from iotcloud.storage.devices import DeviceRepository, MacTaken, ProductRepository
+from iotcloud.storage.models import DeviceRow, ProductRow
+
+log = logging.getLogger(__name__)
+
+IMPORT_BATCH_SIZE = 500
+CSV_COLUMNS = ("product_key", "mac", "passcode")
+_RACE_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device as the rest of the system sees it."""
+
+    did: str
+    product_key: str
+    mac: str
+    passcode: str
+    is_disabled: bool
+    is_online: bool
+    last_online_at: datetime | None
+    last_offline_at: datetime | None
+    mcu_soft_version: str | None
+    mcu_hard_version: str | None
+    wifi_soft_version: str | None
+    wifi_hard_version: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DeviceCredentials:
+    """What a device needs to connect; ``created`` is False when the MAC was already known."""
+
+    did: str
+    passcode: str
+    mac: str
+    created: bool = True
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """Where a device connects over MQTT, and the server's clock (Unix seconds)."""
+
+    host: str
+    port: int
+    server_ts: int
+
+
+@dataclass(frozen=True)
+class DeviceImportRow:
+    """One data row of a device CSV; ``line`` is the file line it starts on (header = 1)."""
+
+    line: int
+    product_key: str
+    mac: str
+    passcode: str | None = None
+
+
+@dataclass(frozen=True)
+class ImportFailure:
+    line: int
+    error: str
+
+
+@dataclass
+class ImportReport:
+    """Outcome of a bulk import: rows stored, rows whose device already existed (left as they
+    were), and rows refused with the reason."""
+
+    created: int = 0
+    existing: int = 0
+    failed: list[ImportFailure] = field(default_factory=list)
+
+
+def read_device_csv(lines: Iterable[str]) -> tuple[list[DeviceImportRow], list[ImportFailure]]:
+    """Parse a device CSV: header ``product_key,mac`` with an optional ``passcode`` column.
+
+    Blank lines are skipped; a row with the wrong number of fields is reported as a failure of
+    its line. Raises ``FormInvalid`` when the header is missing or names unknown columns.
+    """
+    reader = csv.reader(lines)
+    header: list[str] | None = None
+    for candidate in reader:
+        if any(cell.strip() for cell in candidate):
+            header = [cell.strip().lower() for cell in candidate]
+            break
+    if header is None:
+        raise FormInvalid("header: the file is empty; expected product_key,mac[,passcode]")
+    unknown = [name for name in header if name not in CSV_COLUMNS]
+    missing = [name for name in CSV_COLUMNS[:2] if name not in header]
+    if unknown or missing or len(set(header)) != len(header):
+        raise FormInvalid(
+            f"header (line {reader.line_num}): expected columns product_key,mac and optionally "
+            f"passcode, got {','.join(header)}"
+        )
+    rows: list[DeviceImportRow] = []
+    failures: list[ImportFailure] = []
+    previous = reader.line_num
+    for cells in reader:
+        line, previous = previous + 1, reader.line_num  # a quoted field may span lines
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(header):
+            failures.append(ImportFailure(line, f"expected {len(header)} fields, got {len(cells)}"))
+            continue
+        values = {name: cell.strip() for name, cell in zip(header, cells, strict=True)}
+        rows.append(
+            DeviceImportRow(
+                line=line,
+                product_key=values["product_key"],
+                mac=values["mac"],
+                passcode=values.get("passcode") or None,
+            )
+        )
+    return rows, failures
+
+
+class DeviceService:
+    """Device identities. Every operation is one unit of work; concurrent registrations of one
+    MAC serialise on a per-(product, MAC) lock and agree on one did."""
+
+    def __init__(self, db: Database, clock: Clock, settings: Settings) -> None:
+        self.db = db
+        self.clock = clock
+        self.settings = settings
+
+    # -- the device side (GAgent) --------------------------------------------------------------
+
+    async def register(self, product_key: str, mac: str, passcode: str) -> str:
+        """``POST /dev/devices``: the did of (product, MAC), created on first registration.
+
+        Registering again returns the same did and stores the new ``passcode`` in place of the
+        old one. Raises ``ProductKeyInvalid`` (9002) for an unknown or malformed product_key,
+        ``FormInvalid`` (9015) naming ``mac``/``passcode``, ``DeviceDisabled`` (9023) when the
+        device was disabled.
+        """
+        key = _product_key(product_key)
+        mac = _checked(rules.check_mac, mac)
+        passcode = _checked(rules.check_passcode, passcode)
+        row, created = await self._ensure(key, mac, passcode, register=True)
+        if created:
+            log.info("device %s registered (product %s, mac %s)", row.did, key, mac)
+        return row.did
+
+    async def provision(self, did: str) -> Provisioning:
+        """``GET /dev/devices/{did}``: the MQTT endpoint. Raises ``DeviceNotFound`` (9014) or
+        ``DeviceDisabled`` (9023)."""
+        async with self.db.session() as session:
+            row = await DeviceRepository(session).by_did(did)
+        if row is None:
+            raise DeviceNotFound(f"no device with did {did!r}")
+        if row.is_disabled:
+            raise DeviceDisabled(f"device {did} is disabled")
+        return Provisioning(
+            host=self.settings.public_host,
+            port=self.settings.mqtt_port,
+            server_ts=int(self.clock.now().timestamp()),
+        )
+
+    async def disable(self, did: str, passcode: str) -> None:
+        """``DELETE /dev/devices``: the device gives up its did. Idempotent.
+
+        Raises ``DeviceNotFound`` (9014), or ``DeviceAuthInvalid`` (9016) when ``passcode`` is not
+        the device's current one (which is the case for a reset device deleting its old identity
+        after it registered again with a new passcode: its did stays usable).
+        """
+        async with self.db.session() as session:
+            devices = DeviceRepository(session)
+            row = await devices.by_did(did)
+            if row is None:
+                raise DeviceNotFound(f"no device with did {did!r}")
+            if not hmac.compare_digest(row.passcode.encode(), passcode.encode()):
+                raise DeviceAuthInvalid(f"passcode does not match did {did}")
+            if row.is_disabled:
+                return
+            if not await devices.disable_if_passcode(did, passcode, self.clock.now()):
+                raise DeviceAuthInvalid(f"passcode does not match did {did}")
+        log.info("device %s disabled itself", did)
+
+    # -- operators -----------------------------------------------------------------------------
+
+    async def create(
+        self, product_key: str, mac: str, passcode: str | None = None
+    ) -> DeviceCredentials:
+        """Create the device of (product, MAC), or return the existing one unchanged
+        (``created=False``). The passcode is generated unless given."""
+        key = _product_key(product_key)
+        mac = _checked(rules.check_mac, mac)
+        passcode = _checked(rules.check_passcode, passcode) if passcode is not None else None
+        row, created = await self._ensure(key, mac, passcode, register=False)
+        if created:
+            log.info("device %s created (product %s, mac %s)", row.did, key, mac)
+        return DeviceCredentials(did=row.did, passcode=row.passcode, mac=row.mac, created=created)
+
+    async def import_csv(
+        self,
+        rows: Sequence[DeviceImportRow],
+        *,
+        batch_size: int = IMPORT_BATCH_SIZE,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportReport:
+        """Create the devices of ``rows``, ``batch_size`` per transaction.
+
+        Bad rows (malformed or unknown product_key, bad MAC or passcode) are reported with their
+        line; good rows are stored. A row whose device exists already (in the database or earlier
+        in the file) counts as ``existing`` and changes nothing. ``progress`` is called with the
+        number of rows handled after each batch.
+        """
+        report = ImportReport()
+        product_ids: dict[str, int | None] = {}
+        seen: set[tuple[int, str]] = set()
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            await self._import_batch(batch, product_ids, seen, report)
+            if progress is not None:
+                progress(len(batch))
+        if report.created:
+            log.info("device import stored %d devices", report.created)
+        return report
+
+    async def get(self, did: str) -> Device:
+        """The device; raises ``DeviceNotFound`` (9014)."""
+        async with self.db.session() as session:
+            found = await DeviceRepository(session).with_product(did)
+        if found is None:
+            raise DeviceNotFound(f"no device with did {did!r}")
+        return _device(*found)
+
+    async def set_disabled(self, did: str, disabled: bool) -> Device:
+        """Disable or enable a device; raises ``DeviceNotFound`` (9014)."""
+        async with self.db.session() as session:
+            changed = await DeviceRepository(session).set_disabled(did, disabled, self.clock.now())
+        if not changed:
+            raise DeviceNotFound(f"no device with did {did!r}")
+        log.info("device %s %s by an operator", did, "disabled" if disabled else "enabled")
+        return await self.get(did)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _ensure(
+        self, product_key: str, mac: str, passcode: str | None, *, register: bool
+    ) -> tuple[DeviceRow, bool]:
+        """Find or create the device of (product, MAC). ``register`` applies the registration
+        rules to an existing device (refused when disabled; the passcode replaced)."""
+        for _ in range(_RACE_RETRIES):
+            try:
+                async with self.db.session(lock=f"device:{product_key}:{mac}") as session:
+                    product = await _product(session, product_key)
+                    devices = DeviceRepository(session)
+                    row = await devices.by_mac(product.id, mac)
+                    if row is None:
+                        row = await devices.add(self._new_row(product.id, mac, passcode))
+                        return row, True
+                    if register:
+                        if row.is_disabled:
+                            raise DeviceDisabled(f"device {row.did} (mac {mac}) is disabled")
+                        if passcode is not None and row.passcode != passcode:
+                            row.passcode = passcode
+                            row.updated_at = self.clock.now()
+                            log.info("device %s registered again; passcode replaced", row.did)
+                    return row, False
+            except MacTaken:  # another process stored it first; read it on the next turn
+                continue
+        raise ServerError(f"device {mac} of product {product_key} is being written concurrently")
+
+    def _new_row(self, product_id: int, mac: str, passcode: str | None) -> DeviceRow:
+        now = self.clock.now()
+        return DeviceRow(
+            did=rules.new_did(),
+            product_id=product_id,
+            mac=mac,
+            passcode=passcode or rules.new_passcode(),
+            is_disabled=False,
+            is_online=False,
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def _import_batch(
+        self,
+        batch: Sequence[DeviceImportRow],
+        product_ids: dict[str, int | None],
+        seen: set[tuple[int, str]],
+        report: ImportReport,
+    ) -> None:
+        valid: list[tuple[str, int, str, str | None]] = []
+        for item in batch:
+            try:
+                key = rules.check_product_key(item.product_key)
+                mac = rules.check_mac(item.mac)
+                passcode = (
+                    rules.check_passcode(item.passcode) if item.passcode is not None else None
+                )
+            except FieldInvalid as exc:
+                report.failed.append(ImportFailure(item.line, str(exc)))
+                continue
+            if key not in product_ids:
+                async with self.db.session() as session:
+                    product = await ProductRepository(session).by_key(key)
+                product_ids[key] = product.id if product is not None else None
+            product_id = product_ids[key]
+            if product_id is None:
+                report.failed.append(
+                    ImportFailure(item.line, f"product_key: unknown product {key}")
+                )
+                continue
+            if (product_id, mac) in seen:
+                report.existing += 1
+                continue
+            seen.add((product_id, mac))
+            valid.append((key, product_id, mac, passcode))
+        if not valid:
+            return
+        try:
+            async with self.db.session() as session:
+                devices = DeviceRepository(session)
+                macs: dict[int, list[str]] = defaultdict(list)
+                for _, product_id, mac, _ in valid:
+                    macs[product_id].append(mac)
+                known = {
+                    (product_id, mac)
+                    for product_id, group in macs.items()
+                    for mac in await devices.existing_macs(product_id, group)
+                }
+                new = [
+                    self._new_row(product_id, mac, passcode)
+                    for _, product_id, mac, passcode in valid
+                    if (product_id, mac) not in known
+                ]
+                await devices.add_all(new)
+            report.existing += len(known)
+            report.created += len(new)
+        except MacTaken:  # a device of the batch registered meanwhile: go one by one
+            for key, _, mac, passcode in valid:
+                _, created = await self._ensure(key, mac, passcode, register=False)
+                if created:
+                    report.created += 1
+                else:
+                    report.existing += 1
+
+
+async def _product(session: AsyncSession, product_key: str) -> ProductRow:
+    product = await ProductRepository(session).by_key(product_key)
+    if product is None:
+        raise ProductKeyInvalid(f"unknown product_key {product_key}")
+    return product
+
+
+def _product_key(value: str) -> str:
+    try:
+        return rules.check_product_key(value)
+    except FieldInvalid as exc:
+        raise ProductKeyInvalid(str(exc)) from exc
+
+
+def _checked(check: Callable[[str], str], value: str) -> str:
+    try:
+        return check(value)
+    except FieldInvalid as exc:
+        raise FormInvalid(str(exc)) from exc
+
+
+def _device(row: DeviceRow, product: ProductRow) -> Device:
+    return Device(
+        did=row.did,
+        product_key=product.product_key,
+        mac=row.mac,
+        passcode=row.passcode,
+        is_disabled=row.is_disabled,
+        is_online=row.is_online,
+        last_online_at=row.last_online_at,
+        last_offline_at=row.last_offline_at,
+        mcu_soft_version=row.mcu_soft_version,
+        mcu_hard_version=row.mcu_hard_version,
+        wifi_soft_version=row.wifi_soft_version,
+        wifi_hard_version=row.wifi_hard_version,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
