@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 
 import httpx
 from litestar import Litestar
@@ -14,12 +15,14 @@ from litestar.middleware import DefineMiddleware
 from iotcloud.api.admin.routes import ROUTER as ADMIN_ROUTER
 from iotcloud.api.errors import EXCEPTION_HANDLERS
 from iotcloud.api.gizwits import accounts as gizwits_accounts
+from iotcloud.api.gizwits import devdata, reset_page, system
 from iotcloud.api.gizwits import devices as gizwits_devices
 from iotcloud.api.gizwits import products as gizwits_products
-from iotcloud.api.gizwits import reset_page, system
 from iotcloud.api.throttle import ThrottleMiddleware, TokenBuckets
 from iotcloud.config import ConfigError, Settings
 from iotcloud.domain.clock import Clock, SystemClock
+from iotcloud.gateway.embedded import EmbeddedBroker
+from iotcloud.gateway.service import DeviceGateway
 from iotcloud.notify.captcha import CaptchaRenderer
 from iotcloud.notify.mail import Mailer, OutboxMailer, SmtpMailer, SmtpTarget
 from iotcloud.notify.oauth import ThirdPartyVerifier, parse_providers
@@ -32,9 +35,11 @@ from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
 from iotcloud.services.products import ProductService
 from iotcloud.services.registry import Services
+from iotcloud.services.telemetry import TelemetryService
 from iotcloud.services.verification import VerificationService
 from iotcloud.storage.accounts import AppTokenRepository, CodeRepository, UserTokenRepository
 from iotcloud.storage.database import Database
+from iotcloud.storage.telemetry import TelemetryRepository
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +110,27 @@ async def running_services(
             password_reset=resets,
             products=ProductService(db, clock),
             devices=DeviceService(db, clock, settings),
+            telemetry=TelemetryService(db),
         )
+        gateway = await stack.enter_async_context(
+            DeviceGateway(db, clock, keep_history=settings.history_retention_days > 0)
+        )
+        broker = EmbeddedBroker(settings.http_host, settings.mqtt_port, gateway, gateway)
+        await stack.enter_async_context(broker)
+        log.info("MQTT broker for devices listening on port %d", broker.port)
         async with asyncio.TaskGroup() as tasks:
-            housekeeping = tasks.create_task(_housekeeping(db, clock), name="housekeeping")
+            housekeeping = tasks.create_task(
+                _housekeeping(db, clock, settings), name="housekeeping"
+            )
             try:
                 yield services
             finally:
                 housekeeping.cancel()
 
 
-async def _housekeeping(db: Database, clock: Clock) -> None:
-    """Drop expired tokens, captchas, codes and reset links, every few minutes."""
+async def _housekeeping(db: Database, clock: Clock, settings: Settings) -> None:
+    """Drop expired tokens, captchas, codes and reset links, and telemetry past its retention,
+    every few minutes."""
     failing = False
     while True:
         try:
@@ -125,6 +140,10 @@ async def _housekeeping(db: Database, clock: Clock) -> None:
                     await UserTokenRepository(session).purge_expired(now)
                     + await AppTokenRepository(session).purge_expired(now)
                     + await CodeRepository(session).purge_expired(now)
+                    + await TelemetryRepository(session).purge_before(
+                        now - timedelta(days=settings.history_retention_days),
+                        now - timedelta(days=settings.frame_log_retention_days),
+                    )
                 )
             if failing:
                 log.info("housekeeping recovered")
@@ -157,6 +176,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             *gizwits_accounts.ROUTES,
             *gizwits_devices.ROUTES,
             *gizwits_products.ROUTES,
+            *devdata.ROUTES,
             *reset_page.ROUTES,
             ADMIN_ROUTER,
         ],

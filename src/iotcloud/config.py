@@ -78,6 +78,10 @@ class Settings:
     auth_providers: Mapping[str, Any] = field(default_factory=dict)
     auth_provider_timeout: float = 5.0
 
+    # telemetry retention (days); history 0 keeps no history at all
+    history_retention_days: int = 90
+    frame_log_retention_days: int = 7
+
     # throttling (token buckets; 0 disables)
     rate_limit_per_app: float = 1000.0
     rate_limit_per_address: float = 100.0
@@ -173,6 +177,16 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"IOTCLOUD_{name.upper()} must not be negative")
+        if self.mqtt_url:
+            raise ConfigError(
+                "IOTCLOUD_MQTT_URL: this version serves devices with its embedded broker only; "
+                "unset IOTCLOUD_MQTT_URL"
+            )
+        if self.history_retention_days < 0 or self.frame_log_retention_days < 1:
+            raise ConfigError(
+                "IOTCLOUD_HISTORY_RETENTION_DAYS must be >= 0 and "
+                "IOTCLOUD_FRAME_LOG_RETENTION_DAYS >= 1"
+            )
         if not isinstance(self.auth_providers, Mapping):
             raise ConfigError("IOTCLOUD_AUTH_PROVIDERS must be a JSON object")
 

@@ -45,6 +45,8 @@ async def services(
     settings = Settings.load(
         {},
         data_dir=tmp_path,
+        mqtt_port=0,
+        http_host="127.0.0.1",
         database_url=database_url,
         argon2_time_cost=1,
         argon2_memory_kib=1024,

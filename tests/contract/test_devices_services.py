@@ -61,6 +61,7 @@ async def services(
     settings = Settings.load(
         {},
         data_dir=tmp_path,
+        http_host="127.0.0.1",
         database_url=database_url,
         public_host="m2m.example.org",
         mqtt_port=1884,

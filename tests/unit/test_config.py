@@ -55,3 +55,8 @@ def test_fixed_captcha_answer_is_refused_in_production() -> None:
         Settings.load({"IOTCLOUD_DEV_CAPTCHA_CODE": "1234"})
     dev = Settings.load({"IOTCLOUD_DEV_CAPTCHA_CODE": "1234", "IOTCLOUD_ENV": "development"})
     assert dev.dev_captcha_code == "1234"
+
+
+def test_an_external_broker_url_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="IOTCLOUD_MQTT_URL"):
+        Settings.load({"IOTCLOUD_MQTT_URL": "mqtt://broker:1883"})

@@ -10,6 +10,7 @@ from iotcloud.services.apps import AppService
 from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
 from iotcloud.services.products import ProductService
+from iotcloud.services.telemetry import TelemetryService
 from iotcloud.services.verification import VerificationService
 
 
@@ -22,3 +23,4 @@ class Services:
     password_reset: PasswordResetService
     products: ProductService
     devices: DeviceService
+    telemetry: TelemetryService

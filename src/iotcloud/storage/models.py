@@ -6,18 +6,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
     UniqueConstraint,
     false,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -213,3 +216,50 @@ class DeviceRow(Base):
     wifi_hard_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+JSON_TYPE = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class DeviceLatestRow(Base):
+    """The newest value of every data point a device reported (merged across partial reports)."""
+
+    __tablename__ = "device_latest"
+
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attrs: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+
+
+class DeviceHistoryRow(Base):
+    """One report's values, for history and aggregation."""
+
+    __tablename__ = "device_history"
+    __table_args__ = (
+        Index("ix_device_history_device_id_at", "device_id", "at"),
+        Index("ix_device_history_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attrs: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+
+
+class DeviceEventRow(Base):
+    """The frame log (Gizwits ``raw_data``): frames to and from a device, and its presence."""
+
+    __tablename__ = "device_events"
+    __table_args__ = (
+        Index("ix_device_events_device_id_at", "device_id", "at"),
+        Index("ix_device_events_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    detail: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,0 +1,243 @@
+"""Devices online: firmware-like clients register over HTTP, connect over MQTT 3.1 / 3.1.1 to
+the embedded broker of a real ``iotcloud serve``, report, and apps read the state back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiomqtt
+import httpx
+import pytest
+
+from iotcloud.codecs import Frame, ProductDefinition, encode_frame, parse_product_definition
+from iotcloud.codecs.frame import CMD_REPORT
+from iotcloud.gateway.service import json_values
+from iotcloud.simulator import VirtualDevice
+from tests.server import RunningServer
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "datapoints"
+T = TypeVar("T")
+
+
+def import_product(
+    server: RunningServer, tmp_path: Path, name: str
+) -> tuple[str, ProductDefinition]:
+    """Import a fixture under a fresh product_key; returns it and the parsed definition."""
+    data = json.loads((FIXTURES / name).read_text())
+    data["product_key"] = uuid.uuid4().hex
+    path = tmp_path / f"{data['product_key']}.json"
+    path.write_text(json.dumps(data))
+    made = json.loads(server.cli("product", "import", str(path), "--json").stdout)
+    assert made["product_key"] == data["product_key"]
+    return made["product_key"], parse_product_definition(data)
+
+
+def mqtt_port(server: RunningServer) -> int:
+    return int(server.env["IOTCLOUD_MQTT_PORT"])
+
+
+def connack_code(error: aiomqtt.MqttCodeError) -> int:
+    """The MQTT 3.1.1 CONNACK code (paho reports 4 and 5 as MQTT 5 reason codes 134 and 135)."""
+    rc = error.rc
+    value = int(getattr(rc, "value", rc))
+    return {134: 4, 135: 5}.get(value, value)
+
+
+def new_mac() -> str:
+    return "02" + uuid.uuid4().hex[:10]
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]]) -> T:
+    """Poll ``probe`` until it returns something truthy (state is written in batches)."""
+    async with asyncio.timeout(15):
+        while True:
+            value = await probe()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+
+
+class Online:
+    """A registered virtual device with a running MQTT session."""
+
+    def __init__(self, server: RunningServer, device: VirtualDevice) -> None:
+        self.server = server
+        self.device = device
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> VirtualDevice:
+        async with httpx.AsyncClient(base_url=self.server.base_url) as http:
+            await self.device.register(http)
+        self.task = asyncio.create_task(
+            self.device.run(host="127.0.0.1", port=mqtt_port(self.server))
+        )
+        ready = asyncio.create_task(self.device.ready.wait())
+        done, _ = await asyncio.wait({self.task, ready}, timeout=15, return_when="FIRST_COMPLETED")
+        ready.cancel()
+        if self.task in done:
+            self.task.result()  # raises the connection error
+        assert self.device.ready.is_set(), "device did not connect"
+        return self.device
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        async with asyncio.timeout(15):
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+@pytest.fixture
+async def apps(server: RunningServer, app: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers={"X-Gizwits-Application-Id": app["appid"]}
+    ) as client:
+        yield client
+
+
+async def latest(apps: httpx.AsyncClient, did: str) -> dict[str, Any]:
+    reply = await apps.get(f"/app/devdata/{did}/latest")
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+@pytest.mark.parametrize("protocol", ["3.1", "3.1.1"])
+async def test_standard_device_reports_reach_the_latest_state(
+    server: RunningServer, apps: httpx.AsyncClient, tmp_path: Path, protocol: str
+) -> None:
+    product_key, product = import_product(server, tmp_path, "pet_house.json")
+    device = VirtualDevice(product_key, product, new_mac(), protocol=protocol, seed=7)
+    async with Online(server, device):
+        assert device.did is not None
+        first = await eventually(lambda: _reported(apps, device.did))
+        assert first["did"] == device.did
+        assert first["attr"] == json_values(device.status)
+        assert isinstance(first["attr"]["LED_OnOff"], bool)
+        assert first["attr"]["LED_Color"] in {"Customize", "Yellow", "Purple", "Pink"}
+        before = first["updated_at"]
+
+        device.status["Temperature"] = 100
+        device.status["Infrared"] = not device.status["Infrared"]
+        await device.report()
+        second = await eventually(lambda: _changed(apps, device.did, "Temperature", 100))
+        assert second["attr"] == json_values(device.status)
+        assert second["updated_at"] >= before
+
+
+async def test_var_len_partial_reports_merge_into_the_latest_state(
+    server: RunningServer, apps: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    product_key, product = import_product(server, tmp_path, "var_len_speaker.json")
+    device = VirtualDevice(product_key, product, new_mac(), protocol="3.1", seed=3)
+    async with Online(server, device):
+        assert device.did is not None
+        full = await eventually(lambda: _reported(apps, device.did))
+        assert full["attr"] == json_values(device.status)
+        device.status["Volume"] = 42
+        await device.report(changed=["Volume"])  # a var_len report carrying one value
+        merged = await eventually(lambda: _changed(apps, device.did, "Volume", 42))
+        assert merged["attr"] == json_values(device.status)
+        assert isinstance(merged["attr"]["Greeting"], str)  # binary as hex
+
+
+async def test_bad_frames_are_dropped_and_the_device_stays_connected(
+    server: RunningServer, apps: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    product_key, product = import_product(server, tmp_path, "pet_house.json")
+    device = VirtualDevice(product_key, product, new_mac(), seed=11)
+    async with Online(server, device):
+        assert device.did is not None
+        state = await eventually(lambda: _reported(apps, device.did))
+        client = device._client
+        assert client is not None
+        for junk in (
+            b"garbage",
+            b"\x00\x00\x00\x03\x7f\x00\x00\x91\x04",  # length says more than there is
+            encode_frame(Frame(CMD_REPORT, b"\x04\x01")),  # a status too short for the product
+            encode_frame(Frame(CMD_REPORT, b"\x99")),  # unknown action
+        ):
+            await client.publish(f"dev2app/{device.did}", junk)
+        await client.publish("dev2app/someoneelse1234567890", encode_frame(Frame(CMD_REPORT, b"")))
+        device.status["Humidity"] = 55
+        await device.report()
+        after = await eventually(lambda: _changed(apps, device.did, "Humidity", 55))
+        assert after["attr"] == json_values(device.status)
+        assert device.stats.connected
+        assert set(after["attr"]) == set(state["attr"])
+
+
+async def test_wrong_passcode_and_disabled_devices_are_refused(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    product_key, product = import_product(server, tmp_path, "pet_house.json")
+    device = VirtualDevice(product_key, product, new_mac())
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        did = await device.register(http)
+    for password, expected in ((device.passcode[::-1], 4), ("", 4)):
+        with pytest.raises(aiomqtt.MqttCodeError) as refused:
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                mqtt_port(server),
+                identifier=did,
+                username=did,
+                password=password or None,
+                protocol=aiomqtt.ProtocolVersion.V31,
+            ):
+                pass
+        assert connack_code(refused.value) == expected
+    server.cli("device", "disable", did)
+    with pytest.raises(aiomqtt.MqttCodeError) as disabled:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            mqtt_port(server),
+            identifier=did,
+            username=did,
+            password=device.passcode,
+            protocol=aiomqtt.ProtocolVersion.V311,
+        ):
+            pass
+    assert connack_code(disabled.value) == 5
+
+
+async def test_presence_follows_the_connection(server: RunningServer, tmp_path: Path) -> None:
+    product_key, product = import_product(server, tmp_path, "pet_house.json")
+    device = VirtualDevice(product_key, product, new_mac())
+
+    async def online_flag(wanted: bool) -> dict[str, Any] | None:
+        assert device.did is not None
+        shown = await asyncio.to_thread(server.cli, "device", "show", device.did, "--json")
+        body = dict(json.loads(shown.stdout))
+        return body if body["is_online"] is wanted else None
+
+    async with Online(server, device):
+        online = await eventually(lambda: online_flag(True))
+        assert online["last_online_at"]
+    offline = await eventually(lambda: online_flag(False))
+    assert offline["last_offline_at"]
+
+
+async def test_latest_refuses_unknown_devices_and_apps(
+    server: RunningServer, apps: httpx.AsyncClient
+) -> None:
+    missing = await apps.get("/app/devdata/aaaaaaaaaaaaaaaaaaaaaa/latest")
+    assert missing.status_code == 404
+    assert missing.json()["error_code"] == 9014
+    async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
+        no_app = await anonymous.get("/app/devdata/aaaaaaaaaaaaaaaaaaaaaa/latest")
+    assert no_app.json()["error_code"] == 9003
+
+
+async def _reported(apps: httpx.AsyncClient, did: str) -> dict[str, Any] | None:
+    body = await latest(apps, did)
+    return body if body["updated_at"] else None
+
+
+async def _changed(
+    apps: httpx.AsyncClient, did: str, name: str, value: Any
+) -> dict[str, Any] | None:
+    body = await latest(apps, did)
+    return body if body["attr"].get(name) == value else None
