@@ -122,9 +122,6 @@ class DeviceGateway:
     ) -> None:
         await self._stack.aclose()
 
-    def session(self, did: str) -> _Session | None:
-        return self._sessions.get(did)
-
     # -- Authenticator ------------------------------------------------------------------------
 
     async def authenticate(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -30,6 +30,7 @@ from iotcloud.notify.oauth import ThirdPartyIdentity, ThirdPartyVerifier
 from iotcloud.services.apps import App
 from iotcloud.services.auth_cache import AuthCache
 from iotcloud.services.credentials import PasswordHasher, digest, new_token, new_uid
+from iotcloud.services.validation import checked
 from iotcloud.services.verification import VerificationService
 from iotcloud.storage.accounts import UserRepository, UserTokenRepository
 from iotcloud.storage.database import Database
@@ -87,13 +88,6 @@ class UserChange:
     profile: Mapping[str, str] = field(default_factory=dict)
 
 
-def _checked(check: Callable[[str], str], value: str) -> str:
-    try:
-        return check(value)
-    except rules.FieldInvalid as exc:
-        raise FormInvalid(str(exc)) from exc
-
-
 class AccountService:
     """Every operation is one unit of work: a failure leaves no user, token or used code behind."""
 
@@ -123,7 +117,7 @@ class AccountService:
         self, app: App, phone_id: str, lang: str | None = None
     ) -> IssuedToken:
         """Idempotent per ``phone_id``: the same phone_id always maps to the same uid."""
-        phone_id = _checked(rules.check_phone_id, phone_id)
+        phone_id = checked(rules.check_phone_id, phone_id)
         for _ in range(2):  # a concurrent create of the same phone_id wins once; then we find it
             try:
                 async with self.db.session() as session:
@@ -141,7 +135,7 @@ class AccountService:
     async def create_with_username(
         self, app: App, username: str, password: str, lang: str | None = None
     ) -> IssuedToken:
-        username = _checked(rules.check_username, username)
+        username = checked(rules.check_username, username)
         password_hash = await self._hash_new(password, "password")
         async with self.db.session() as session:
             users = UserRepository(session)
@@ -155,7 +149,7 @@ class AccountService:
     async def create_with_email(
         self, app: App, email: str, password: str, lang: str | None = None
     ) -> IssuedToken:
-        email = _checked(rules.check_email, email)
+        email = checked(rules.check_email, email)
         password_hash = await self._hash_new(password, "password")
         async with self.db.session() as session:
             users = UserRepository(session)
@@ -178,7 +172,7 @@ class AccountService:
         self, app: App, phone: str, code: str, password: str | None, lang: str | None = None
     ) -> IssuedToken:
         """Phone + SMS code, with a password or password-free."""
-        phone = _checked(rules.check_phone, phone)
+        phone = checked(rules.check_phone, phone)
         password_hash = await self._hash_new(password, "password") if password is not None else None
         async with self.db.session() as session:
             users = UserRepository(session)
@@ -281,7 +275,7 @@ class AccountService:
         if not sent and not change.profile:
             raise FormInvalid("nothing to update: send at least one field")
         profile = {
-            name: _checked(rules.PROFILE_CHECKS[name], value)
+            name: checked(rules.PROFILE_CHECKS[name], value)
             for name, value in change.profile.items()
         }
         new_hash: str | None = None
@@ -317,7 +311,7 @@ class AccountService:
                     )
                 if variant == "anonymous_username":
                     assert change.username is not None
-                    username = _checked(rules.check_username, change.username)
+                    username = checked(rules.check_username, change.username)
                     if await users.identity_taken(
                         app.id, "username", username, except_user=user.id
                     ):
@@ -326,7 +320,7 @@ class AccountService:
                 else:
                     assert change.phone is not None
                     assert change.code is not None
-                    phone = _checked(rules.check_phone, change.phone)
+                    phone = checked(rules.check_phone, change.phone)
                     if await users.identity_taken(app.id, "phone", phone, except_user=user.id):
                         raise PhoneUnavailable(f"phone {phone} is taken")
                     await self.codes.consume_code(session, app, phone, change.code)
@@ -337,7 +331,7 @@ class AccountService:
             elif variant == "phone":
                 assert change.phone is not None
                 assert change.code is not None
-                phone = _checked(rules.check_phone, change.phone)
+                phone = checked(rules.check_phone, change.phone)
                 if phone != user.phone:
                     if await users.identity_taken(app.id, "phone", phone, except_user=user.id):
                         raise PhoneUnavailable(f"phone {phone} is taken")
@@ -346,7 +340,7 @@ class AccountService:
                     changed = True
             elif variant == "email":
                 assert change.email is not None
-                email = _checked(rules.check_email, change.email)
+                email = checked(rules.check_email, change.email)
                 if email != user.email:
                     if await users.identity_taken(app.id, "email", email, except_user=user.id):
                         raise EmailUnavailable(f"email {email} is taken")
@@ -368,7 +362,7 @@ class AccountService:
     def _new_user(self, app: App, *, is_anonymous: bool = False, **values: object) -> UserRow:
         lang = values.get("lang")
         if isinstance(lang, str):
-            _checked(rules.check_lang, lang)
+            checked(rules.check_lang, lang)
         now = self.clock.now()
         return UserRow(
             uid=new_uid(),
@@ -380,7 +374,7 @@ class AccountService:
         )
 
     async def _hash_new(self, password: str, field: str) -> str:
-        _checked(
+        checked(
             lambda v: rules.check_password(v, self.settings.password_min_length, field), password
         )
         return await self.hasher.hash(password)

@@ -31,6 +31,7 @@ from iotcloud.errors import (
     ProductKeyInvalid,
     ServerError,
 )
+from iotcloud.services.validation import checked
 from iotcloud.storage.database import Database
 from iotcloud.storage.devices import DeviceRepository, MacTaken, ProductRepository
 from iotcloud.storage.models import DeviceRow, ProductRow
@@ -170,8 +171,8 @@ class DeviceService:
         device was disabled.
         """
         key = _product_key(product_key)
-        mac = _checked(rules.check_mac, mac)
-        passcode = _checked(rules.check_passcode, passcode)
+        mac = checked(rules.check_mac, mac)
+        passcode = checked(rules.check_passcode, passcode)
         row, created = await self._ensure(key, mac, passcode, register=True)
         if created:
             log.info("device %s registered (product %s, mac %s)", row.did, key, mac)
@@ -220,8 +221,8 @@ class DeviceService:
         """Create the device of (product, MAC), or return the existing one unchanged
         (``created=False``). The passcode is generated unless given."""
         key = _product_key(product_key)
-        mac = _checked(rules.check_mac, mac)
-        passcode = _checked(rules.check_passcode, passcode) if passcode is not None else None
+        mac = checked(rules.check_mac, mac)
+        passcode = checked(rules.check_passcode, passcode) if passcode is not None else None
         row, created = await self._ensure(key, mac, passcode, register=False)
         if created:
             log.info("device %s created (product %s, mac %s)", row.did, key, mac)
@@ -386,13 +387,6 @@ def _product_key(value: str) -> str:
         return rules.check_product_key(value)
     except FieldInvalid as exc:
         raise ProductKeyInvalid(str(exc)) from exc
-
-
-def _checked(check: Callable[[str], str], value: str) -> str:
-    try:
-        return check(value)
-    except FieldInvalid as exc:
-        raise FormInvalid(str(exc)) from exc
 
 
 def _device(row: DeviceRow, product: ProductRow) -> Device:

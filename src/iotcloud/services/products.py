@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,14 +12,13 @@ from typing import Any
 from iotcloud.codecs.datapoints import ProductDefinition, parse_product_definition
 from iotcloud.codecs.errors import ProductDefinitionError
 from iotcloud.domain import devices as rules
-from iotcloud.domain.accounts import FieldInvalid
 from iotcloud.domain.clock import Clock
 from iotcloud.errors import (
-    FormInvalid,
     ProductDefinitionInvalid,
     ProductKeyInvalid,
     ProductKeyTaken,
 )
+from iotcloud.services.validation import checked
 from iotcloud.storage.database import Database
 from iotcloud.storage.devices import ProductRepository
 from iotcloud.storage.models import ProductRow
@@ -80,11 +79,11 @@ class ProductService:
         if len(definition.name) > PRODUCT_NAME_MAX or not definition.name.strip():
             raise ProductDefinitionInvalid(f"name: must be 1 to {PRODUCT_NAME_MAX} characters")
         if definition.product_key is not None:
-            product_key = _checked(rules.check_product_key, definition.product_key)
+            product_key = checked(rules.check_product_key, definition.product_key)
         else:
             product_key = rules.new_product_key()
         secret = (
-            _checked(rules.check_product_secret, product_secret)
+            checked(rules.check_product_secret, product_secret)
             if product_secret is not None
             else None
         )
@@ -147,13 +146,6 @@ class ProductService:
         if row is None:
             raise ProductKeyInvalid(f"unknown product_key {product_key!r}")
         return row
-
-
-def _checked(check: Callable[[str], str], value: str) -> str:
-    try:
-        return check(value)
-    except FieldInvalid as exc:
-        raise FormInvalid(str(exc)) from exc
 
 
 def _product(row: ProductRow) -> Product:
