@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mosquitto import MosquittoServer
 from tests.pg import PostgresServer
 from tests.server import RunningServer, serving
 
@@ -29,6 +30,17 @@ def postgres() -> Iterator[PostgresServer | str]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoServer]:
+    """The session's Mosquitto broker (dynamic security, connection log on ``$SYS``)."""
+    broker = MosquittoServer()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def new_database_url(postgres: PostgresServer | str, backend: str, directory: Path) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
@@ -15,13 +15,17 @@ from litestar.middleware import DefineMiddleware
 from iotcloud.api.admin.routes import ROUTER as ADMIN_ROUTER
 from iotcloud.api.errors import EXCEPTION_HANDLERS
 from iotcloud.api.gizwits import accounts as gizwits_accounts
-from iotcloud.api.gizwits import devdata, reset_page, system
+from iotcloud.api.gizwits import app_devices, devdata, reset_page, system
+from iotcloud.api.gizwits import bindings as gizwits_bindings
+from iotcloud.api.gizwits import control as gizwits_control
 from iotcloud.api.gizwits import devices as gizwits_devices
 from iotcloud.api.gizwits import products as gizwits_products
 from iotcloud.api.throttle import ThrottleMiddleware, TokenBuckets
 from iotcloud.config import ConfigError, Settings
 from iotcloud.domain.clock import Clock, SystemClock
+from iotcloud.gateway.broker import BrokerAdapter
 from iotcloud.gateway.embedded import EmbeddedBroker
+from iotcloud.gateway.external import BrokerTarget, CredentialMode, ExternalBroker
 from iotcloud.gateway.service import DeviceGateway
 from iotcloud.notify.captcha import CaptchaRenderer
 from iotcloud.notify.mail import Mailer, OutboxMailer, SmtpMailer, SmtpTarget
@@ -30,6 +34,8 @@ from iotcloud.notify.sms import OutboxSmsSender, SmsSender, WebhookSmsSender
 from iotcloud.services.accounts import AccountService, CurrentUser
 from iotcloud.services.apps import AppService
 from iotcloud.services.auth_cache import AuthCache
+from iotcloud.services.bindings import BindingService
+from iotcloud.services.control import ControlService
 from iotcloud.services.credentials import PasswordHasher
 from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
@@ -61,6 +67,20 @@ def build_sms(settings: Settings, http: httpx.AsyncClient) -> SmsSender:
     if settings.sms_webhook_url:
         return WebhookSmsSender(settings.sms_webhook_url, http)
     return OutboxSmsSender(settings.outbox_dir / "sms.jsonl")
+
+
+def build_broker(settings: Settings, gateway: DeviceGateway) -> BrokerAdapter:
+    """The embedded broker, or the adapter for the external one at ``IOTCLOUD_MQTT_URL``."""
+    if not settings.mqtt_url:
+        return EmbeddedBroker(settings.http_host, settings.mqtt_port, gateway, gateway)
+    try:
+        target = BrokerTarget.parse(settings.mqtt_url)
+    except ValueError as exc:
+        raise ConfigError(f"IOTCLOUD_MQTT_URL: {exc}") from exc
+    mode: CredentialMode = "none" if settings.mqtt_credentials == "none" else "dynsec"
+    return ExternalBroker(
+        target, gateway, gateway, credentials=mode, sync_interval=settings.mqtt_sync_seconds
+    )
 
 
 @asynccontextmanager
@@ -102,6 +122,18 @@ async def running_services(
         resets = PasswordResetService(
             db, clock, settings, hasher, verification, mailer, auth_cache.drop_user
         )
+        gateway = await stack.enter_async_context(
+            DeviceGateway(db, clock, keep_history=settings.history_retention_days > 0)
+        )
+        broker = await stack.enter_async_context(build_broker(settings, gateway))
+
+        async def devices_changed(dids: Sequence[str] | None) -> None:
+            async for page in gateway.credentials(dids):
+                await broker.devices_changed(page)
+
+        gateway.attach(broker)
+        telemetry = TelemetryService(db, clock, settings)
+        bindings = BindingService(db, clock)
         services = Services(
             settings=settings,
             apps=apps,
@@ -109,15 +141,11 @@ async def running_services(
             verification=verification,
             password_reset=resets,
             products=ProductService(db, clock),
-            devices=DeviceService(db, clock, settings),
-            telemetry=TelemetryService(db),
+            devices=DeviceService(db, clock, settings, devices_changed),
+            telemetry=telemetry,
+            bindings=bindings,
+            control=ControlService(bindings, telemetry, gateway),
         )
-        gateway = await stack.enter_async_context(
-            DeviceGateway(db, clock, keep_history=settings.history_retention_days > 0)
-        )
-        broker = EmbeddedBroker(settings.http_host, settings.mqtt_port, gateway, gateway)
-        await stack.enter_async_context(broker)
-        log.info("MQTT broker for devices listening on port %d", broker.port)
         async with asyncio.TaskGroup() as tasks:
             housekeeping = tasks.create_task(
                 _housekeeping(db, clock, settings), name="housekeeping"
@@ -177,6 +205,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             *gizwits_devices.ROUTES,
             *gizwits_products.ROUTES,
             *devdata.ROUTES,
+            *app_devices.ROUTES,
+            *gizwits_bindings.ROUTES,
+            *gizwits_control.ROUTES,
             *reset_page.ROUTES,
             ADMIN_ROUTER,
         ],

@@ -37,7 +37,14 @@ class Settings:
     mqtt_port: int = 1883
     data_dir: Path = Path("./data")
     database_url: str = ""  # empty: SQLite file in the data dir
-    mqtt_url: str = ""  # empty: the embedded broker
+    # empty: the embedded broker; else the external broker the gateway signs in to,
+    # mqtt[s]://user:password@host:port (IOTCLOUD_MQTT_PORT is then the port handed to devices)
+    mqtt_url: str = field(default="", repr=False)
+    # who keeps device credentials in an external broker: "dynsec" (iotcloud, through
+    # Mosquitto's dynamic-security plugin) or "none" (the operator)
+    mqtt_credentials: str = "dynsec"
+    # how often device credentials in an external broker are reconciled with the registry
+    mqtt_sync_seconds: float = 30.0
     public_host: str = "localhost"
     public_url: str = ""  # empty: http://{public_host}:{http_port}
     timezone: str = "UTC"
@@ -177,11 +184,12 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"IOTCLOUD_{name.upper()} must not be negative")
-        if self.mqtt_url:
+        if self.mqtt_credentials not in ("dynsec", "none"):
             raise ConfigError(
-                "IOTCLOUD_MQTT_URL: this version serves devices with its embedded broker only; "
-                "unset IOTCLOUD_MQTT_URL"
+                f"IOTCLOUD_MQTT_CREDENTIALS must be dynsec or none, not {self.mqtt_credentials!r}"
             )
+        if self.mqtt_sync_seconds <= 0:
+            raise ConfigError("IOTCLOUD_MQTT_SYNC_SECONDS must be positive")
         if self.history_retention_days < 0 or self.frame_log_retention_days < 1:
             raise ConfigError(
                 "IOTCLOUD_HISTORY_RETENTION_DAYS must be >= 0 and "

@@ -197,6 +197,12 @@ class DeviceAuthInvalid(IotCloudError):
     code = 9016
 
 
+class DeviceOffline(IotCloudError):
+    """A command for a device that has no MQTT session."""
+
+    code = 9042
+
+
 class DeviceDisabled(IotCloudError):
     """The device was disabled (by itself through ``DELETE /dev/devices``, or by an operator)."""
 

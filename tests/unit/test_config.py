@@ -57,6 +57,11 @@ def test_fixed_captcha_answer_is_refused_in_production() -> None:
     assert dev.dev_captcha_code == "1234"
 
 
-def test_an_external_broker_url_is_refused_naming_the_variable() -> None:
-    with pytest.raises(ConfigError, match="IOTCLOUD_MQTT_URL"):
-        Settings.load({"IOTCLOUD_MQTT_URL": "mqtt://broker:1883"})
+def test_external_broker_settings_are_checked_naming_the_variable() -> None:
+    settings = Settings.load({"IOTCLOUD_MQTT_URL": "mqtt://gw:secret@broker:1883"})
+    assert settings.mqtt_url == "mqtt://gw:secret@broker:1883"
+    assert "secret" not in repr(settings)
+    with pytest.raises(ConfigError, match="IOTCLOUD_MQTT_CREDENTIALS"):
+        Settings.load({"IOTCLOUD_MQTT_CREDENTIALS": "files"})
+    with pytest.raises(ConfigError, match="IOTCLOUD_MQTT_SYNC_SECONDS"):
+        Settings.load({"IOTCLOUD_MQTT_SYNC_SECONDS": "0"})

@@ -19,6 +19,7 @@ product ``product_key``:
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -32,6 +33,31 @@ class DevicePrincipal:
 
     did: str
     product_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCredential:
+    """What a broker that keeps its own credential store needs to know of one device."""
+
+    did: str
+    product_key: str
+    passcode: str
+    enabled: bool
+
+
+class DeviceDirectory(Protocol):
+    """The registry as a broker adapter sees it (for adapters that cannot ask per CONNECT)."""
+
+    async def principal_of(self, did: str) -> DevicePrincipal | None:
+        """The enabled device with ``did``, else None. A session may follow: an adapter that
+        learns of a connection after the fact calls this in place of `Authenticator`."""
+        ...
+
+    def credentials(
+        self, dids: Sequence[str] | None = None
+    ) -> AsyncIterator[list[DeviceCredential]]:
+        """Every device (``dids`` None), or the named ones that exist, in pages."""
+        ...
 
 
 class AuthRefusal(enum.IntEnum):
@@ -174,6 +200,15 @@ class BrokerAdapter(Protocol):
 
     def connected_dids(self) -> set[str]:
         """The dids with a session now (a snapshot)."""
+        ...
+
+    async def devices_changed(self, credentials: Sequence[DeviceCredential]) -> None:
+        """The registry changed these devices (created, new passcode, disabled, enabled).
+
+        A connected device that is no longer enabled loses its session. An adapter with its
+        own credential store updates it before returning, so a device registered over HTTP
+        can connect as soon as its registration was answered.
+        """
         ...
 
 

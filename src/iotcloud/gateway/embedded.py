@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from types import TracebackType
@@ -46,6 +47,7 @@ from iotcloud.gateway.broker import (
     AuthRefusal,
     BrokerEvents,
     BrokerStats,
+    DeviceCredential,
     DevicePrincipal,
     DisconnectReason,
     is_topic_name,
@@ -259,6 +261,13 @@ class EmbeddedBroker:
     def connected_dids(self) -> set[str]:
         """The dids with a session now (CONNACK sent, not yet ended)."""
         return {did for did, connection in self._by_did.items() if connection.online}
+
+    async def devices_changed(self, credentials: Sequence[DeviceCredential]) -> None:
+        """Close the sessions of devices no longer enabled (credentials are checked per
+        CONNECT, so nothing else needs doing)."""
+        for credential in credentials:
+            if not credential.enabled:
+                await self.disconnect_device(credential.did)
 
     # -- connection lifecycle ----------------------------------------------------------------
 

@@ -8,10 +8,13 @@ the embedded broker or an external one.
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import json
 import logging
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -24,11 +27,20 @@ from iotcloud.codecs import (
     decode_frame,
     parse_product_definition,
 )
-from iotcloud.codecs.frame import CMD_ACK_SN, CMD_REPORT
+from iotcloud.codecs.frame import (
+    CMD_ACK_SN,
+    CMD_CONTROL,
+    CMD_CONTROL_SN,
+    CMD_REPORT,
+    Frame,
+    encode_frame,
+)
 from iotcloud.domain.clock import Clock
 from iotcloud.gateway.broker import (
     AclAction,
     AuthRefusal,
+    BrokerAdapter,
+    DeviceCredential,
     DevicePrincipal,
     DisconnectReason,
 )
@@ -50,6 +62,8 @@ _STATUS_ACTIONS = frozenset(
     {Action.READ_REPLY, Action.REPORT, Action.VAR_READ_REPLY, Action.VAR_REPORT}
 )
 _WARN_LIMIT = 10_000
+_PAGE = 500
+CLOUD_CLIENT_ID = "cloud"
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,47 @@ class _Ingest:
     state: StateChange | None
 
 
+class SendResult(enum.StrEnum):
+    """What became of a command handed to `DeviceGateway.send`."""
+
+    DELIVERED = "delivered"
+    """Handed to the broker (without ack), or acknowledged by the device (with ack)."""
+    DEVICE_OFFLINE = "device_offline"
+    """The device has no session; nothing was sent."""
+    TIMED_OUT = "timed_out"
+    """Sent with an ack requested, but no 0x0094 with its SN came back in time."""
+
+
+@dataclass(frozen=True)
+class DeviceMessage:
+    """A decoded device message, as listeners (the WebSocket API) receive it.
+
+    ``attrs`` holds display values (JSON-ready) for status messages, else None; ``raw`` is the
+    whole frame; ``client_id`` is the app client a reply is addressed to (``dev2app/{did}/{id}``)
+    and ``sn`` the sequence number of a 0x0094.
+    """
+
+    did: str
+    cmd: int
+    action: int
+    attrs: dict[str, Any] | None
+    raw: bytes
+    client_id: str | None = None
+    sn: int | None = None
+
+
+@dataclass(frozen=True)
+class PresenceEvent:
+    """A device went online or offline."""
+
+    did: str
+    online: bool
+
+
+GatewayEvent = DeviceMessage | PresenceEvent
+Listener = Callable[[GatewayEvent], None]
+
+
 @dataclass
 class GatewayStats:
     reports: int = 0
@@ -72,6 +127,9 @@ class GatewayStats:
     malformed: int = 0
     denied: int = 0
     ignored: int = 0
+    commands: int = 0
+    acks: int = 0
+    listener_errors: int = 0
 
 
 def json_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +164,82 @@ class DeviceGateway:
         self._codecs: dict[str, tuple[datetime, P0Codec]] = {}
         self._warned: set[str] = set()
         self._stack = AsyncExitStack()
+        self._broker: BrokerAdapter | None = None
+        self._listeners: list[Listener] = []
+        self._acks: dict[tuple[str, int], asyncio.Future[None]] = {}
+        self._next_sn = secrets.randbelow(1 << 31)
+
+    def attach(self, broker: BrokerAdapter) -> None:
+        """The broker commands go out through (set once, by the composition root)."""
+        self._broker = broker
+
+    def add_listener(self, listener: Listener) -> None:
+        """Hear every `DeviceMessage` and `PresenceEvent`. Listeners are called synchronously
+        on the gateway's event path and must not block (queue the event and return)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def is_online(self, did: str) -> bool:
+        return did in self._sessions
+
+    def _tell(self, event: GatewayEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                self.stats.listener_errors += 1
+                log.exception("gateway listener failed")
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def send(
+        self,
+        did: str,
+        payload: bytes,
+        *,
+        require_ack: bool = False,
+        client_id: str = CLOUD_CLIENT_ID,
+        ack_timeout: float = 5.0,
+    ) -> SendResult:
+        """Send P0 ``payload`` to the device: a 0x0090 frame, or with ``require_ack`` a 0x0093
+        with a fresh SN, then wait up to ``ack_timeout`` seconds for the device's 0x0094.
+
+        Published on ``app2dev/{did}/{client_id}`` and written to the frame log. Raises
+        ``ConnectionError`` when the broker cannot take it.
+        """
+        session = self._sessions.get(did)
+        if session is None or self._broker is None:
+            return SendResult.DEVICE_OFFLINE
+        if require_ack:
+            sn = self._next_sn = (self._next_sn + 1) & 0xFFFFFFFF
+            frame = Frame(CMD_CONTROL_SN, payload, sn=sn)
+        else:
+            sn, frame = None, Frame(CMD_CONTROL, payload)
+        data = encode_frame(frame)
+        waiter: asyncio.Future[None] | None = None
+        if sn is not None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._acks[(did, sn)] = waiter
+        try:
+            await self._broker.publish(f"app2dev/{did}/{client_id}", data)
+            self.stats.commands += 1
+            self.reports.offer(
+                _Ingest(FrameEvent(session.device_id, self.clock.now(), "app2dev", data), None)
+            )
+            if waiter is None:
+                return SendResult.DELIVERED
+            try:
+                async with asyncio.timeout(ack_timeout):
+                    await waiter
+            except TimeoutError:
+                return SendResult.TIMED_OUT
+            return SendResult.DELIVERED
+        finally:
+            if sn is not None:
+                self._acks.pop((did, sn), None)
 
     async def __aenter__(self) -> Self:
         async with self.db.session() as session:
@@ -141,6 +275,48 @@ class DeviceGateway:
         )
         return DevicePrincipal(did=device.did, product_key=product.product_key)
 
+    # -- DeviceDirectory ----------------------------------------------------------------------
+
+    async def principal_of(self, did: str) -> DevicePrincipal | None:
+        async with self.db.session() as session:
+            found = await DeviceRepository(session).with_product(did)
+        if found is None or found[0].is_disabled:
+            return None
+        device, product = found
+        self._authenticated[device.did] = _Session(
+            device.id, product.product_key, self._codec(product)
+        )
+        return DevicePrincipal(did=device.did, product_key=product.product_key)
+
+    async def credentials(
+        self, dids: Sequence[str] | None = None
+    ) -> AsyncIterator[list[DeviceCredential]]:
+        groups: list[list[str] | None] = [None]
+        if dids is not None:
+            wanted = sorted(set(dids))
+            groups = [wanted[i : i + _PAGE] for i in range(0, len(wanted), _PAGE)]
+        for chunk in groups:
+            after = 0
+            while True:
+                async with self.db.session() as session:
+                    rows = await DeviceRepository(session).credentials_page(after, _PAGE, chunk)
+                if not rows:
+                    break
+                yield [
+                    DeviceCredential(did, key, passcode, enabled=not disabled)
+                    for _, did, key, passcode, disabled in rows
+                ]
+                after = rows[-1][0]
+
+    async def codec_of(self, did: str) -> P0Codec | None:
+        """The P0 codec of the device's product (None for an unknown did)."""
+        session = self._sessions.get(did)
+        if session is not None:
+            return session.codec
+        async with self.db.session() as db_session:
+            found = await DeviceRepository(db_session).with_product(did)
+        return self._codec(found[1]) if found is not None else None
+
     def _codec(self, product: ProductRow) -> P0Codec:
         cached = self._codecs.get(product.product_key)
         if cached is not None and cached[0] == product.updated_at:
@@ -159,6 +335,7 @@ class DeviceGateway:
             log.error("device %s connected without authentication", principal.did)
             return
         self._sessions[principal.did] = session
+        self._tell(PresenceEvent(principal.did, online=True))
         now = self.clock.now()
         self.presence.offer(
             (
@@ -173,6 +350,7 @@ class DeviceGateway:
         session = self._sessions.pop(principal.did, None)
         if session is None:
             return
+        self._tell(PresenceEvent(principal.did, online=False))
         now = self.clock.now()
         self.presence.offer(
             (
@@ -192,10 +370,18 @@ class DeviceGateway:
             self.stats.ignored += 1
             return
         now = self.clock.now()
+        detail = parts[2] if len(parts) > 2 else None
         try:
             frame = decode_frame(payload)
             if frame.cmd not in (CMD_REPORT, CMD_ACK_SN):
                 raise CodecError(f"command 0x{frame.cmd:04x} is not a device report")
+            if frame.cmd == CMD_ACK_SN:  # acknowledged, whatever its payload turns out to be
+                self._acknowledged(principal.did, frame.sn)
+            if frame.cmd == CMD_ACK_SN and not frame.payload:  # a bare acknowledgement
+                self.reports.offer(
+                    _Ingest(FrameEvent(session.device_id, now, "dev2app", payload, detail), None)
+                )
+                return
             message = session.codec.decode(frame.payload)
         except CodecError as exc:
             self.stats.malformed += 1
@@ -211,10 +397,25 @@ class DeviceGateway:
             self.stats.malformed += 1
             self._warn_once(principal.did, "dropped action 0x%02x on %s", message.action, topic)
             return
-        detail = parts[2] if len(parts) > 2 else None
         self.reports.offer(
             _Ingest(FrameEvent(session.device_id, now, "dev2app", payload, detail), state)
         )
+        event = DeviceMessage(
+            principal.did,
+            frame.cmd,
+            int(message.action),
+            state.values if state is not None else None,
+            payload,
+            detail,
+            frame.sn,
+        )
+        self._tell(event)
+
+    def _acknowledged(self, did: str, sn: int | None) -> None:
+        self.stats.acks += 1
+        waiter = self._acks.get((did, sn or 0))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- storage ------------------------------------------------------------------------------
 

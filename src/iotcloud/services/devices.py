@@ -13,7 +13,7 @@ import csv
 import hmac
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -155,10 +155,19 @@ class DeviceService:
     """Device identities. Every operation is one unit of work; concurrent registrations of one
     MAC serialise on a per-(product, MAC) lock and agree on one did."""
 
-    def __init__(self, db: Database, clock: Clock, settings: Settings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        settings: Settings,
+        on_change: Callable[[Sequence[str] | None], Awaitable[None]] | None = None,
+    ) -> None:
+        """``on_change`` hears of every device whose credentials or state may have changed
+        (the dids; None after a bulk import), after the change was committed."""
         self.db = db
         self.clock = clock
         self.settings = settings
+        self.on_change = on_change
 
     # -- the device side (GAgent) --------------------------------------------------------------
 
@@ -176,6 +185,7 @@ class DeviceService:
         row, created = await self._ensure(key, mac, passcode, register=True)
         if created:
             log.info("device %s registered (product %s, mac %s)", row.did, key, mac)
+        await self._changed([row.did])
         return row.did
 
     async def provision(self, did: str) -> Provisioning:
@@ -212,6 +222,7 @@ class DeviceService:
             if not await devices.disable_if_passcode(did, passcode, self.clock.now()):
                 raise DeviceAuthInvalid(f"passcode does not match did {did}")
         log.info("device %s disabled itself", did)
+        await self._changed([did])
 
     # -- operators -----------------------------------------------------------------------------
 
@@ -226,6 +237,7 @@ class DeviceService:
         row, created = await self._ensure(key, mac, passcode, register=False)
         if created:
             log.info("device %s created (product %s, mac %s)", row.did, key, mac)
+            await self._changed([row.did])
         return DeviceCredentials(did=row.did, passcode=row.passcode, mac=row.mac, created=created)
 
     async def import_csv(
@@ -252,6 +264,7 @@ class DeviceService:
                 progress(len(batch))
         if report.created:
             log.info("device import stored %d devices", report.created)
+            await self._changed(None)
         return report
 
     async def get(self, did: str) -> Device:
@@ -269,9 +282,18 @@ class DeviceService:
         if not changed:
             raise DeviceNotFound(f"no device with did {did!r}")
         log.info("device %s %s by an operator", did, "disabled" if disabled else "enabled")
+        await self._changed([did])
         return await self.get(did)
 
     # -- internals -----------------------------------------------------------------------------
+
+    async def _changed(self, dids: Sequence[str] | None) -> None:
+        if self.on_change is None:
+            return
+        try:
+            await self.on_change(dids)
+        except Exception:  # the change is committed; listeners catch up on their own
+            log.exception("device change listener failed for %s", dids)
 
     async def _ensure(
         self, product_key: str, mac: str, passcode: str | None, *, register: bool

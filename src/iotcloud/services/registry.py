@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from iotcloud.config import Settings
 from iotcloud.services.accounts import AccountService
 from iotcloud.services.apps import AppService
+from iotcloud.services.bindings import BindingService
+from iotcloud.services.control import ControlService
 from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
 from iotcloud.services.products import ProductService
@@ -24,3 +26,5 @@ class Services:
     products: ProductService
     devices: DeviceService
     telemetry: TelemetryService
+    bindings: BindingService
+    control: ControlService

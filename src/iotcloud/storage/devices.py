@@ -71,6 +71,28 @@ class DeviceRepository:
     async def by_did(self, did: str) -> DeviceRow | None:
         return await self.session.scalar(select(DeviceRow).where(DeviceRow.did == did))
 
+    async def credentials_page(
+        self, after_id: int, limit: int, dids: Collection[str] | None = None
+    ) -> list[tuple[int, str, str, str, bool]]:
+        """``(id, did, product_key, passcode, is_disabled)`` of devices with id > ``after_id``
+        (all, or those among ``dids``), in id order, at most ``limit``."""
+        query = (
+            select(
+                DeviceRow.id,
+                DeviceRow.did,
+                ProductRow.product_key,
+                DeviceRow.passcode,
+                DeviceRow.is_disabled,
+            )
+            .join(ProductRow, ProductRow.id == DeviceRow.product_id)
+            .where(DeviceRow.id > after_id)
+            .order_by(DeviceRow.id)
+            .limit(limit)
+        )
+        if dids is not None:
+            query = query.where(DeviceRow.did.in_(dids))
+        return [tuple(row) for row in (await self.session.execute(query)).all()]  # type: ignore[misc]
+
     async def with_product(self, did: str) -> tuple[DeviceRow, ProductRow] | None:
         """The device and its product, in one query."""
         row = (

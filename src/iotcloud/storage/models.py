@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
@@ -263,3 +264,29 @@ class DeviceEventRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     detail: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class BindingRow(Base):
+    """A user's binding to a device: what lets the user see and control it.
+
+    A user belongs to one app, so a binding is scoped to that app too. ``role`` is ``owner`` for
+    the first binder of the device within the app and ``guest`` for later ones. ``dev_alias``,
+    ``remark`` and ``dev_label`` (a JSON list of strings) are the user's own names for the device.
+    """
+
+    __tablename__ = "bindings"
+    __table_args__ = (
+        UniqueConstraint("user_id", "device_id"),
+        Index("ix_bindings_device_id", "device_id"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    dev_alias: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    remark: Mapped[str] = mapped_column(String(1024), default="", server_default="")
+    dev_label: Mapped[list[str]] = mapped_column(
+        JSON_TYPE, default=list, server_default=text("'[]'")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

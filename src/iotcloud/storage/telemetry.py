@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,6 +41,9 @@ class FrameEvent:
     kind: str  # app2dev | dev2app | dev_online | dev_re_online | dev_offline
     payload: bytes | None = None
     detail: str | None = None
+
+
+ONLINE_KINDS = ("dev_online", "dev_re_online")
 
 
 @dataclass(frozen=True)
@@ -147,3 +150,157 @@ class TelemetryRepository:
             result = await self.session.execute(delete(table).where(column < before))
             removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
         return removed
+
+    # -- reads for apps (history, aggregation, the frame log) -----------------------------------
+
+    async def history_count(
+        self,
+        device_id: int,
+        start: datetime | None,
+        end: datetime | None,
+        attr: str | None = None,
+    ) -> int:
+        """How many reports of the device fall in ``[start, end]`` (and carry ``attr``)."""
+        query = select(func.count()).select_from(DeviceHistoryRow)
+        query = query.where(*self._history_filter(device_id, start, end, attr))
+        return int(await self.session.scalar(query) or 0)
+
+    async def history_page(
+        self,
+        device_id: int,
+        start: datetime | None,
+        end: datetime | None,
+        attr: str | None,
+        *,
+        limit: int,
+        skip: int,
+        descending: bool,
+    ) -> Sequence[DeviceHistoryRow]:
+        """One page of the device's reports in ``[start, end]``, by time (then insertion)."""
+        order = (
+            (DeviceHistoryRow.at.desc(), DeviceHistoryRow.id.desc())
+            if descending
+            else (DeviceHistoryRow.at, DeviceHistoryRow.id)
+        )
+        query = (
+            select(DeviceHistoryRow)
+            .where(*self._history_filter(device_id, start, end, attr))
+            .order_by(*order)
+            .limit(limit)
+            .offset(skip)
+        )
+        return (await self.session.scalars(query)).all()
+
+    async def history_values(
+        self, device_id: int, start: datetime, end: datetime, attrs: Sequence[str]
+    ) -> list[tuple[datetime, tuple[Any, ...]]]:
+        """``(at, (value of each of attrs))`` of every report of the device in ``[start, end]``,
+        oldest first; a value is None where the report lacks the attr. Only these values are
+        read from the stored JSON. Callers bound the range (``history_count``) first."""
+        columns = [self._attr_value(name) for name in attrs]
+        query = (
+            select(DeviceHistoryRow.at, *columns)
+            .where(*self._history_filter(device_id, start, end, None))
+            .order_by(DeviceHistoryRow.at, DeviceHistoryRow.id)
+        )
+        return [(row[0], tuple(row[1:])) for row in (await self.session.execute(query)).all()]
+
+    async def events_count(
+        self, device_id: int, kinds: Sequence[str], start: datetime, end: datetime
+    ) -> int:
+        query = select(func.count()).select_from(DeviceEventRow)
+        query = query.where(*_event_filter(device_id, kinds, start, end))
+        return int(await self.session.scalar(query) or 0)
+
+    async def events_page(
+        self,
+        device_id: int,
+        kinds: Sequence[str],
+        start: datetime,
+        end: datetime,
+        *,
+        limit: int,
+        skip: int,
+        descending: bool,
+    ) -> Sequence[DeviceEventRow]:
+        """One page of the device's frame log entries of ``kinds`` in ``[start, end]``."""
+        order = (
+            (DeviceEventRow.at.desc(), DeviceEventRow.id.desc())
+            if descending
+            else (DeviceEventRow.at, DeviceEventRow.id)
+        )
+        query = (
+            select(DeviceEventRow)
+            .where(*_event_filter(device_id, kinds, start, end))
+            .order_by(*order)
+            .limit(limit)
+            .offset(skip)
+        )
+        return (await self.session.scalars(query)).all()
+
+    async def sessions(
+        self, device_id: int, start: datetime, end: datetime
+    ) -> list[DeviceEventRow]:
+        """The device's online events that began the sessions overlapping ``[start, end]``:
+        the last one before ``start`` and every one up to ``end``, oldest first."""
+        before = await self.session.scalar(
+            select(DeviceEventRow)
+            .where(
+                DeviceEventRow.device_id == device_id,
+                DeviceEventRow.kind.in_(ONLINE_KINDS),
+                DeviceEventRow.at < start,
+            )
+            .order_by(DeviceEventRow.at.desc(), DeviceEventRow.id.desc())
+            .limit(1)
+        )
+        during = await self.session.scalars(
+            select(DeviceEventRow)
+            .where(*_event_filter(device_id, ONLINE_KINDS, start, end))
+            .order_by(DeviceEventRow.at, DeviceEventRow.id)
+        )
+        return ([before] if before is not None else []) + list(during.all())
+
+    def _history_filter(
+        self, device_id: int, start: datetime | None, end: datetime | None, attr: str | None
+    ) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = [DeviceHistoryRow.device_id == device_id]
+        if start is not None:
+            conditions.append(DeviceHistoryRow.at >= start)
+        if end is not None:
+            conditions.append(DeviceHistoryRow.at <= end)
+        if attr is not None:
+            conditions.append(self._has_attr(attr))
+        return conditions
+
+    def _attr_value(self, attr: str) -> ColumnElement[Any]:
+        """The JSON value of ``attr`` in a report (None when absent)."""
+        if self.dialect == "postgresql":
+            return type_coerce(DeviceHistoryRow.attrs, postgresql.JSONB)[attr]
+        # json_extract yields numbers as SQL numbers (and true/false as 1/0: callers only ask
+        # for numeric attrs)
+        return func.json_extract(DeviceHistoryRow.attrs, _json_path(attr))
+
+    def _has_attr(self, attr: str) -> ColumnElement[bool]:
+        """The report carries ``attr`` (JSON key presence differs per backend)."""
+        if self.dialect == "postgresql":
+            present: ColumnElement[bool] = type_coerce(
+                DeviceHistoryRow.attrs, postgresql.JSONB
+            ).has_key(attr)
+            return present
+        return func.json_type(DeviceHistoryRow.attrs, _json_path(attr)).is_not(None)
+
+
+def _json_path(attr: str) -> str:
+    """SQLite JSON path of a top-level key (attr names are ``[A-Za-z0-9_]+``)."""
+    return '$."' + attr.replace('"', "") + '"'
+
+
+def _event_filter(
+    device_id: int, kinds: Sequence[str], start: datetime, end: datetime
+) -> ColumnElement[bool]:
+    return and_(
+        DeviceEventRow.device_id == device_id,
+        DeviceEventRow.kind.in_(list(kinds)),
+        DeviceEventRow.at >= start,
+        DeviceEventRow.at <= end,
+    )

@@ -1,15 +1,47 @@
-"""``GET /app/devdata/{did}/latest``: the last values a device reported."""
+"""``/app/devdata/{did}``: the last values a device reported, its history and aggregates."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
+from typing import Annotated, Any, Literal
 
-from litestar import Request, Response, get
+import msgspec
+from litestar import Request, Response, get, route
 
-from iotcloud.api.gizwits.accounts import current_app, services
-from iotcloud.api.gizwits.wire import json_response
+from iotcloud.api.gizwits.accounts import current_app, current_user, services
+from iotcloud.api.gizwits.app_devices import EPOCH, MAX_UNIX_SECONDS, UnixSeconds, unix_seconds
+from iotcloud.api.gizwits.query import page_links, query_form
+from iotcloud.api.gizwits.wire import json_object, json_response
+from iotcloud.domain.clock import iso_utc
+from iotcloud.errors import FormInvalid
+from iotcloud.services.telemetry import HISTORY_LIMIT_MAX, Aggregator, BucketUnit
 
 AnyRequest = Request[Any, Any, Any]
+
+UnixMillis = Annotated[int, msgspec.Meta(ge=0, le=MAX_UNIX_SECONDS * 1000 + 999)]
+
+
+class _Query(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class HistoryQuery(_Query):
+    start_ts: UnixSeconds | None = None
+    end_ts: UnixSeconds | None = None
+    attr: str | None = None
+    # products have one entity; old SDKs send entity=0
+    entity: Annotated[int, msgspec.Meta(ge=0, le=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=HISTORY_LIMIT_MAX)] = 20
+    skip: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
+    sort: Literal["asc", "desc"] = "desc"
+
+
+class AggregateQuery(_Query):
+    start_ts: UnixMillis
+    end_ts: UnixMillis
+    attrs: str
+    aggregator: Aggregator
+    unit: BucketUnit
 
 
 @get("/app/devdata/{did:str}/latest")
@@ -25,4 +57,89 @@ async def latest(request: AnyRequest, did: str) -> Response[bytes]:
     return json_response({"did": state.did, "updated_at": updated, "attr": state.attrs})
 
 
-ROUTES = [latest]
+@get("/app/devdata/{did:str}")
+async def history(request: AnyRequest, did: str) -> Response[bytes]:
+    """The device's reports: ``?start_ts&end_ts`` (Unix seconds, both included, either may be
+    left out), ``attr`` (only reports carrying it, only its value), ``limit`` (1-1000, 20),
+    ``skip``, ``sort`` (``desc`` newest first, the default, or ``asc``).
+
+    ``{"meta": {total, limit, skip, previous, next}, "objects": [{"ts", "attrs"}]}``.
+    """
+    _, user = await current_user(request)
+    form = query_form(request, HistoryQuery)
+    page = await services(request).telemetry.history(
+        user,
+        did,
+        start=unix_seconds(form.start_ts) if form.start_ts is not None else None,
+        end=unix_seconds(form.end_ts) if form.end_ts is not None else None,
+        attr=form.attr,
+        limit=form.limit,
+        skip=form.skip,
+        descending=form.sort == "desc",
+    )
+    previous, following = page_links(request, page.total, form.limit, form.skip)
+    return json_response(
+        {
+            "meta": {
+                "total": page.total,
+                "limit": form.limit,
+                "skip": form.skip,
+                "previous": previous,
+                "next": following,
+            },
+            "objects": [
+                {"ts": int(entry.at.timestamp()), "attrs": entry.attrs} for entry in page.entries
+            ],
+        }
+    )
+
+
+@route("/app/devdata/{did:str}/agg_data", http_method=["GET", "PUT"])
+async def aggregate(request: AnyRequest, did: str) -> Response[bytes]:
+    """``?start_ts&end_ts`` (Unix milliseconds, both included) ``&attrs=a,b``
+    ``&aggregator=sum|avg|max|min&unit=hours|days|weeks|months``: one value per numeric attr
+    and bucket (UTC; weeks start on Monday). GET as the swagger has it, PUT as the docs say;
+    a PUT may carry the fields in a JSON body instead.
+
+    ``{"query": {aggregator, start_ts, end_ts, attrs, unit}, "data": [{"datatime", "did",
+    "uid", "product_key", "attrs"}]}``, buckets oldest first, only those with data.
+    """
+    _, user = await current_user(request)
+    body = await json_object(request, allow_empty=True) if request.method == "PUT" else None
+    form = query_form(request, AggregateQuery, body)
+    attrs = [name.strip() for name in form.attrs.split(",")]
+    if not all(attrs):
+        raise FormInvalid("attrs: an empty name in the list")
+    result = await services(request).telemetry.aggregate(
+        user,
+        did,
+        start=EPOCH + timedelta(milliseconds=form.start_ts),
+        end=EPOCH + timedelta(milliseconds=form.end_ts),
+        attrs=attrs,
+        aggregator=form.aggregator,
+        unit=form.unit,
+    )
+    return json_response(
+        {
+            "query": {
+                "aggregator": form.aggregator.value,
+                "start_ts": form.start_ts,
+                "end_ts": form.end_ts,
+                "attrs": ",".join(attrs),
+                "unit": form.unit.value.upper(),
+            },
+            "data": [
+                {
+                    "datatime": iso_utc(bucket.start),
+                    "did": result.did,
+                    "uid": user.uid,
+                    "product_key": result.product_key,
+                    "attrs": bucket.values,
+                }
+                for bucket in result.buckets
+            ],
+        }
+    )
+
+
+ROUTES = [latest, history, aggregate]

@@ -1,0 +1,267 @@
+"""Remote control over HTTP: ``POST /app/control/{did}`` against a real ``iotcloud serve``, with
+a real MQTT client playing the device and checking the exact frames it receives."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+
+from iotcloud.codecs import Frame, P0Codec, encode_frame
+from iotcloud.codecs.frame import CMD_REPORT
+from tests.integration.test_app_devices import (
+    Product,
+    User,
+    assert_error,
+    bind,
+    eventually,
+    import_product,
+    mqtt_port,
+    sign_up,
+)
+from tests.server import ADMIN_TOKEN, RunningServer
+
+PASSCODE = "ABCDEFGHIJ"
+
+
+@pytest.fixture(scope="module")
+def pet_house(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Product:
+    return import_product(server, tmp_path_factory.mktemp("products"), "pet_house.json")
+
+
+def register(server: RunningServer, product: Product) -> str:
+    mac = "02" + uuid.uuid4().hex[:10]
+    with httpx.Client(base_url=server.base_url) as http:
+        reply = http.post(
+            "/dev/devices",
+            data={"passcode": PASSCODE, "mac": mac, "product_key": product.product_key},
+        )
+    assert reply.status_code == 201, reply.text
+    return reply.text.split("did=", 1)[1][:22]
+
+
+class Device:
+    """A raw MQTT session as the device: it sees every frame sent to ``app2dev/{did}/#``."""
+
+    def __init__(self, server: RunningServer, did: str) -> None:
+        self.server = server
+        self.did = did
+        self.client: aiomqtt.Client | None = None
+        self.received: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Device:
+        self.client = aiomqtt.Client(
+            "127.0.0.1",
+            mqtt_port(self.server),
+            identifier=self.did,
+            username=self.did,
+            password=PASSCODE,
+            protocol=aiomqtt.ProtocolVersion.V31,
+        )
+        await self.client.__aenter__()
+        await self.client.subscribe(f"app2dev/{self.did}/#")
+        self._task = asyncio.create_task(self._listen())
+        return self
+
+    async def _listen(self) -> None:
+        assert self.client is not None
+        async for message in self.client.messages:
+            await self.received.put((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
+
+    async def next_frame(self) -> tuple[str, bytes]:
+        async with asyncio.timeout(10):
+            return await self.received.get()
+
+    async def report(self, codec: P0Codec, values: dict[str, Any]) -> None:
+        assert self.client is not None
+        frame = Frame(CMD_REPORT, codec.encode_status(values))
+        await self.client.publish(f"dev2app/{self.did}", encode_frame(frame))
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        assert self.client is not None
+        await self.client.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+        yield client
+
+
+async def online_device(
+    server: RunningServer, http: httpx.AsyncClient, user: User, did: str
+) -> None:
+    """Wait until the server counts the device online (the device item says so)."""
+    async with asyncio.timeout(15):
+        while True:
+            reply = await http.get(f"/app/devices/{did}", headers=user.headers())
+            if reply.status_code == 200 and reply.json()["is_online"]:
+                return
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def scene(
+    server: RunningServer, app: dict[str, str], pet_house: Product, http: httpx.AsyncClient
+) -> AsyncIterator[tuple[User, str, Device]]:
+    user = sign_up(server, app["appid"])
+    did = register(server, pet_house)
+    await bind(server, user, did)
+    async with Device(server, did) as device:
+        await online_device(server, http, user, did)
+        yield user, did, device
+
+
+async def test_attrs_reach_the_device_as_the_exact_0090_frame(
+    scene: tuple[User, str, Device], http: httpx.AsyncClient
+) -> None:
+    user, did, device = scene
+    reply = await http.post(
+        f"/app/control/{did}",
+        headers=user.headers(),
+        json={"attrs": {"LED_OnOff": True, "LED_Color": "Purple", "Motor_Speed": 3}},
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {}
+    topic, payload = await device.next_frame()
+    assert topic == f"app2dev/{did}/cloud"
+    assert payload == bytes.fromhex("000000030a00009001230500000008")  # spec §4.4
+
+
+async def test_standard_controls_fill_unflagged_fields_from_the_last_state(
+    scene: tuple[User, str, Device], http: httpx.AsyncClient, pet_house: Product
+) -> None:
+    user, did, device = scene
+    codec = P0Codec(pet_house.definition)
+    state = {"LED_OnOff": False, "LED_Color": "Pink", "LED_R": 10, "LED_G": 20, "LED_B": 30}
+    await device.report(codec, {**state, "Motor_Speed": -5, "Temperature": 20, "Humidity": 50})
+
+    async def reported() -> bool:
+        body = (await http.get(f"/app/devdata/{did}/latest", headers=user.headers())).json()
+        return bool(body["attr"].get("LED_R") == 10)
+
+    assert await eventually(reported)
+    reply = await http.post(
+        f"/app/control/{did}", headers=user.headers(), json={"attrs": {"LED_OnOff": 1}}
+    )
+    assert reply.status_code == 200, reply.text
+    _, payload = await device.next_frame()
+    # flags: LED_OnOff only; bits: on (1) | Pink (3) << 1; R, G, B kept; Motor_Speed -5 -> 0
+    assert payload == bytes.fromhex("000000030a0000900101070a141e00")
+
+
+async def test_raw_bytes_are_the_p0_of_a_0090_frame(
+    scene: tuple[User, str, Device], http: httpx.AsyncClient
+) -> None:
+    user, did, device = scene
+    reply = await http.post(f"/app/control/{did}", headers=user.headers(), json={"raw": [1, 2, 3]})
+    assert reply.status_code == 200, reply.text
+    _, payload = await device.next_frame()
+    assert payload == bytes.fromhex("0000000306000090010203")
+
+
+@pytest.mark.parametrize(
+    ("attrs", "named"),
+    [
+        ({"Temperature": 20}, "Temperature"),  # read only
+        ({"Nope": 1}, "Nope"),
+        ({"LED_Color": "Green"}, "LED_Color"),
+        ({"LED_R": 255}, "LED_R"),  # max 254
+        ({"Motor_Speed": 6}, "Motor_Speed"),
+        ({"LED_OnOff": "yes"}, "LED_OnOff"),
+        ({"LED_R": True}, "LED_R"),
+        ({}, "attrs"),
+    ],
+)
+async def test_invalid_attrs_answer_9025_naming_the_attr(
+    scene: tuple[User, str, Device], http: httpx.AsyncClient, attrs: dict[str, Any], named: str
+) -> None:
+    user, did, device = scene
+    reply = await http.post(f"/app/control/{did}", headers=user.headers(), json={"attrs": attrs})
+    assert_error(reply, 9025, 400, named)
+    assert device.received.empty()
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"raw": [1, 256]}, "raw[1]"),
+        ({"raw": [1, "a"]}, "raw[1]"),
+        ({"raw": []}, "raw"),
+        ({"raw": [1], "attrs": {"LED_OnOff": True}}, "exactly one"),
+        ({}, "exactly one"),
+        ({"attr": {}}, "attr"),
+        ({"attrs": [1]}, "attrs"),
+    ],
+)
+async def test_malformed_bodies_answer_9015(
+    scene: tuple[User, str, Device], http: httpx.AsyncClient, body: dict[str, Any], named: str
+) -> None:
+    user, did, device = scene
+    reply = await http.post(f"/app/control/{did}", headers=user.headers(), json=body)
+    assert_error(reply, 9015, 400, named)
+    assert device.received.empty()
+
+
+async def test_access_rules(
+    server: RunningServer,
+    app: dict[str, str],
+    pet_house: Product,
+    scene: tuple[User, str, Device],
+    http: httpx.AsyncClient,
+) -> None:
+    user, did, device = scene
+    body = {"attrs": {"LED_OnOff": True}}
+    stranger = sign_up(server, app["appid"])
+    assert_error(
+        await http.post(f"/app/control/{did}", headers=stranger.headers(), json=body), 9017, 401
+    )
+    assert_error(
+        await http.post("/app/control/aaaaaaaaaaaaaaaaaaaaaa", headers=user.headers(), json=body),
+        9014,
+        404,
+    )
+    assert_error(
+        await http.post(
+            f"/app/control/{did}", headers={"X-Gizwits-Application-Id": app["appid"]}, json=body
+        ),
+        9004,
+        400,
+    )
+    offline = register(server, pet_house)
+    await bind(server, user, offline)
+    assert_error(
+        await http.post(f"/app/control/{offline}", headers=user.headers(), json=body), 9042, 400
+    )
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    changed = await http.put(f"/admin/v1/devices/{did}", headers=admin, json={"is_disabled": True})
+    assert changed.status_code == 200, changed.text
+    assert_error(
+        await http.post(f"/app/control/{did}", headers=user.headers(), json=body), 9023, 400
+    )
+    assert device.received.empty()
+
+
+async def test_unbound_devices_of_other_users_are_never_reached(
+    server: RunningServer, app: dict[str, str], pet_house: Product, http: httpx.AsyncClient
+) -> None:
+    owner = sign_up(server, app["appid"])
+    did = register(server, pet_house)
+    await bind(server, owner, did)
+    async with Device(server, did) as device:
+        await online_device(server, http, owner, did)
+        other_app = server.create_app("Other")
+        outsider = sign_up(server, other_app["appid"])
+        reply = await http.post(
+            f"/app/control/{did}", headers=outsider.headers(), json={"raw": [1]}
+        )
+        assert reply.json()["error_code"] == 9017
+        assert device.received.empty()
