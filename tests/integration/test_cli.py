@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from tests.conftest import unique
-from tests.server import RunningServer
+from tests.server import RunningServer, run_cli
 
 
 def test_app_create_keeps_given_ids_and_the_server_accepts_them(server: RunningServer) -> None:
@@ -36,7 +36,8 @@ def test_list_show_and_rotate(server: RunningServer) -> None:
     rotated = json.loads(server.cli("app", "rotate-secret", made["appid"], "--json").stdout)
     assert rotated["appid"] == made["appid"]
     assert rotated["appsecret"] != made["appsecret"]
-    table = server.cli("app", "list").stdout
+    # rich sizes tables to the terminal; give it room for every app the session made
+    table = run_cli({**server.env, "COLUMNS": "400"}, "app", "list", cwd=server.data_dir).stdout
     assert made["appid"] in table
 
 
