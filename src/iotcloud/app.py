@@ -20,6 +20,7 @@ from iotcloud.api.gizwits import bindings as gizwits_bindings
 from iotcloud.api.gizwits import control as gizwits_control
 from iotcloud.api.gizwits import devices as gizwits_devices
 from iotcloud.api.gizwits import products as gizwits_products
+from iotcloud.api.gizwits import ws as gizwits_ws
 from iotcloud.api.throttle import ThrottleMiddleware, TokenBuckets
 from iotcloud.config import ConfigError, Settings
 from iotcloud.domain.clock import Clock, SystemClock
@@ -40,6 +41,7 @@ from iotcloud.services.credentials import PasswordHasher
 from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
 from iotcloud.services.products import ProductService
+from iotcloud.services.realtime import RealtimeHub
 from iotcloud.services.registry import Services
 from iotcloud.services.telemetry import TelemetryService
 from iotcloud.services.verification import VerificationService
@@ -134,6 +136,8 @@ async def running_services(
         gateway.attach(broker)
         telemetry = TelemetryService(db, clock, settings)
         bindings = BindingService(db, clock)
+        realtime = await stack.enter_async_context(RealtimeHub(gateway, bindings))
+        bindings.on_change = realtime.binding_changed
         services = Services(
             settings=settings,
             apps=apps,
@@ -145,6 +149,7 @@ async def running_services(
             telemetry=telemetry,
             bindings=bindings,
             control=ControlService(bindings, telemetry, gateway),
+            realtime=realtime,
         )
         async with asyncio.TaskGroup() as tasks:
             housekeeping = tasks.create_task(
@@ -208,6 +213,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             *app_devices.ROUTES,
             *gizwits_bindings.ROUTES,
             *gizwits_control.ROUTES,
+            *gizwits_ws.ROUTES,
             *reset_page.ROUTES,
             ADMIN_ROUTER,
         ],

@@ -94,14 +94,16 @@ class SendResult(enum.StrEnum):
 class DeviceMessage:
     """A decoded device message, as listeners (the WebSocket API) receive it.
 
-    ``attrs`` holds display values (JSON-ready) for status messages, else None; ``raw`` is the
-    whole frame; ``client_id`` is the app client a reply is addressed to (``dev2app/{did}/{id}``)
-    and ``sn`` the sequence number of a 0x0094.
+    ``cmd`` is 0x0091 (a broadcast report), 0x0094 (a reply to a 0x0093) or 0x0093 (the device
+    asks for a 0x0094). ``action`` is the P0 action, None for a bare 0x0094 acknowledgement
+    (no P0). ``attrs`` holds display values (JSON-ready) for status messages, else None; ``raw``
+    is the whole frame; ``client_id`` is the app client a reply is addressed to
+    (``dev2app/{did}/{id}``) and ``sn`` the sequence number of a 0x0093/0x0094.
     """
 
     did: str
     cmd: int
-    action: int
+    action: int | None
     attrs: dict[str, Any] | None
     raw: bytes
     client_id: str | None = None
@@ -166,7 +168,7 @@ class DeviceGateway:
         self._stack = AsyncExitStack()
         self._broker: BrokerAdapter | None = None
         self._listeners: list[Listener] = []
-        self._acks: dict[tuple[str, int], asyncio.Future[None]] = {}
+        self._acks: dict[tuple[str, int], tuple[str, asyncio.Future[None]]] = {}
         self._next_sn = secrets.randbelow(1 << 31)
 
     def attach(self, broker: BrokerAdapter) -> None:
@@ -203,34 +205,33 @@ class DeviceGateway:
         require_ack: bool = False,
         client_id: str = CLOUD_CLIENT_ID,
         ack_timeout: float = 5.0,
+        sn: int | None = None,
     ) -> SendResult:
         """Send P0 ``payload`` to the device: a 0x0090 frame, or with ``require_ack`` a 0x0093
         with a fresh SN, then wait up to ``ack_timeout`` seconds for the device's 0x0094.
 
+        With an explicit ``sn`` (an app's own sequence number: a WebSocket ``req_sn``) the
+        payload goes out as a 0x0093 carrying that SN and nothing is awaited: the device's 0x0094
+        reaches the listeners, addressed to ``client_id``. ``sn`` excludes ``require_ack``.
+
         Published on ``app2dev/{did}/{client_id}`` and written to the frame log. Raises
         ``ConnectionError`` when the broker cannot take it.
         """
-        session = self._sessions.get(did)
-        if session is None or self._broker is None:
-            return SendResult.DEVICE_OFFLINE
-        if require_ack:
-            sn = self._next_sn = (self._next_sn + 1) & 0xFFFFFFFF
-            frame = Frame(CMD_CONTROL_SN, payload, sn=sn)
-        else:
-            sn, frame = None, Frame(CMD_CONTROL, payload)
-        data = encode_frame(frame)
-        waiter: asyncio.Future[None] | None = None
         if sn is not None:
-            waiter = asyncio.get_running_loop().create_future()
-            self._acks[(did, sn)] = waiter
+            if require_ack:
+                raise ValueError("an explicit sn is the app's own: it cannot be awaited here")
+            return await self.publish_frame(did, Frame(CMD_CONTROL_SN, payload, sn=sn), client_id)
+        if not require_ack:
+            return await self.publish_frame(did, Frame(CMD_CONTROL, payload), client_id)
+        if did not in self._sessions or self._broker is None:
+            return SendResult.DEVICE_OFFLINE
+        sn = self._next_sn = (self._next_sn + 1) & 0xFFFFFFFF
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[(did, sn)] = (client_id, waiter)
         try:
-            await self._broker.publish(f"app2dev/{did}/{client_id}", data)
-            self.stats.commands += 1
-            self.reports.offer(
-                _Ingest(FrameEvent(session.device_id, self.clock.now(), "app2dev", data), None)
-            )
-            if waiter is None:
-                return SendResult.DELIVERED
+            result = await self.publish_frame(did, Frame(CMD_CONTROL_SN, payload, sn=sn), client_id)
+            if result is not SendResult.DELIVERED:
+                return result
             try:
                 async with asyncio.timeout(ack_timeout):
                     await waiter
@@ -238,8 +239,27 @@ class DeviceGateway:
                 return SendResult.TIMED_OUT
             return SendResult.DELIVERED
         finally:
-            if sn is not None:
-                self._acks.pop((did, sn), None)
+            self._acks.pop((did, sn), None)
+
+    async def publish_frame(
+        self, did: str, frame: Frame, client_id: str = CLOUD_CLIENT_ID
+    ) -> SendResult:
+        """Publish ``frame`` (0x0090, 0x0093 or 0x0094, built by the caller) to the device on
+        ``app2dev/{did}/{client_id}`` and log it; nothing is awaited beyond the broker.
+
+        Returns ``DEVICE_OFFLINE`` (nothing sent) when the device has no session. Raises
+        ``ConnectionError`` when the broker cannot take it.
+        """
+        session = self._sessions.get(did)
+        if session is None or self._broker is None:
+            return SendResult.DEVICE_OFFLINE
+        data = encode_frame(frame)
+        await self._broker.publish(f"app2dev/{did}/{client_id}", data)
+        self.stats.commands += 1
+        self.reports.offer(
+            _Ingest(FrameEvent(session.device_id, self.clock.now(), "app2dev", data), None)
+        )
+        return SendResult.DELIVERED
 
     async def __aenter__(self) -> Self:
         async with self.db.session() as session:
@@ -373,13 +393,16 @@ class DeviceGateway:
         detail = parts[2] if len(parts) > 2 else None
         try:
             frame = decode_frame(payload)
-            if frame.cmd not in (CMD_REPORT, CMD_ACK_SN):
+            if frame.cmd not in (CMD_REPORT, CMD_ACK_SN, CMD_CONTROL_SN):
                 raise CodecError(f"command 0x{frame.cmd:04x} is not a device report")
             if frame.cmd == CMD_ACK_SN:  # acknowledged, whatever its payload turns out to be
-                self._acknowledged(principal.did, frame.sn)
+                self._acknowledged(principal.did, frame.sn, detail)
             if frame.cmd == CMD_ACK_SN and not frame.payload:  # a bare acknowledgement
                 self.reports.offer(
                     _Ingest(FrameEvent(session.device_id, now, "dev2app", payload, detail), None)
+                )
+                self._tell(
+                    DeviceMessage(principal.did, frame.cmd, None, None, payload, detail, frame.sn)
                 )
                 return
             message = session.codec.decode(frame.payload)
@@ -411,10 +434,16 @@ class DeviceGateway:
         )
         self._tell(event)
 
-    def _acknowledged(self, did: str, sn: int | None) -> None:
+    def _acknowledged(self, did: str, sn: int | None, client_id: str | None) -> None:
         self.stats.acks += 1
-        waiter = self._acks.get((did, sn or 0))
-        if waiter is not None and not waiter.done():
+        pending = self._acks.get((did, sn or 0))
+        if pending is None:
+            return
+        # an app's 0x0093 may reuse the SN of a cloud command: its reply names the app's client
+        addressed, waiter = pending
+        if client_id is not None and client_id != addressed:
+            return
+        if not waiter.done():
             waiter.set_result(None)
 
     # -- storage ------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from iotcloud.codecs import CodecError, DatapointError, DataType, P0Codec
+from iotcloud.codecs import CodecError, DatapointError, DataType, Frame, P0Codec, decode_frame
+from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL, CMD_CONTROL_SN
 from iotcloud.errors import AttrInvalid, DeviceDisabled, DeviceNotFound, DeviceOffline, FormInvalid
 from iotcloud.gateway.service import CLOUD_CLIENT_ID, DeviceGateway, SendResult
 from iotcloud.services.bindings import AppUser, BindingService, BoundDevice
@@ -29,25 +30,71 @@ class ControlService:
         self.gateway = gateway
 
     async def write_attrs(
-        self, user: AppUser, did: str, attrs: Mapping[str, Any], *, client_id: str = CLOUD_CLIENT_ID
+        self,
+        user: AppUser,
+        did: str,
+        attrs: Mapping[str, Any],
+        *,
+        client_id: str = CLOUD_CLIENT_ID,
+        sn: int | None = None,
+        byte_arrays: bool = False,
     ) -> None:
-        """Validate ``attrs`` (display values) and send them as a 0x0090 control.
+        """Validate ``attrs`` (display values) and send them as a 0x0090 control, or as a
+        0x0093 carrying ``sn`` when given (the device answers with a 0x0094 to ``client_id``).
 
+        ``byte_arrays`` also takes binary values as lists of byte values (the WebSocket form).
         Raises 9014 unknown did, 9017 not bound, 9023 disabled, 9025 naming the attr and why,
         9042 offline (without waiting).
         """
         await self._usable(user, did)
-        payload = await self.encode_attrs(did, attrs)
-        await self._sent(did, payload, client_id)
+        payload = await self.encode_attrs(did, attrs, byte_arrays=byte_arrays)
+        await self._sent(did, payload, client_id, sn)
 
     async def write_raw(
         self, user: AppUser, did: str, raw: Sequence[int], *, client_id: str = CLOUD_CLIENT_ID
     ) -> None:
         """Send ``raw`` bytes as the P0 of a 0x0090 frame."""
         await self._usable(user, did)
-        await self._sent(did, raw_bytes(raw), client_id)
+        await self._sent(did, raw_bytes(raw), client_id, None)
 
-    async def encode_attrs(self, did: str, attrs: Mapping[str, Any]) -> bytes:
+    async def read(
+        self,
+        user: AppUser,
+        did: str,
+        names: Sequence[str] | None = None,
+        *,
+        client_id: str = CLOUD_CLIENT_ID,
+        sn: int | None = None,
+    ) -> None:
+        """Ask the device for its status (P0 read: var_len products flag ``names``, every attr
+        when None), as a 0x0090 or, with ``sn``, a 0x0093. Errors as :meth:`write_attrs`; an
+        unknown name is 9025."""
+        await self._usable(user, did)
+        codec = await self.gateway.codec_of(did)
+        if codec is None:
+            raise DeviceNotFound(f"no device with did {did!r}")
+        try:
+            payload = codec.encode_read(names)
+        except CodecError as exc:
+            raise AttrInvalid(str(exc)) from exc
+        await self._sent(did, payload, client_id, sn)
+
+    async def write_frame(
+        self, user: AppUser, did: str, frame: Frame, *, client_id: str = CLOUD_CLIENT_ID
+    ) -> None:
+        """Send a whole frame an app built (see :func:`app_frame`) or a 0x0094 acknowledging a
+        device's 0x0093, as it is. Errors as :meth:`write_attrs` (but no 9025)."""
+        await self._usable(user, did)
+        try:
+            result = await self.gateway.publish_frame(did, frame, client_id)
+        except ConnectionError as exc:
+            raise DeviceOffline(f"device {did} cannot be reached now: {exc}") from exc
+        if result is SendResult.DEVICE_OFFLINE:
+            raise DeviceOffline(f"device {did} is offline")
+
+    async def encode_attrs(
+        self, did: str, attrs: Mapping[str, Any], *, byte_arrays: bool = False
+    ) -> bytes:
         """The P0 of a control writing ``attrs``; raises `AttrInvalid` (9025) naming the attr."""
         codec = await self.gateway.codec_of(did)
         if codec is None:
@@ -56,7 +103,7 @@ class ControlService:
             raise AttrInvalid("attrs: at least one data point is needed")
         latest = await self.telemetry.latest(did)
         try:
-            values = transport_values(codec, attrs, strict=True)
+            values = transport_values(codec, attrs, strict=True, byte_arrays=byte_arrays)
             known = transport_values(codec, latest.attrs, strict=False)
             return codec.encode_control(values, known)
         except DatapointError as exc:
@@ -79,17 +126,20 @@ class ControlService:
             raise DeviceDisabled(f"device {did} is disabled")
         return device
 
-    async def _sent(self, did: str, payload: bytes, client_id: str) -> None:
+    async def _sent(self, did: str, payload: bytes, client_id: str, sn: int | None) -> None:
         try:
-            result = await self.gateway.send(did, payload, client_id=client_id)
+            result = await self.gateway.send(did, payload, client_id=client_id, sn=sn)
         except ConnectionError as exc:
             raise DeviceOffline(f"device {did} cannot be reached now: {exc}") from exc
         if result is SendResult.DEVICE_OFFLINE:
             raise DeviceOffline(f"device {did} is offline")
 
 
-def transport_values(codec: P0Codec, attrs: Mapping[str, Any], *, strict: bool) -> dict[str, Any]:
-    """Display values as the codec takes them: binary attrs from hex strings to bytes.
+def transport_values(
+    codec: P0Codec, attrs: Mapping[str, Any], *, strict: bool, byte_arrays: bool = False
+) -> dict[str, Any]:
+    """Display values as the codec takes them: binary attrs from hex strings to bytes (and,
+    with ``byte_arrays``, from lists of byte values, as the WebSocket API sends them).
 
     ``strict`` raises `DatapointError` for unknown attrs and bad hex; otherwise such values
     (stale state) are left out.
@@ -104,9 +154,13 @@ def transport_values(codec: P0Codec, attrs: Mapping[str, Any], *, strict: bool) 
             continue
         if attr.data_type is DataType.BINARY:
             try:
-                if not isinstance(value, str):
-                    raise DatapointError(name, f"expected a hex string, got {value!r}")
-                data = bytes.fromhex(value)
+                if byte_arrays and isinstance(value, list):
+                    data = _byte_list(name, value)
+                elif not isinstance(value, str):
+                    expected = "a byte array or hex string" if byte_arrays else "a hex string"
+                    raise DatapointError(name, f"expected {expected}, got {value!r}")
+                else:
+                    data = bytes.fromhex(value)
             except ValueError:
                 if strict:
                     raise DatapointError(name, f"{value!r} is not a hex string") from None
@@ -140,3 +194,30 @@ def raw_bytes(raw: Sequence[int]) -> bytes:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
             raise FormInvalid(f"raw[{index}]: {value!r} is not a byte (0-255)")
     return bytes(raw)
+
+
+def _byte_list(name: str, values: list[Any]) -> bytes:
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+            raise DatapointError(name, f"[{index}]: {value!r} is not a byte (0-255)")
+    return bytes(values)
+
+
+APP_FRAME_COMMANDS = frozenset({CMD_CONTROL, CMD_CONTROL_SN, CMD_ACK_SN})
+
+
+def app_frame(raw: Sequence[int]) -> Frame:
+    """A whole frame an app sends (WebSocket ``c2s_raw``): ``00 00 00 03``, LEN, flag and a
+    0x0090, 0x0093 or 0x0094 command. Raises 9015 naming ``raw`` otherwise."""
+    data = raw_bytes(raw)
+    try:
+        frame = decode_frame(data)
+    except CodecError as exc:
+        raise FormInvalid(f"raw: not a frame ({exc})") from exc
+    if frame.cmd not in APP_FRAME_COMMANDS:
+        raise FormInvalid(
+            f"raw: command 0x{frame.cmd:04x} cannot be sent to a device (0x0090, 0x0093, 0x0094)"
+        )
+    if not frame.payload and frame.cmd != CMD_ACK_SN:
+        raise FormInvalid("raw: the frame carries no P0")
+    return frame

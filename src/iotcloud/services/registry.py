@@ -12,6 +12,7 @@ from iotcloud.services.control import ControlService
 from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
 from iotcloud.services.products import ProductService
+from iotcloud.services.realtime import RealtimeHub
 from iotcloud.services.telemetry import TelemetryService
 from iotcloud.services.verification import VerificationService
 
@@ -28,3 +29,4 @@ class Services:
     telemetry: TelemetryService
     bindings: BindingService
     control: ControlService
+    realtime: RealtimeHub
