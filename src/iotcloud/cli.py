@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,14 @@ from iotcloud.errors import FormInvalid, IotCloudError
 from iotcloud.services.apps import App, AppService
 from iotcloud.services.devices import DeviceService, ImportReport, read_device_csv
 from iotcloud.services.products import ProductService
+from iotcloud.simulator import (
+    Fleet,
+    FleetConfig,
+    SimulatorError,
+    fetch_datapoints,
+    load_datapoints,
+    normalise_mac_prefix,
+)
 from iotcloud.storage.database import Database
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -437,6 +446,246 @@ def device_enable(did: str, as_json: bool, **options: Any) -> None:
     settings = load_settings(options)
     device = with_catalog(settings, lambda _, devices: devices.set_disabled(did, False))
     _emit(as_json, device_view(device))
+
+
+# -- simulate ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--product-key", required=True, help="the product the virtual devices belong to")
+@click.option("--devices", "count", type=click.IntRange(1, 1 << 24), required=True, help="how many")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    envvar="IOTCLOUD_URL",
+    help="the server's HTTP address (IOTCLOUD_URL)",
+)
+@click.option(
+    "--appid",
+    default=None,
+    envvar="IOTCLOUD_APPID",
+    help="an app id, to read the data points from GET /app/datapoint (IOTCLOUD_APPID)",
+)
+@click.option(
+    "--datapoints",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="the product's datapoint JSON file (instead of --appid)",
+)
+@click.option(
+    "--report-interval",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="mean seconds between reports of one device (0: report only on connect and control)",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="stop after this many seconds of running (default: until Ctrl-C / SIGTERM)",
+)
+@click.option("--protocol", type=click.Choice(["3.1", "3.1.1"]), default="3.1", show_default=True)
+@click.option(
+    "--mac-prefix",
+    default="02a0c0",
+    show_default=True,
+    help="first 3 bytes of every MAC; the index fills the last 3 (so reruns keep their dids)",
+)
+@click.option("--mqtt-host", default=None, help="connect here instead of the host the server names")
+@click.option("--mqtt-port", type=int, default=None, help="connect here instead of the named port")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=64,
+    show_default=True,
+    help="registrations and MQTT handshakes in flight at once",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def simulate(
+    product_key: str,
+    count: int,
+    url: str,
+    appid: str | None,
+    datapoints: Path | None,
+    report_interval: float,
+    duration: float | None,
+    protocol: str,
+    mac_prefix: str,
+    mqtt_host: str | None,
+    mqtt_port: int | None,
+    concurrency: int,
+    as_json: bool,
+) -> None:
+    """Run virtual devices of a product against a server, as firmware would.
+
+    Each device registers (POST /dev/devices; MAC = prefix + index, so a rerun reuses the same
+    dids), connects over MQTT to the host and port the server hands out, reports random valid
+    values every --report-interval seconds and answers reads and controls. The data points come
+    from --datapoints FILE, or from GET /app/datapoint with --appid. Ctrl-C or SIGTERM stops
+    cleanly and prints a summary.
+    """
+    configure_logging("WARNING")
+    try:
+        prefix = normalise_mac_prefix(mac_prefix)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--mac-prefix") from exc
+    if datapoints is None and not appid:
+        raise click.UsageError(
+            "give --datapoints FILE, or --appid APPID to read the data points from the server "
+            "(GET /app/datapoint needs an app id; `iotcloud app create` makes one)"
+        )
+    console = Console(stderr=True)
+    live = console.is_terminal
+    started = time.monotonic()
+    phase = "starting"
+    fleet: Fleet | None = None
+    connected_at_end = 0
+
+    async def go() -> None:
+        nonlocal phase, connected_at_end
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        work = asyncio.create_task(drive())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if fleet is not None and not work.done():
+                connected_at_end = fleet.connected
+            stopper.cancel()
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        failure = None if work.cancelled() else work.exception()
+        if failure is not None:
+            raise failure
+        if stop.is_set():
+            phase = "stopped"
+
+    async def drive() -> None:
+        nonlocal phase, fleet, connected_at_end
+        phase = "fetching data points"
+        product = (
+            load_datapoints(datapoints, product_key)
+            if datapoints is not None
+            else await fetch_datapoints(url, appid or "", product_key)
+        )
+        fleet = Fleet(
+            FleetConfig(
+                http_url=url,
+                product_key=product_key,
+                product=product,
+                devices=count,
+                mac_prefix=prefix,
+                protocol=protocol,
+                report_interval=report_interval,
+                mqtt_host=mqtt_host,
+                mqtt_port=mqtt_port,
+                connect_concurrency=concurrency,
+            )
+        )
+        phase = "registering"
+        if live:
+            with _fleet_progress(console) as bar:
+                task = bar.add_task("registering", total=count)
+                await fleet.register(lambda n: bar.advance(task, n))
+        else:
+            await fleet.register()
+            console.print(f"registered {count} devices", highlight=False)
+        phase = "connecting"
+        if live:
+            await _run_live(console, fleet, duration)
+        else:
+            first_connects = 0
+
+            def connected(n: int) -> None:
+                nonlocal first_connects
+                first_connects += n
+                if first_connects == count:
+                    console.print(f"connected {count} devices", highlight=False)
+
+            await fleet.run(duration, connected)
+        connected_at_end = fleet.connected_at_stop
+        phase = "finished"
+
+    try:
+        asyncio.run(go())
+    except SimulatorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    summary = _simulation_summary(fleet, product_key, phase, time.monotonic() - started)
+    summary["devices_connected"] = connected_at_end
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            if key != "devices":
+                click.echo(f"{key}: {value}")
+
+
+def _fleet_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+async def _run_live(console: Console, fleet: Fleet, duration: float | None) -> None:
+    """Show a bar until every device connected once, then live counters, while the fleet runs."""
+    from rich.live import Live
+
+    with _fleet_progress(console) as bar:
+        task = bar.add_task("connecting", total=len(fleet.devices))
+        runner = asyncio.create_task(fleet.run(duration, lambda n: bar.advance(task, n)))
+        while not runner.done() and not bar.finished:
+            await asyncio.wait({runner}, timeout=0.2)
+    if runner.done():
+        await runner
+        return
+    with Live(_fleet_table(fleet), console=console, refresh_per_second=4) as screen:
+        while not runner.done():
+            await asyncio.wait({runner}, timeout=0.5)
+            screen.update(_fleet_table(fleet))
+    await runner
+
+
+def _fleet_table(fleet: Fleet) -> Table:
+    table = Table("connected", "reports sent", "controls answered", "reads answered", "reconnects")
+    table.add_row(
+        f"{fleet.connected}/{len(fleet.devices)}",
+        f"{fleet.reports:,}",
+        f"{fleet.controls:,}",
+        f"{fleet.reads:,}",
+        f"{fleet.reconnects:,}",
+    )
+    return table
+
+
+def _simulation_summary(
+    fleet: Fleet | None, product_key: str, phase: str, elapsed: float
+) -> dict[str, Any]:
+    devices = [] if fleet is None else fleet.devices
+    return {
+        "product_key": product_key,
+        "status": phase,
+        "seconds": round(elapsed, 1),
+        "devices_registered": sum(1 for d in devices if d.did is not None),
+        "devices_connected": sum(1 for d in devices if d.stats.connected),  # set by the caller
+        "reports_sent": sum(d.stats.reports for d in devices),
+        "controls_answered": sum(d.stats.controls for d in devices),
+        "reads_answered": sum(d.stats.reads for d in devices),
+        "reconnects": sum(d.stats.reconnects for d in devices),
+        "errors": sum(d.stats.errors for d in devices),
+        "devices": [{"mac": d.mac, "did": d.did} for d in devices if d.did is not None],
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover

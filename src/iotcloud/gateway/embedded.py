@@ -147,7 +147,7 @@ class EmbeddedBroker:
                 self._dispatch_events(), name="mqtt-broker-events"
             )
             stack.push_async_callback(self._stop_dispatcher)
-            self._amqtt = _AmqttBroker(self._amqtt_config())
+            self._amqtt = _AmqttBroker(self._amqtt_config(), self)
             await self._amqtt.start()
             stack.push_async_callback(self._amqtt.shutdown)
             self._server = await asyncio.start_server(
@@ -836,9 +836,15 @@ class _AmqttBroker(Broker):  # type: ignore[misc]
     test checks that they still exist with the same parameters.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, adapter: EmbeddedBroker) -> None:
         super().__init__(config)
         self._subscriptions = _SubscriptionTable()
+        self._adapter = adapter
+
+    async def _topic_filtering(self, session: Any, topic: str | None, action: Any) -> bool:
+        # `_AmqttHooks` is the only topic plugin: ask the adapter directly rather than through
+        # amqtt's plugin manager, which spawns a task and a gather per PUBLISH.
+        return self._adapter._check_topic(session, topic, action)
 
     def connected_subscribers(self, topic: str) -> list[Any] | None:
         """The protocol handlers of the sessions subscribed to ``topic``, once each.
@@ -865,6 +871,11 @@ class _AmqttBroker(Broker):  # type: ignore[misc]
     async def _broadcast_message(
         self, session: Any, topic: str | None, data: Any, force_qos: int | None = None
     ) -> None:
+        if session is not None and topic is not None and force_qos is None:
+            # A client PUBLISH that passed the topic check (amqtt passes ``force_qos`` only for
+            # a will, and no session for its own messages): report it here, synchronously,
+            # instead of through a MESSAGE_BROADCAST plugin event, which costs a task per message.
+            self._adapter._message_routed(session.client_id, topic, data)
         if topic is not None:
             candidates = matching_filters(topic)
             if candidates is not None and not any(map(self._subscriptions.get, candidates)):
@@ -884,7 +895,8 @@ class _HooksConfig:
 
 
 class _AmqttHooks(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
-    """amqtt plugin forwarding authentication, topic checks and routed messages to the broker."""
+    """amqtt plugin forwarding authentication and topic checks to the broker (routed messages
+    are reported by `_AmqttBroker._broadcast_message`)."""
 
     Config = _HooksConfig
 
@@ -897,7 +909,3 @@ class _AmqttHooks(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
     ) -> bool:
         broker: EmbeddedBroker = self.config.broker
         return broker._check_topic(session, topic, action)
-
-    async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
-        broker: EmbeddedBroker = self.config.broker
-        broker._message_routed(client_id, message.topic, message.data)

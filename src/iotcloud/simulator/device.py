@@ -29,6 +29,24 @@ from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL, CMD_CONTROL_SN, CMD_R
 
 log = logging.getLogger(__name__)
 
+
+class SimulatorError(RuntimeError):
+    """The cloud refused or could not be reached; the message says what and where."""
+
+
+def describe_reply(reply: httpx.Response) -> str:
+    """``<status> <error_message> (<detail_message>)`` of a Gizwits error answer, else its text."""
+    try:
+        body = reply.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "error_code" in body:
+        detail = body.get("detail_message") or ""
+        text = f"{body['error_code']} {body.get('error_message', '')}".strip()
+        return f"HTTP {reply.status_code}: {text}" + (f" ({detail})" if detail else "")
+    return f"HTTP {reply.status_code}: {reply.text[:200]}"
+
+
 _READS = {Action.READ, Action.VAR_READ}
 _CONTROLS = {Action.CONTROL, Action.VAR_CONTROL}
 
@@ -56,6 +74,7 @@ class DeviceStats:
     controls: int = 0
     reads: int = 0
     errors: int = 0
+    reconnects: int = 0
     connected: bool = False
     last_control: dict[str, Any] = field(default_factory=dict)
 
@@ -97,30 +116,66 @@ class VirtualDevice:
         self.ready = asyncio.Event()
         self._client: aiomqtt.Client | None = None
 
-    async def register(self, http: httpx.AsyncClient) -> str:
-        """Register and provision like GAgent; returns the did."""
-        reply = await http.post(
+    async def register(self, http: httpx.AsyncClient, *, throttle_wait: float = 60.0) -> str:
+        """Register and provision like GAgent; returns the did.
+
+        A throttled answer (429) is retried after its ``Retry-After`` for up to ``throttle_wait``
+        seconds in all. Raises `SimulatorError` when the server is unreachable or refuses.
+        """
+        reply = await self._call(
+            http,
+            "POST",
             "/dev/devices",
+            throttle_wait,
             content=f"passcode={self.passcode}&mac={self.mac}&product_key={self.product_key}",
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         if reply.status_code != 201 or "did=" not in reply.text:
-            raise RuntimeError(
-                f"registration of {self.mac} failed: {reply.status_code} {reply.text}"
-            )
+            raise SimulatorError(f"registration of {self.mac} refused: {describe_reply(reply)}")
         self.did = reply.text.split("did=", 1)[1][:22]
-        info = await http.get(f"/dev/devices/{self.did}")
+        info = await self._call(http, "GET", f"/dev/devices/{self.did}", throttle_wait)
         if info.status_code != 200:
-            raise RuntimeError(f"provisioning of {self.did} failed: {info.status_code} {info.text}")
+            raise SimulatorError(f"provisioning of {self.did} refused: {describe_reply(info)}")
         fields = parse_qs(info.text.strip())
-        self.mqtt_host = fields["host"][0]
-        self.mqtt_port = int(fields["port"][0])
+        try:
+            self.mqtt_host = fields["host"][0]
+            self.mqtt_port = int(fields["port"][0])
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SimulatorError(
+                f"provisioning of {self.did}: no host/port in {info.text!r}"
+            ) from exc
         return self.did
+
+    @staticmethod
+    async def _call(
+        http: httpx.AsyncClient, method: str, path: str, throttle_wait: float, **kwargs: Any
+    ) -> httpx.Response:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + throttle_wait
+        while True:
+            try:
+                reply = await http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise SimulatorError(
+                    f"cannot reach {http.base_url}: {str(exc) or type(exc).__name__}"
+                ) from exc
+            if reply.status_code != 429:
+                return reply
+            try:
+                wait = float(reply.headers.get("Retry-After", "1"))
+            except ValueError:
+                wait = 1.0
+            if loop.time() + wait > deadline:
+                raise SimulatorError(f"{method} {path}: still throttled (429) after retrying")
+            await asyncio.sleep(wait * (1 + random.random() / 2))  # jitter: spread retries out
 
     async def run(
         self, report_interval: float = 0.0, *, host: str | None = None, port: int | None = None
     ) -> None:
-        """Connect and serve until cancelled."""
+        """Connect and serve until cancelled.
+
+        Raises ``aiomqtt.MqttError`` when the connection cannot be made or is lost.
+        """
         assert self.did is not None, "register first"
         version = (
             aiomqtt.ProtocolVersion.V31 if self.protocol == "3.1" else aiomqtt.ProtocolVersion.V311
@@ -150,6 +205,12 @@ class VirtualDevice:
                     if report_interval > 0:
                         tasks.create_task(self._report_every(report_interval))
                     tasks.create_task(self._serve(client))
+            except ExceptionGroup as group:
+                # the connection dropped: raise the MQTT error itself, so callers can retry
+                lost = [e for e in group.exceptions if isinstance(e, aiomqtt.MqttError)]
+                if not lost:
+                    raise
+                raise lost[0] from group
             finally:
                 self.stats.connected = False
                 self.ready.clear()

@@ -6,13 +6,22 @@ the whole batch, never one statement per report.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, select, type_coerce, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    delete,
+    func,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from iotcloud.storage.models import (
@@ -21,6 +30,64 @@ from iotcloud.storage.models import (
     DeviceLatestRow,
     DeviceRow,
 )
+
+
+class _BulkWrite:
+    """One INSERT run as a driver-level executemany of ready-made tuples.
+
+    The hot path of device reports: SQLAlchemy's per-row parameter processing (type
+    processors for the UTC datetime and JSON columns, parameter dictionaries) cost more than
+    the SQL itself, so the repository converts each value once, the way those column types
+    store it (BENCHMARKS.md, ingest). Only SQLite (``?``) and PostgreSQL through asyncpg
+    (``$n``) are supported, like everywhere else.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        columns: Sequence[str],
+        *,
+        sqlite_tail: str = "",
+        postgresql_tail: str = "",
+    ) -> None:
+        names = ", ".join(columns)
+        head = f"INSERT INTO {table} ({names}) VALUES "  # noqa: S608 (model names, not input)
+        self.sqlite = head + "(" + ", ".join("?" for _ in columns) + ")" + sqlite_tail
+        numbered = ", ".join(f"${index}" for index in range(1, len(columns) + 1))
+        self.postgresql = head + "(" + numbered + ")" + postgresql_tail
+
+    def sql(self, dialect: str) -> str:
+        return self.postgresql if dialect == "postgresql" else self.sqlite
+
+
+# Display values are never JSON null nor nested objects, so SQLite's json_patch (RFC 7396) and
+# PostgreSQL's jsonb || are both the plain "newer values win" merge of the reports.
+_UPSERT_LATEST = _BulkWrite(
+    DeviceLatestRow.__tablename__,
+    ("device_id", "updated_at", "attrs"),
+    sqlite_tail=" ON CONFLICT (device_id) DO UPDATE SET"
+    " updated_at = max(device_latest.updated_at, excluded.updated_at),"
+    " attrs = json_patch(device_latest.attrs, excluded.attrs)",
+    postgresql_tail=" ON CONFLICT (device_id) DO UPDATE SET"
+    " updated_at = GREATEST(device_latest.updated_at, excluded.updated_at),"
+    " attrs = device_latest.attrs || excluded.attrs",
+)
+_INSERT_HISTORY = _BulkWrite(DeviceHistoryRow.__tablename__, ("device_id", "at", "attrs"))
+_INSERT_EVENTS = _BulkWrite(
+    DeviceEventRow.__tablename__, ("device_id", "at", "kind", "payload", "detail")
+)
+
+
+def _sqlite_instant(at: datetime) -> str:
+    """``UTCDateTime`` on SQLite: naive UTC in SQLAlchemy's DATETIME text form."""
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _aware_instant(at: datetime) -> datetime:
+    """``UTCDateTime`` on PostgreSQL: an aware UTC datetime (asyncpg sends it as timestamptz)."""
+    if at.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return at.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -57,60 +124,45 @@ class TelemetryRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
         self.dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+        self._instant = _aware_instant if self.dialect == "postgresql" else _sqlite_instant
 
     async def apply_states(self, changes: Sequence[StateChange], *, history: bool) -> None:
         """Merge each change into its device's latest state (in order) and append history."""
         if not changes:
             return
-        ids = sorted({c.device_id for c in changes})
-        current: dict[int, tuple[datetime, dict[str, Any]]] = {
-            row.device_id: (row.updated_at, dict(row.attrs))
-            for row in await self.session.scalars(
-                select(DeviceLatestRow).where(DeviceLatestRow.device_id.in_(ids))
-            )
-        }
+        # Merge the batch's changes per device here, and each device's stored state in the
+        # upsert itself (JSON merge in SQL): no read of the current state, no round trip for it.
         merged: dict[int, tuple[datetime, dict[str, Any]]] = {}
         for change in changes:
-            at, attrs = merged.get(change.device_id) or current.get(
-                change.device_id, (change.at, {})
+            previous = merged.get(change.device_id)
+            merged[change.device_id] = (
+                (change.at, change.values)
+                if previous is None
+                else (max(previous[0], change.at), {**previous[1], **change.values})
             )
-            attrs = {**attrs, **change.values}
-            merged[change.device_id] = (max(at, change.at), attrs)
-        rows = [
-            {"device_id": device_id, "updated_at": at, "attrs": attrs}
-            for device_id, (at, attrs) in merged.items()
-        ]
-        upsert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(
-            DeviceLatestRow
-        )
-        await self.session.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[DeviceLatestRow.device_id],
-                set_={"updated_at": upsert.excluded.updated_at, "attrs": upsert.excluded.attrs},
-            ),
-            rows,
+        instant = self._instant
+        dumps = json.dumps
+        await self._write(
+            _UPSERT_LATEST,
+            [(device_id, instant(at), dumps(attrs)) for device_id, (at, attrs) in merged.items()],
         )
         if history:
-            await self.session.execute(
-                insert(DeviceHistoryRow),
-                [{"device_id": c.device_id, "at": c.at, "attrs": c.values} for c in changes],
+            await self._write(
+                _INSERT_HISTORY,
+                [(c.device_id, instant(c.at), dumps(c.values)) for c in changes],
             )
 
     async def log_frames(self, events: Sequence[FrameEvent]) -> None:
         if events:
-            await self.session.execute(
-                insert(DeviceEventRow),
-                [
-                    {
-                        "device_id": e.device_id,
-                        "at": e.at,
-                        "kind": e.kind,
-                        "payload": e.payload,
-                        "detail": e.detail,
-                    }
-                    for e in events
-                ],
+            instant = self._instant
+            await self._write(
+                _INSERT_EVENTS,
+                [(e.device_id, instant(e.at), e.kind, e.payload, e.detail) for e in events],
             )
+
+    async def _write(self, statement: _BulkWrite, rows: list[tuple[Any, ...]]) -> None:
+        connection = await self.session.connection()
+        await connection.exec_driver_sql(statement.sql(self.dialect), rows)
 
     async def set_presence(self, changes: Sequence[PresenceChange]) -> None:
         """Apply the last presence change per device of the batch."""
