@@ -32,10 +32,11 @@ from iotcloud.notify.captcha import CaptchaRenderer
 from iotcloud.notify.mail import Mailer, OutboxMailer, SmtpMailer, SmtpTarget
 from iotcloud.notify.oauth import ThirdPartyVerifier, parse_providers
 from iotcloud.notify.sms import OutboxSmsSender, SmsSender, WebhookSmsSender
+from iotcloud.scheduler.engine import EngineConfig, SchedulerEngine
 from iotcloud.services.accounts import AccountService, CurrentUser
 from iotcloud.services.apps import AppService
 from iotcloud.services.auth_cache import AuthCache
-from iotcloud.services.bindings import BindingService
+from iotcloud.services.bindings import BindingChange, BindingService
 from iotcloud.services.control import ControlService
 from iotcloud.services.credentials import PasswordHasher
 from iotcloud.services.devices import DeviceService
@@ -43,6 +44,7 @@ from iotcloud.services.password_reset import PasswordResetService
 from iotcloud.services.products import ProductService
 from iotcloud.services.realtime import RealtimeHub
 from iotcloud.services.registry import Services
+from iotcloud.services.scheduler import SchedulerService
 from iotcloud.services.telemetry import TelemetryService
 from iotcloud.services.verification import VerificationService
 from iotcloud.storage.accounts import AppTokenRepository, CodeRepository, UserTokenRepository
@@ -128,16 +130,28 @@ async def running_services(
             DeviceGateway(db, clock, keep_history=settings.history_retention_days > 0)
         )
         broker = await stack.enter_async_context(build_broker(settings, gateway))
-
-        async def devices_changed(dids: Sequence[str] | None) -> None:
-            async for page in gateway.credentials(dids):
-                await broker.devices_changed(page)
-
         gateway.attach(broker)
         telemetry = TelemetryService(db, clock, settings)
         bindings = BindingService(db, clock)
+        # passed binding checks are kept as long as checked tokens, and dropped on any change
+        control = ControlService(
+            bindings, telemetry, gateway, usable_cache_seconds=settings.auth_cache_seconds
+        )
         realtime = await stack.enter_async_context(RealtimeHub(gateway, bindings))
-        bindings.on_change = realtime.binding_changed
+
+        async def devices_changed(dids: Sequence[str] | None) -> None:
+            control.devices_changed(dids)
+            async for page in gateway.credentials(dids):
+                await broker.devices_changed(page)
+
+        async def binding_changed(change: BindingChange) -> None:
+            control.binding_changed(change)
+            await realtime.binding_changed(change)
+
+        bindings.on_change = binding_changed
+        engine = await stack.enter_async_context(
+            SchedulerEngine(db, clock, control, bindings, EngineConfig.from_settings(settings))
+        )
         services = Services(
             settings=settings,
             apps=apps,
@@ -148,17 +162,23 @@ async def running_services(
             devices=DeviceService(db, clock, settings, devices_changed),
             telemetry=telemetry,
             bindings=bindings,
-            control=ControlService(bindings, telemetry, gateway),
+            control=control,
             realtime=realtime,
+            scheduler=SchedulerService(db, clock, bindings, control, engine),
         )
         async with asyncio.TaskGroup() as tasks:
             housekeeping = tasks.create_task(
                 _housekeeping(db, clock, settings), name="housekeeping"
             )
+            scheduling = None
+            if settings.scheduler_enabled:
+                scheduling = tasks.create_task(engine.run(), name="scheduler")
             try:
                 yield services
             finally:
                 housekeeping.cancel()
+                if scheduling is not None:
+                    scheduling.cancel()
 
 
 async def _housekeeping(db: Database, clock: Clock, settings: Settings) -> None:

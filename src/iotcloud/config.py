@@ -94,6 +94,20 @@ class Settings:
     rate_limit_per_address: float = 100.0
     rate_limit_burst_seconds: float = 2.0
 
+    # scheduler (cloud timers): whether this process fires schedules (its API serves them
+    # either way); how late an occurrence may still fire after downtime (older ones are logged
+    # missed); how long an attempt in flight is owned before another process may take it over;
+    # the pause between retries; how long a device has to acknowledge a command; the longest
+    # sleep between looks at the database; attempts in flight; days runs are kept (0: forever)
+    scheduler_enabled: bool = True
+    scheduler_grace_seconds: float = 900.0
+    scheduler_lease_seconds: float = 60.0
+    scheduler_retry_interval_seconds: float = 60.0
+    scheduler_ack_timeout_seconds: float = 10.0
+    scheduler_max_sleep_seconds: float = 10.0
+    scheduler_concurrency: int = 256
+    scheduler_run_retention_days: int = 90
+
     @property
     def resolved_database_url(self) -> str:
         """The SQLAlchemy async URL: the configured one, else a SQLite file in the data dir."""
@@ -197,6 +211,29 @@ class Settings:
             )
         if not isinstance(self.auth_providers, Mapping):
             raise ConfigError("IOTCLOUD_AUTH_PROVIDERS must be a JSON object")
+        self._validate_scheduler()
+
+    def _validate_scheduler(self) -> None:
+        for name in (
+            "scheduler_retry_interval_seconds",
+            "scheduler_ack_timeout_seconds",
+            "scheduler_max_sleep_seconds",
+            "scheduler_concurrency",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"IOTCLOUD_{name.upper()} must be positive")
+        if self.scheduler_grace_seconds < 0 or self.scheduler_run_retention_days < 0:
+            raise ConfigError(
+                "IOTCLOUD_SCHEDULER_GRACE_SECONDS and IOTCLOUD_SCHEDULER_RUN_RETENTION_DAYS "
+                "must not be negative"
+            )
+        # an attempt lasts about one acknowledgement timeout; its lease must outlive it, or a
+        # second process could take the run over while the first is still sending
+        if self.scheduler_lease_seconds < 2 * self.scheduler_ack_timeout_seconds:
+            raise ConfigError(
+                "IOTCLOUD_SCHEDULER_LEASE_SECONDS must be at least twice "
+                "IOTCLOUD_SCHEDULER_ACK_TIMEOUT_SECONDS"
+            )
 
 
 def normalize_database_url(url: str) -> str:

@@ -159,6 +159,12 @@ class UserInvalid(IotCloudError):
     code = 9026
 
 
+class ScheduleNotFound(IotCloudError):
+    """No schedule with that id among the caller's (unknown, deleted, or another user's)."""
+
+    code = 9030
+
+
 class ThirdPartyAuthInvalid(IotCloudError):
     code = 9031
 

@@ -265,3 +265,38 @@ async def test_unbound_devices_of_other_users_are_never_reached(
         )
         assert reply.json()["error_code"] == 9017
         assert device.received.empty()
+
+
+async def test_unbinding_or_disabling_stops_commands_at_once(
+    server: RunningServer, scene: tuple[User, str, Device], http: httpx.AsyncClient
+) -> None:
+    """The server remembers a passed binding check for a few seconds, but never past an unbind
+    or a disable made through it."""
+    user, did, device = scene
+    body = {"raw": [1, 2, 3]}
+    ok = await http.post(f"/app/control/{did}", headers=user.headers(), json=body)
+    assert ok.status_code == 200, ok.text
+    await device.next_frame()
+    gone = await http.request(
+        "DELETE", "/app/bindings", json={"devices": [{"did": did}]}, headers=user.headers()
+    )
+    assert gone.json() == {"success": [did], "failed": []}
+    assert_error(
+        await http.post(f"/app/control/{did}", headers=user.headers(), json=body), 9017, 401
+    )
+    again = await http.post(
+        "/app/bindings",
+        json={"devices": [{"did": did, "passcode": PASSCODE}]},
+        headers=user.headers(),
+    )
+    assert again.json() == {"success": [did], "failed": []}
+    ok = await http.post(f"/app/control/{did}", headers=user.headers(), json=body)
+    assert ok.status_code == 200, ok.text
+    await device.next_frame()
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    changed = await http.put(f"/admin/v1/devices/{did}", headers=admin, json={"is_disabled": True})
+    assert changed.status_code == 200, changed.text
+    assert_error(
+        await http.post(f"/app/control/{did}", headers=user.headers(), json=body), 9023, 400
+    )
+    assert device.received.empty()

@@ -3,15 +3,19 @@ device through the gateway (spec §1.4 control, §3.4 command words)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from iotcloud.codecs import CodecError, DatapointError, DataType, Frame, P0Codec, decode_frame
 from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL, CMD_CONTROL_SN
 from iotcloud.errors import AttrInvalid, DeviceDisabled, DeviceNotFound, DeviceOffline, FormInvalid
 from iotcloud.gateway.service import CLOUD_CLIENT_ID, DeviceGateway, SendResult
-from iotcloud.services.bindings import AppUser, BindingService, BoundDevice
+from iotcloud.services.bindings import AppUser, BindingChange, BindingService
 from iotcloud.services.telemetry import TelemetryService
 
 log = logging.getLogger(__name__)
@@ -19,15 +23,91 @@ log = logging.getLogger(__name__)
 MAX_RAW_BYTES = 65_535
 
 
-class ControlService:
-    """Commands from apps (bound users only) and from the cloud itself (the scheduler)."""
+class UsableCache:
+    """Which (user, device) pairs passed the control check (bound, device enabled) in the last
+    ``ttl`` seconds, so a stream of commands costs one database read per pair and ``ttl``.
+    Each entry lives a random 75-100% of ``ttl``, so entries made together (a burst of commands
+    to many devices) are not all read again at once.
+
+    Only passes are kept: a refusal is always read afresh. Every change this process makes to a
+    binding or a device drops the affected entries at once (`drop_binding`, `drop_devices`);
+    other processes of a scale-out deployment see such a change within ``ttl``, as with the
+    token cache. An entry is only stored if nothing was dropped while its database read was in
+    flight (``epoch``), so a stale read never outlives an unbind. ``ttl`` 0 disables caching.
+    """
 
     def __init__(
-        self, bindings: BindingService, telemetry: TelemetryService, gateway: DeviceGateway
+        self, ttl: float, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self.epoch = 0
+        self._entries: OrderedDict[tuple[int, str], float] = OrderedDict()
+
+    def passed(self, user_id: int, did: str) -> bool:
+        key = (user_id, did)
+        deadline = self._entries.get(key)
+        if deadline is None:
+            return False
+        if deadline <= self.clock():
+            del self._entries[key]
+            return False
+        return True
+
+    def put(self, user_id: int, did: str, epoch: int) -> None:
+        if self.ttl <= 0 or epoch != self.epoch:
+            return
+        key = (user_id, did)
+        self._entries[key] = self.clock() + self.ttl * (1.0 - 0.25 * random.random())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def drop_binding(self, user_id: int, did: str) -> None:
+        self.epoch += 1
+        self._entries.pop((user_id, did), None)
+
+    def drop_devices(self, dids: Sequence[str] | None) -> None:
+        """Forget the named devices (every device when None)."""
+        self.epoch += 1
+        if dids is None:
+            self._entries.clear()
+            return
+        wanted = set(dids)
+        for key in [key for key in self._entries if key[1] in wanted]:
+            del self._entries[key]
+
+
+class ControlService:
+    """Commands from apps (bound users only) and from the cloud itself (the scheduler).
+
+    ``usable_cache_seconds`` > 0 keeps passed binding checks for that long (see `UsableCache`);
+    whoever enables it must route binding changes to `binding_changed` and device changes
+    (disable, delete) to `devices_changed`.
+    """
+
+    def __init__(
+        self,
+        bindings: BindingService,
+        telemetry: TelemetryService,
+        gateway: DeviceGateway,
+        *,
+        usable_cache_seconds: float = 0.0,
     ) -> None:
         self.bindings = bindings
         self.telemetry = telemetry
         self.gateway = gateway
+        self.usable = UsableCache(usable_cache_seconds)
+        self._checking: dict[tuple[int, str], asyncio.Event] = {}
+
+    def binding_changed(self, change: BindingChange) -> None:
+        """A binding was made or removed (`BindingService`'s ``on_change``)."""
+        self.usable.drop_binding(change.user_id, change.did)
+
+    def devices_changed(self, dids: Sequence[str] | None) -> None:
+        """Devices were disabled, enabled or deleted (every device when None)."""
+        self.usable.drop_devices(dids)
 
     async def write_attrs(
         self,
@@ -120,11 +200,35 @@ class ControlService:
             did, payload, require_ack=require_ack, ack_timeout=ack_timeout
         )
 
-    async def _usable(self, user: AppUser, did: str) -> BoundDevice:
+    async def _usable(self, user: AppUser, did: str) -> None:
+        """Raise 9014, 9017 or 9023 unless ``user`` may command ``did`` now."""
+        key = (user.user_id, did)
+        if self.usable.ttl <= 0:
+            await self._check(user, did)
+            return
+        if self.usable.passed(*key):
+            return
+        running = self._checking.get(key)
+        if running is None:
+            self._checking[key] = done = asyncio.Event()
+            try:
+                await self._check(user, did)
+            finally:
+                del self._checking[key]
+                done.set()
+            return
+        # another request is reading this pair: a pass it finds serves this one too, so a burst
+        # of commands costs one read; a refusal is read again, to raise this request's own error
+        await running.wait()
+        if not self.usable.passed(*key):
+            await self._check(user, did)
+
+    async def _check(self, user: AppUser, did: str) -> None:
+        epoch = self.usable.epoch
         device = await self.bindings.require_bound(user, did)
         if device.is_disabled:
             raise DeviceDisabled(f"device {did} is disabled")
-        return device
+        self.usable.put(user.user_id, did, epoch)
 
     async def _sent(self, did: str, payload: bytes, client_id: str, sn: int | None) -> None:
         try:

@@ -13,6 +13,7 @@ from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
 from iotcloud.services.products import ProductService
 from iotcloud.services.realtime import RealtimeHub
+from iotcloud.services.scheduler import SchedulerService
 from iotcloud.services.telemetry import TelemetryService
 from iotcloud.services.verification import VerificationService
 
@@ -30,3 +31,4 @@ class Services:
     bindings: BindingService
     control: ControlService
     realtime: RealtimeHub
+    scheduler: SchedulerService

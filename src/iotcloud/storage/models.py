@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    Time,
     UniqueConstraint,
     false,
     text,
@@ -290,3 +292,86 @@ class BindingRow(Base):
         JSON_TYPE, default=list, server_default=text("'[]'")
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ScheduleRow(Base):
+    """A cloud schedule (Gizwits scheduler, Tencent timer) of one user within one app.
+
+    The recurrence is stored field by field (see `iotcloud.domain.schedules.Recurrence`): ``rule``
+    ``once`` (``on_date``), ``daily``, ``weekly`` (``weekdays``, 0 = Monday) or ``month_days``,
+    at local wall time ``at_time`` in IANA zone ``time_zone``, bounded by ``start_date`` and
+    ``end_date``. ``rearm`` marks a Tencent ``Repeat`` 0 timer: a one-shot whose date is chosen
+    afresh (the next of ``weekdays``, any day when empty) whenever it is enabled or changed.
+
+    ``next_due_at`` is the first occurrence not yet handled (UTC); it is NULL exactly when the
+    schedule is disabled or will never fire again. ``tasks`` is a JSON list of
+    ``{did, product_key, attrs}`` or ``{did, product_key, raw}`` (``raw`` in hex).
+    ``device_did`` is the device a per-device schedule belongs to (Gizwits
+    ``/app/devices/{did}/scheduler``, Tencent timers); NULL for ``/app/scheduler`` ones.
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        Index("ix_schedules_user_id_device_did", "user_id", "device_did"),
+        Index("ix_schedules_next_due_at", "next_due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    dialect: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    remark: Mapped[str] = mapped_column(String(1024))
+    device_did: Mapped[str | None] = mapped_column(String(22), nullable=True)
+    rule: Mapped[str] = mapped_column(String(16))
+    on_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    weekdays: Mapped[list[int]] = mapped_column(JSON_TYPE)
+    month_days: Mapped[list[int]] = mapped_column(JSON_TYPE)
+    at_time: Mapped[time] = mapped_column(Time)
+    time_zone: Mapped[str] = mapped_column(String(64))
+    start_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    end_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    rearm: Mapped[bool] = mapped_column(Boolean)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    retry_count: Mapped[int] = mapped_column(Integer)
+    retry_task: Mapped[str] = mapped_column(String(8))
+    tasks: Mapped[list[dict[str, Any]]] = mapped_column(JSON_TYPE)
+    next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ScheduleRunRow(Base):
+    """One occurrence of a schedule: at most one row per (schedule, scheduled instant).
+
+    ``status`` is ``running``, ``succeed``, ``failed`` or ``missed``. A fired run keeps the tasks
+    and retry settings it was fired with (``tasks``, ``retry_count``, ``retry_task``; NULL for a
+    missed run), every attempt (``attempts``: ``[{at, detail: {did: bool} | null,
+    interrupted?}]``, ``detail`` null while the attempt is in flight) and the merged result
+    (``detail``). While ``running``, ``next_attempt_at`` is when the engine next has to act on it:
+    the next retry, or - while an attempt is in flight under ``lease_owner`` - the instant that
+    lease expires and the run counts as abandoned.
+    """
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "scheduled_at"),
+        Index("ix_schedule_runs_next_attempt_at", "next_attempt_at"),
+        Index("ix_schedule_runs_finished_at", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, bool]] = mapped_column(JSON_TYPE)
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON_TYPE)
+    tasks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON_TYPE, nullable=True)
+    retry_count: Mapped[int] = mapped_column(Integer)
+    retry_task: Mapped[str] = mapped_column(String(8))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    note: Mapped[str | None] = mapped_column(String(256), nullable=True)

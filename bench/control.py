@@ -1,0 +1,451 @@
+"""Remote control end to end: ``POST /app/control/{did}`` to the frame at the device, beside the
+same broker's own MQTT pass-through and the HTTP stack's hello-world, in one run.
+
+Starts a real ``iotcloud serve`` (SQLite by default, ``--postgres`` for a throwaway PostgreSQL,
+or ``--database-url``), creates an app, a user and a pet_house product, registers ``--devices``
+devices over ``POST /dev/devices``, binds them to the user with ``POST /app/bindings`` and
+connects each as an MQTT subscriber to ``app2dev/{did}/#``. The app and the devices live in one
+load process (`bench.control_load`: raw asyncio sockets, pre-built requests and packets), apart
+from the server, so a command's latency is measured on one clock: from the moment it is released
+(written at once on an idle keep-alive connection of the pool) to the moment its frame, found by
+the sequence number in its P0, reaches the device.
+
+Three paths, each at the fixed ``--rates`` (open loop: commands released on a timer, round-robin
+over the devices, whatever the answers) and closed loop (``--concurrency`` in flight, the next
+one sent as one completes: the maximum sustained throughput):
+
+* MQTT ceiling: `bench.control_broker`, the same `EmbeddedBroker` class in its own process with
+  no registry, storage or HTTP, where one extra client may publish on ``app2dev/{did}/...``; a
+  command is one QoS 0 PUBLISH of the same 0x0090 frame, routed by the broker to the device. The
+  server's own broker cannot be used for this: its ACL lets no client publish on ``app2dev``.
+* HTTP ceiling: ``GET /status`` on the real server (no I/O), with the same client.
+* control: ``POST /app/control/{did}`` with ``{"raw": [...]}`` on the real server: app and token
+  check, binding check, publish through the embedded broker, frame log write (batched).
+
+Each step: ``--warmup`` seconds, ``--window`` seconds measured, then up to ``--drain`` seconds
+for the stragglers (a command not delivered by then is lost). Before each step the load process
+waits (up to ``--quiet-wait`` seconds) for other processes on this shared machine to go quiet;
+what they used during the window is reported.
+
+Usage: ``uv run --frozen python -m bench.control [--devices 50] [--rates 500,1000,1500,2000]
+[--postgres] [--write]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tests.pg import PostgresServer
+from tests.server import RunningServer, make_server
+
+ROOT = Path(__file__).resolve().parents[1]
+DATAPOINTS = ROOT / "tests" / "fixtures" / "datapoints" / "pet_house.json"
+PASSCODE = "BENCHPASSX"
+BIND_BATCH = 100
+
+
+class Child:
+    """A helper process spoken to in JSON lines (`bench.control_load`, `bench.control_broker`)."""
+
+    def __init__(self, module: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.process.args!r} exited with {self.process.wait()}")
+        reply = dict(json.loads(line))
+        if "error" in reply:
+            raise RuntimeError(f"{self.process.args!r}: {reply['error']}")
+        return reply
+
+    def call(self, **command: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Figures:
+    backend: str
+    devices: int
+    load_average: str = ""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_steps(
+    load: Child, kind: str, server_pid: int, args: argparse.Namespace, figures: Figures
+) -> None:
+    rates = [int(rate) for rate in args.rates.split(",")] + [0]
+    for rate in rates:
+        step = load.call(
+            cmd="step",
+            kind=kind,
+            rate=rate,
+            concurrency=args.concurrency,
+            warmup=args.warmup,
+            window=args.window,
+            drain=args.drain,
+            server_pid=server_pid,
+            quiet_wait=args.quiet_wait,
+        )
+        figures.steps.append(step)
+        load_text = f"{rate}/s" if rate else f"closed, {args.concurrency} in flight"
+        print(
+            f"  {kind:>7} {load_text:>22}: sent {step['sent']:,.0f}/s, done "
+            f"{step['completed']:,.0f}/s, errors {step['errors']}, lost {step['lost']}, "
+            f"p50 {step['p50']:.1f} p99 {step['p99']:.1f} max {step['max']:.1f} ms, "
+            f"server CPU {step['server_cpu']:.0%}, generator {step['generator_cpu']:.0%}, "
+            f"other {step['other_cpu']:.0%}"
+            + (f", reasons {step['reasons']}" if step["reasons"] else ""),
+            file=sys.stderr,
+        )
+
+
+def fake_dids(count: int) -> list[list[str]]:
+    return [[f"bench{index:017d}", "x"] for index in range(count)]
+
+
+def measure_ceiling(figures: Figures, args: argparse.Namespace) -> None:
+    print("MQTT ceiling: embedded broker alone", file=sys.stderr)
+    broker = Child("bench.control_broker")
+    load = Child("bench.control_load")
+    try:
+        port = broker.read()["port"]
+        load.call(cmd="devices", host="127.0.0.1", port=port, devices=fake_dids(args.devices))
+        load.call(cmd="publisher", host="127.0.0.1", port=port, client_id="bench-publisher")
+        run_steps(load, "mqtt", broker.pid, args, figures)
+    finally:
+        load.close()
+        broker.close()
+
+
+def import_product(server: RunningServer) -> str:
+    data = json.loads(DATAPOINTS.read_text())
+    data["product_key"] = uuid.uuid4().hex
+    path = server.data_dir / "pet_house.json"
+    path.write_text(json.dumps(data))
+    made = json.loads(server.cli("product", "import", str(path), "--json").stdout)
+    return str(made["product_key"])
+
+
+def register_and_bind(
+    http: httpx.Client, product_key: str, count: int, headers: dict[str, str]
+) -> list[list[str]]:
+    """``POST /dev/devices`` for each device, then ``POST /app/bindings`` by passcode."""
+    devices = []
+    for index in range(count):
+        reply = http.post(
+            "/dev/devices",
+            data={"passcode": PASSCODE, "mac": f"02c0c0{index:06x}", "product_key": product_key},
+        )
+        if reply.status_code != 201:
+            raise RuntimeError(f"registering a device: {reply.status_code} {reply.text}")
+        devices.append([reply.text.split("did=", 1)[1][:22], PASSCODE])
+    for start in range(0, count, BIND_BATCH):
+        chunk = devices[start : start + BIND_BATCH]
+        reply = http.post(
+            "/app/bindings",
+            json={"devices": [{"did": did, "passcode": code} for did, code in chunk]},
+            headers=headers,
+        )
+        reply.raise_for_status()
+        if reply.json()["failed"]:
+            raise RuntimeError(f"binding failed for {reply.json()['failed']}")
+    return devices
+
+
+def wait_online(http: httpx.Client, headers: dict[str, str], count: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        items = http.get("/app/bindings", params={"limit": 1000}, headers=headers).json()
+        if sum(1 for item in items["devices"] if item["is_online"]) >= count:
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the devices did not all come online")
+
+
+def measure_server(figures: Figures, args: argparse.Namespace, database_url: str | None) -> None:
+    print(f"iotcloud serve, {figures.backend}", file=sys.stderr)
+    data_dir = Path(tempfile.mkdtemp(prefix="iotcloud-bench-"))
+    server = make_server(
+        data_dir,
+        database_url,
+        rate_limit_per_address=0,
+        rate_limit_per_app=0,
+        log_level="WARNING",
+    )
+    server.env["IOTCLOUD_ENV"] = "production"
+    server.env.pop("IOTCLOUD_DEV_CAPTCHA_CODE")
+    server.start()
+    load: Child | None = None
+    try:
+        assert server.process is not None
+        pid = server.process.pid
+        appid = server.create_app("Bench")["appid"]
+        product_key = import_product(server)
+        with httpx.Client(base_url=server.base_url, timeout=30) as http:
+            made = http.post(
+                "/app/users",
+                json={"username": "bench", "password": "benchpass"},
+                headers={"X-Gizwits-Application-Id": appid},
+            )
+            made.raise_for_status()
+            token = made.json()["token"]
+            headers = {"X-Gizwits-Application-Id": appid, "X-Gizwits-User-token": token}
+            devices = register_and_bind(http, product_key, args.devices, headers)
+            load = Child("bench.control_load")
+            load.call(
+                cmd="devices",
+                host="127.0.0.1",
+                port=int(server.env["IOTCLOUD_MQTT_PORT"]),
+                devices=devices,
+            )
+            wait_online(http, headers, args.devices)
+        load.call(
+            cmd="http",
+            host="127.0.0.1",
+            port=server.http_port,
+            pool=args.pool,
+            appid=appid,
+            token=token,
+        )
+        run_steps(load, "status", pid, args, figures)
+        run_steps(load, "control", pid, args, figures)
+    finally:
+        if load is not None:
+            load.close()
+        server.stop()
+        if "Traceback" in server.log():
+            figures.notes.append("the server logged a traceback; see its log")
+            print(server.log()[-5000:], file=sys.stderr)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+PATHS = {
+    "mqtt": "MQTT PUBLISH → device (broker ceiling)",
+    "status": "GET /status (HTTP ceiling)",
+    "control": "POST /app/control → device",
+}
+
+
+def kept_up(step: dict[str, Any]) -> bool:
+    """Delivered what was sent (within 2%), no errors, nothing lost, nothing shed."""
+    return (
+        step["completed"] >= 0.98 * step["sent"]
+        and not step["errors"]
+        and not step["lost"]
+        and not step["shed"]
+    )
+
+
+def render(figures: Figures, args: argparse.Namespace) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [
+        "| path | load | sent/s | done/s | HTTP errors | lost | p50 ms | p90 ms | p99 ms "
+        "| max ms | server CPU | generator CPU | other CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for step in figures.steps:
+        kind = step["kind"]
+        load = (
+            f"{step['offered']:,.0f}/s"
+            if step["offered"]
+            else f"closed, {step['concurrency']} in flight"
+        )
+        errors = "-" if kind == "mqtt" else f"{step['errors']:,}"
+        if step["shed"]:
+            errors += f" (+{step['shed']:,} not sent)"
+        lost = "-" if kind == "status" else f"{step['lost']:,}"
+        mark = "" if kept_up(step) or not step["offered"] else " †"
+        rows.append(
+            f"| {PATHS[kind]} | {load} | {step['sent']:,.0f} | {step['completed']:,.0f}{mark} "
+            f"| {errors} | {lost} | {step['p50']:.1f} | {step['p90']:.1f} | {step['p99']:.1f} "
+            f"| {step['max']:.1f} | {step['server_cpu']:.0%} | {step['generator_cpu']:.0%} "
+            f"| {step['other_cpu']:.0%} |"
+        )
+
+    def best(kind: str) -> tuple[float, float]:
+        """(closed-loop throughput, highest open-loop rate kept up with)."""
+        closed = max(
+            (s["completed"] for s in figures.steps if s["kind"] == kind and not s["offered"]),
+            default=0.0,
+        )
+        kept = max(
+            (
+                s["offered"]
+                for s in figures.steps
+                if s["kind"] == kind and s["offered"] and kept_up(s)
+            ),
+            default=0.0,
+        )
+        return closed, kept
+
+    control_closed, control_kept = best("control")
+    mqtt_closed, _ = best("mqtt")
+    status_closed, _ = best("status")
+    of_mqtt = control_closed / mqtt_closed if mqtt_closed else 0.0
+    of_status = control_closed / status_closed if status_closed else 0.0
+    at_500 = next(
+        (s for s in figures.steps if s["kind"] == "control" and s["offered"] == 500), None
+    )
+    lines = [
+        f"Measured {stamp} on {os.cpu_count()} cores ({platform.machine()}, load average "
+        f"{figures.load_average} at the start): one `iotcloud serve` process ({figures.backend}, "
+        f"uvloop, embedded broker), one load process (`bench.control_load`: {figures.devices} "
+        f"MQTT 3.1 device connections subscribed to `app2dev/{{did}}/#`, a pool of {args.pool} "
+        "keep-alive HTTP/1.1 connections) and, for the MQTT ceiling, one `bench.control_broker` "
+        "process instead of the server; all on the same machine, sharing its cores. Each row: "
+        f"{args.warmup:g} s warm-up, {args.window:g} s measured, up to {args.drain:g} s drain. "
+        "Latency: command released → frame at the device (`GET /status`: → answer). "
+        "Server CPU is the broker process's on the MQTT rows; other CPU is every other process "
+        "on the machine during the window (in cores).",
+        "",
+        *rows,
+        "",
+        "† fell behind: fewer done than sent, or errors, lost or shed commands.",
+        "",
+        f"- control, sustained (closed loop, {args.concurrency} in flight): "
+        f"**{control_closed:,.0f} commands/s** delivered (target ≥ 1,500) — "
+        f"{of_mqtt:.0%} of the broker's own {mqtt_closed:,.0f} messages/s, {of_status:.0%} of "
+        f"`GET /status`'s {status_closed:,.0f} requests/s; highest fixed rate kept up with: "
+        f"{control_kept:,.0f}/s",
+    ]
+    if at_500 is not None:
+        lines.append(
+            f"- control at 500 commands/s: p50 {at_500['p50']:.1f} ms, **p99 {at_500['p99']:.1f} "
+            f"ms** (target ≤ 50 ms), HTTP answer p99 {at_500['http_p99']:.1f} ms"
+        )
+    lines += [f"- {note}" for note in figures.notes]
+    lines += [
+        "",
+        f"Command: `uv run --frozen python -m bench.control --devices {figures.devices} --rates "
+        f"{args.rates}{' --postgres' if args.postgres else ''} --write`",
+    ]
+    return "\n".join(lines)
+
+
+SECTION = """## Control: app command to device frame
+
+`uv run --frozen python -m bench.control --write` (SQLite) and
+`uv run --frozen python -m bench.control --postgres --write` (a throwaway PostgreSQL 15 on the
+same machine). A command is `POST /app/control/{did}` with `{"raw": [8 bytes]}`, measured until
+its 0x0090 frame reaches the device's MQTT connection; beside it, in the same run, the embedded
+broker alone passing the same frame from an MQTT publisher to the device (`bench.control_broker`:
+the server's broker lets no client publish on `app2dev`, so the ceiling runs the same broker class
+in its own process) and `GET /status` on the same server with the same client. Closed-loop rows
+are the maximum sustained throughput; open-loop rows release commands on a timer whatever the
+answers, so queueing shows as latency.
+"""
+
+
+def write_section(backend: str, report: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    begin = f"<!-- bench:control:{backend}:begin -->"
+    end = f"<!-- bench:control:{backend}:end -->"
+    block = f"{begin}\n{report}\n{end}"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        if "\n## Control" not in text:
+            text = text.rstrip() + "\n\n" + SECTION
+        start = text.index("\n## Control")
+        following = text.find("\n## ", start + 1)
+        if following < 0:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        else:
+            text = text[:following].rstrip() + "\n\n" + block + "\n" + text[following:]
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument(
+        "--rates", default="500,1000,1500,2000", help="offered commands/s, comma-separated"
+    )
+    parser.add_argument("--concurrency", type=int, default=32, help="closed loop: in flight")
+    parser.add_argument("--pool", type=int, default=64, help="keep-alive HTTP connections")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--drain", type=float, default=3.0)
+    parser.add_argument("--database-url", default=None, help="an existing, empty database")
+    parser.add_argument(
+        "--postgres", action="store_true", help="start a throwaway PostgreSQL and use it"
+    )
+    parser.add_argument("--skip-ceiling", action="store_true", help="measure the server only")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait, before each step, for other processes to go quiet",
+    )
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.pool < args.concurrency:
+        parser.error("--pool must be at least --concurrency")
+    postgres = None
+    database_url = args.database_url
+    if args.postgres:
+        postgres = PostgresServer()
+        postgres.start()
+        database_url = postgres.create_database("bench")
+    figures = Figures(
+        backend="PostgreSQL 15" if database_url else "SQLite (WAL)",
+        devices=args.devices,
+        load_average=" ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    )
+    try:
+        if not args.skip_ceiling:
+            measure_ceiling(figures, args)
+        measure_server(figures, args, database_url)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+    report = render(figures, args)
+    print(report)
+    if args.write:
+        write_section("postgres" if database_url else "sqlite", report)
+
+
+if __name__ == "__main__":
+    main()
