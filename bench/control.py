@@ -416,7 +416,7 @@ def main() -> None:
     parser.add_argument(
         "--quiet-wait",
         type=float,
-        default=60.0,
+        default=120.0,
         help="seconds to wait, before each step, for other processes to go quiet",
     )
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
