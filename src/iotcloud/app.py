@@ -20,6 +20,7 @@ from iotcloud.api.gizwits import bindings as gizwits_bindings
 from iotcloud.api.gizwits import control as gizwits_control
 from iotcloud.api.gizwits import devices as gizwits_devices
 from iotcloud.api.gizwits import products as gizwits_products
+from iotcloud.api.gizwits import scheduler as gizwits_scheduler
 from iotcloud.api.gizwits import ws as gizwits_ws
 from iotcloud.api.throttle import ThrottleMiddleware, TokenBuckets
 from iotcloud.config import ConfigError, Settings
@@ -233,6 +234,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             *app_devices.ROUTES,
             *gizwits_bindings.ROUTES,
             *gizwits_control.ROUTES,
+            *gizwits_scheduler.ROUTES,
             *gizwits_ws.ROUTES,
             *reset_page.ROUTES,
             ADMIN_ROUTER,

@@ -540,7 +540,9 @@ def _filters(dialect: str | None, device: str | None) -> list[Any]:
     found: list[Any] = []
     if dialect is not None:
         found.append(ScheduleRow.dialect == dialect)
-    if device is not None:
+    if device == "":  # belonging to no device
+        found.append(ScheduleRow.device_did.is_(None))
+    elif device is not None:
         found.append(ScheduleRow.device_did == device)
     return found
 

@@ -54,6 +54,7 @@ from iotcloud.storage.database import Database
 from iotcloud.storage.models import ScheduleRow, ScheduleRunRow
 
 __all__ = [
+    "NO_DEVICE",
     "Attempt",
     "Dialect",
     "RetryTask",
@@ -69,6 +70,8 @@ NAME_MAX: Final = 128
 REMARK_MAX: Final = 1024
 TASKS_MAX: Final = 100
 LIST_LIMIT_MAX: Final = 1000
+NO_DEVICE: Final = ""
+"""As ``device``: the schedules that belong to no device (``/app/scheduler`` ones)."""
 
 Timing = Recurrence | TencentTimerRule
 
@@ -192,8 +195,8 @@ class SchedulerService:
         device: str | None = None,
     ) -> builtins.list[Schedule]:
         """The user's schedules in the order they were created, ``skip`` skipped, at most
-        ``limit`` (1-1000); only those of ``dialect`` and of ``device`` when given. Raises 9015
-        naming ``limit`` or ``skip``."""
+        ``limit`` (1-1000); only those of ``dialect`` and of ``device`` when given (`NO_DEVICE`:
+        only those belonging to no device). Raises 9015 naming ``limit`` or ``skip``."""
         _check_page(limit, skip)
         rows = await self.store.page(
             user.user_id, user.app_id, limit=limit, skip=skip, dialect=dialect, device=device
@@ -206,18 +209,32 @@ class SchedulerService:
         """How many schedules `list` would page through (Tencent's ``Total``)."""
         return await self.store.count(user.user_id, user.app_id, dialect=dialect, device=device)
 
-    async def get(self, user: AppUser, schedule_id: str, *, device: str | None = None) -> Schedule:
-        """The user's schedule ``schedule_id`` (belonging to ``device`` when given); raises
-        `ScheduleNotFound` (9030) otherwise."""
-        return _schedule(await self._row(user, schedule_id, device))
+    async def get(
+        self,
+        user: AppUser,
+        schedule_id: str,
+        *,
+        device: str | None = None,
+        dialect: Dialect | None = None,
+    ) -> Schedule:
+        """The user's schedule ``schedule_id`` (belonging to ``device`` and made through
+        ``dialect`` when given); raises `ScheduleNotFound` (9030) otherwise. Every method that
+        takes an id takes ``device`` and ``dialect`` the same way."""
+        return _schedule(await self._row(user, schedule_id, device, dialect))
 
     async def update(
-        self, user: AppUser, schedule_id: str, spec: ScheduleSpec, *, device: str | None = None
+        self,
+        user: AppUser,
+        schedule_id: str,
+        spec: ScheduleSpec,
+        *,
+        device: str | None = None,
+        dialect: Dialect | None = None,
     ) -> Schedule:
         """Replace the schedule with ``spec`` (validated as by `create`). A changed timing (or
         switching it on) takes effect from now: occurrences due before are not caught up. An
         unchanged timing keeps the next due occurrence as it is."""
-        row = await self._row(user, schedule_id, device)
+        row = await self._row(user, schedule_id, device, dialect)
         await self._check(user, spec)
         enabled = row.enabled if spec.enabled is None else spec.enabled
         values = dict(_spec_values(spec))
@@ -225,27 +242,45 @@ class SchedulerService:
         return await self._change(user, schedule_id, values)
 
     async def set_enabled(
-        self, user: AppUser, schedule_id: str, enabled: bool, *, device: str | None = None
+        self,
+        user: AppUser,
+        schedule_id: str,
+        enabled: bool,
+        *,
+        device: str | None = None,
+        dialect: Dialect | None = None,
     ) -> Schedule:
         """Switch the schedule on or off. On again, it fires from its next occurrence after
         now (a Tencent one-shot is armed on the next matching day); a Gizwits one-shot whose
         time has passed cannot be switched on (9015 naming ``date``)."""
-        row = await self._row(user, schedule_id, device)
+        row = await self._row(user, schedule_id, device, dialect)
         timing: Timing = timer_of(row) or recurrence_of(row)
         return await self._change(user, schedule_id, self._timing_change(row, timing, enabled))
 
-    async def delete(self, user: AppUser, schedule_id: str, *, device: str | None = None) -> None:
+    async def delete(
+        self,
+        user: AppUser,
+        schedule_id: str,
+        *,
+        device: str | None = None,
+        dialect: Dialect | None = None,
+    ) -> None:
         """Delete the schedule and its run log. A run in flight stops after its current
         attempt. Raises `ScheduleNotFound` (9030)."""
-        await self._row(user, schedule_id, device)
+        await self._row(user, schedule_id, device, dialect)
         if not await self.store.remove(user.user_id, user.app_id, schedule_id):
             raise ScheduleNotFound(f"no schedule {schedule_id!r}")
 
     async def latest_run(
-        self, user: AppUser, schedule_id: str, *, device: str | None = None
+        self,
+        user: AppUser,
+        schedule_id: str,
+        *,
+        device: str | None = None,
+        dialect: Dialect | None = None,
     ) -> Run | None:
         """The run of the latest occurrence handled (any status), None before the first."""
-        found = await self.runs(user, schedule_id, limit=1, device=device)
+        found = await self.runs(user, schedule_id, limit=1, device=device, dialect=dialect)
         return found[0] if found else None
 
     async def runs(
@@ -256,17 +291,24 @@ class SchedulerService:
         limit: int = 20,
         skip: int = 0,
         device: str | None = None,
+        dialect: Dialect | None = None,
     ) -> builtins.list[Run]:
         """The schedule's runs, latest occurrence first (``limit`` 1-1000, ``skip``)."""
         _check_page(limit, skip)
-        row = await self._row(user, schedule_id, device)
+        row = await self._row(user, schedule_id, device, dialect)
         return [_run(run) for run in await self.store.runs(row.id, limit=limit, skip=skip)]
 
     # -- internals ------------------------------------------------------------------------------
 
-    async def _row(self, user: AppUser, schedule_id: str, device: str | None) -> ScheduleRow:
+    async def _row(
+        self, user: AppUser, schedule_id: str, device: str | None, dialect: Dialect | None
+    ) -> ScheduleRow:
         row = await self.store.get(user.user_id, user.app_id, schedule_id)
-        if row is None or (device is not None and row.device_did != device):
+        if (
+            row is None
+            or (device is not None and row.device_did != (device or None))
+            or (dialect is not None and row.dialect != dialect)
+        ):
             raise ScheduleNotFound(f"no schedule {schedule_id!r}")
         return row
 
