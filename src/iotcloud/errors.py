@@ -215,6 +215,18 @@ class DeviceDisabled(IotCloudError):
     code = 9023
 
 
+class TimestampInvalid(IotCloudError):
+    """``X-Gizwits-Timestamp`` missing, not Unix seconds, or outside the accepted window."""
+
+    code = 9043
+
+
+class SignatureInvalid(IotCloudError):
+    """``X-Gizwits-Signature`` missing or not ``md5(product_secret + timestamp)``."""
+
+    code = 9044
+
+
 class ProductDefinitionInvalid(FormInvalid):
     """A datapoint JSON failed validation; ``attr`` names the attr at fault (None when the problem
     is with the product as a whole). Nothing was stored."""

@@ -30,6 +30,8 @@ from iotcloud.errors import (
     FormInvalid,
     IotCloudError,
     ProductKeyInvalid,
+    SignatureInvalid,
+    TimestampInvalid,
 )
 from iotcloud.services.accounts import CurrentUser
 from iotcloud.services.apps import App
@@ -39,8 +41,6 @@ from iotcloud.services.bindings import (
     BindingService,
     BoundDevice,
     PasscodeBind,
-    SignatureInvalid,
-    TimestampInvalid,
 )
 from iotcloud.services.registry import Services
 from iotcloud.storage.models import BindingRow, UserRow, UTCDateTime

@@ -4,26 +4,22 @@ a real MQTT client playing the device."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from iotcloud.app import running_services
-from iotcloud.codecs import Frame, decode_frame, encode_frame
-from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL, CMD_CONTROL_SN
+from iotcloud.codecs.frame import CMD_CONTROL, CMD_CONTROL_SN
 from iotcloud.config import Settings
-from iotcloud.gateway.service import GatewayEvent, PresenceEvent, SendResult
+from iotcloud.gateway.service import SendResult
 from iotcloud.services.registry import Services
+from tests.devices import FIXTURES, MqttDevice
 from tests.mosquitto import MosquittoServer
 from tests.pg import free_port
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "datapoints"
 
 
 @pytest.fixture(params=["embedded", "mosquitto"])
@@ -44,62 +40,6 @@ async def services(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         yield svc
 
 
-class Device:
-    """A device session that records what it receives and can answer 0x0093 with 0x0094."""
-
-    def __init__(self, services: Services, did: str, passcode: str, *, answer: bool) -> None:
-        self.services = services
-        self.did = did
-        self.passcode = passcode
-        self.answer = answer
-        self.frames: asyncio.Queue[tuple[str, Frame]] = asyncio.Queue()
-        self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Device:
-        gateway = self.services.control.gateway
-        online = asyncio.Event()
-
-        def seen(event: GatewayEvent) -> None:
-            if isinstance(event, PresenceEvent) and event.did == self.did and event.online:
-                online.set()
-
-        gateway.add_listener(seen)
-        try:
-            self._client = aiomqtt.Client(
-                "127.0.0.1",
-                self.services.settings.mqtt_port,
-                identifier=self.did,
-                username=self.did,
-                password=self.passcode,
-            )
-            await self._client.__aenter__()
-            await self._client.subscribe(f"app2dev/{self.did}/#")
-            self._task = asyncio.create_task(self._serve())
-            async with asyncio.timeout(10):  # the gateway has seen the session
-                await online.wait()
-        finally:
-            gateway.remove_listener(seen)
-        return self
-
-    async def _serve(self) -> None:
-        assert self._client is not None
-        async for message in self._client.messages:
-            topic = str(message.topic)
-            frame = decode_frame(bytes(message.payload))  # type: ignore[arg-type]
-            await self.frames.put((topic, frame))
-            if self.answer and frame.cmd == CMD_CONTROL_SN:
-                client_id = topic.split("/", 2)[2]
-                reply = Frame(CMD_ACK_SN, b"", sn=frame.sn)
-                await self._client.publish(f"dev2app/{self.did}/{client_id}", encode_frame(reply))
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        assert self._client is not None
-        self._task.cancel()
-        await self._client.__aexit__(None, None, None)
-
-
 async def new_device(services: Services) -> tuple[str, str]:
     data = json.loads((FIXTURES / "pet_house.json").read_text())
     data["product_key"] = uuid.uuid4().hex
@@ -110,22 +50,21 @@ async def new_device(services: Services) -> tuple[str, str]:
 
 async def test_a_plain_command_is_handed_over_as_0090(services: Services) -> None:
     did, passcode = await new_device(services)
-    async with Device(services, did, passcode, answer=False) as device:
+    async with MqttDevice.on_services(services, did, passcode) as device:
         result = await services.control.send(did, b"\x02")
         assert result is SendResult.DELIVERED
-        async with asyncio.timeout(10):
-            topic, frame = await device.frames.get()
+        topic, frame = await device.next_frame()
     assert topic == f"app2dev/{did}/cloud"
     assert (frame.cmd, frame.payload, frame.sn) == (CMD_CONTROL, b"\x02", None)
 
 
 async def test_an_acknowledged_command_waits_for_the_devices_0094(services: Services) -> None:
     did, passcode = await new_device(services)
-    async with Device(services, did, passcode, answer=True) as device:
+    async with MqttDevice.on_services(services, did, passcode, answer=True) as device:
         first = await services.control.send(did, b"\x02", require_ack=True, ack_timeout=5)
         second = await services.control.send(did, b"\x02", require_ack=True, ack_timeout=5)
         assert (first, second) == (SendResult.DELIVERED, SendResult.DELIVERED)
-        sent = [await device.frames.get(), await device.frames.get()]
+        sent = [await device.next_frame(), await device.next_frame()]
     sns = [frame.sn for _, frame in sent]
     assert all(frame.cmd == CMD_CONTROL_SN for _, frame in sent)
     assert sns[0] != sns[1]  # every command gets its own sequence number
@@ -133,10 +72,10 @@ async def test_an_acknowledged_command_waits_for_the_devices_0094(services: Serv
 
 async def test_a_silent_device_times_out_and_an_absent_one_is_offline(services: Services) -> None:
     did, passcode = await new_device(services)
-    async with Device(services, did, passcode, answer=False) as device:
+    async with MqttDevice.on_services(services, did, passcode) as device:
         result = await services.control.send(did, b"\x02", require_ack=True, ack_timeout=0.3)
         assert result is SendResult.TIMED_OUT
-        assert (await device.frames.get())[1].cmd == CMD_CONTROL_SN
+        assert (await device.next_frame())[1].cmd == CMD_CONTROL_SN
     absent, _ = await new_device(services)
     assert await services.control.send(absent, b"\x02") is SendResult.DEVICE_OFFLINE
     assert (

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aiomqtt
 import pytest
 from sqlalchemy import func, select, update
 
 from iotcloud.app import running_services
-from iotcloud.codecs import Frame, decode_frame, encode_frame
-from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL_SN
+from iotcloud.codecs.frame import CMD_CONTROL_SN
 from iotcloud.config import Settings
 from iotcloud.domain.clock import FrozenClock
 from iotcloud.domain.schedules import (
@@ -40,7 +38,6 @@ from iotcloud.errors import (
     ProductKeyInvalid,
     ScheduleNotFound,
 )
-from iotcloud.gateway.service import GatewayEvent, PresenceEvent
 from iotcloud.scheduler.engine import EngineConfig, SchedulerEngine
 from iotcloud.scheduler.store import ClaimedAttempt, ScheduleStore
 from iotcloud.services.accounts import CurrentUser
@@ -49,9 +46,9 @@ from iotcloud.services.registry import Services
 from iotcloud.services.scheduler import ScheduleSpec, Task
 from iotcloud.storage.database import Database
 from iotcloud.storage.models import ScheduleRow, ScheduleRunRow
+from tests.devices import FIXTURES, MqttDevice
 from tests.pg import free_port
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "datapoints"
 # Monday 2026-03-02, 06:00 UTC
 START = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 ACK_TIMEOUT = 0.5
@@ -135,61 +132,17 @@ async def bound_device(world: World, user: CurrentUser | None = None) -> NewDevi
     return NewDevice(creds.did, creds.passcode)
 
 
-class Device:
-    """A device's MQTT session: records every frame it gets; answers 0x0093 with 0x0094 when
-    ``answer`` is set (it can be changed while connected)."""
+class Device(MqttDevice):
+    """``NewDevice`` online on the broker of ``services`` (see ``MqttDevice.on_services``)."""
 
     def __init__(self, services: Services, device: NewDevice, *, answer: bool) -> None:
-        self.services = services
-        self.did = device.did
-        self.passcode = device.passcode
-        self.answer = answer
-        self.frames: list[Frame] = []
-        self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Device:
-        gateway = self.services.control.gateway
-        online = asyncio.Event()
-
-        def seen(event: GatewayEvent) -> None:
-            if isinstance(event, PresenceEvent) and event.did == self.did and event.online:
-                online.set()
-
-        gateway.add_listener(seen)
-        try:
-            self._client = aiomqtt.Client(
-                "127.0.0.1",
-                self.services.settings.mqtt_port,
-                identifier=self.did,
-                username=self.did,
-                password=self.passcode,
-            )
-            await self._client.__aenter__()
-            await self._client.subscribe(f"app2dev/{self.did}/#")
-            self._task = asyncio.create_task(self._serve())
-            async with asyncio.timeout(10):
-                await online.wait()
-        finally:
-            gateway.remove_listener(seen)
-        return self
-
-    async def _serve(self) -> None:
-        assert self._client is not None
-        async for message in self._client.messages:
-            topic = str(message.topic)
-            frame = decode_frame(bytes(message.payload))  # type: ignore[arg-type]
-            self.frames.append(frame)
-            if self.answer and frame.cmd == CMD_CONTROL_SN:
-                client_id = topic.split("/", 2)[2]
-                reply = Frame(CMD_ACK_SN, b"", sn=frame.sn)
-                await self._client.publish(f"dev2app/{self.did}/{client_id}", encode_frame(reply))
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        assert self._client is not None
-        self._task.cancel()
-        await self._client.__aexit__(None, None, None)
+        super().__init__(
+            services.settings.mqtt_port,
+            device.did,
+            device.passcode,
+            answer=answer,
+            gateway=services.control.gateway,
+        )
 
 
 def daily(hour: int, minute: int = 0, zone: str = "UTC") -> Recurrence:

@@ -8,156 +8,27 @@ user from the token the app received, as the server does.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from iotcloud.codecs import Frame, ProductDefinition, encode_frame, parse_product_definition
+from iotcloud.codecs import Frame, encode_frame
 from iotcloud.codecs.frame import CMD_REPORT
-from iotcloud.config import Settings
-from iotcloud.domain.clock import SystemClock
 from iotcloud.gateway.service import json_values
-from iotcloud.services.bindings import BindingService
-from iotcloud.services.credentials import digest
 from iotcloud.simulator import VirtualDevice
-from iotcloud.storage.accounts import UserTokenRepository
-from iotcloud.storage.database import Database
+from tests.accounts import APP_ID, USER_TOKEN, User, bind, sign_up
+from tests.devices import Online, Product, eventually, import_product, mqtt_port, register
+from tests.errors import assert_error
 from tests.server import RunningServer
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "datapoints"
-USER_TOKEN = "X-Gizwits-User-token"
-APP_ID = "X-Gizwits-Application-Id"
-T = TypeVar("T")
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Member:
-    """An app user as ``BindingService`` takes it."""
-
-    app_id: int
-    user_id: int
-
-
-@dataclass(frozen=True)
-class User:
-    appid: str
-    uid: str
-    token: str
-
-    def headers(self) -> dict[str, str]:
-        return {APP_ID: self.appid, USER_TOKEN: self.token}
-
-
-@dataclass(frozen=True)
-class Product:
-    product_key: str
-    definition: ProductDefinition
-
-
-def sign_up(server: RunningServer, appid: str) -> User:
-    with server.client(appid) as http:
-        reply = http.post(
-            "/app/users", json={"username": "u" + uuid.uuid4().hex[:12], "password": "pw-123456"}
-        )
-    assert reply.status_code == 201, reply.text
-    return User(appid, reply.json()["uid"], reply.json()["token"])
-
-
-async def bind(server: RunningServer, user: User, did: str, **texts: str) -> None:
-    """Bind through the service layer, on the database the server runs on."""
-    settings = Settings.load(server.env)
-    async with Database(settings.resolved_database_url) as db:
-        async with db.session() as session:
-            found = await UserTokenRepository(session).user_for(digest(user.token))
-        assert found is not None
-        row = found[1]
-        await BindingService(db, SystemClock()).bind(Member(row.app_id, row.id), did, **texts)
-
-
-def import_product(server: RunningServer, tmp_path: Path, name: str) -> Product:
-    data = json.loads((FIXTURES / name).read_text())
-    data["product_key"] = uuid.uuid4().hex
-    path = tmp_path / f"{data['product_key']}.json"
-    path.write_text(json.dumps(data))
-    made = json.loads(server.cli("product", "import", str(path), "--json").stdout)
-    return Product(made["product_key"], parse_product_definition(data))
-
-
-def register(server: RunningServer, product: Product) -> tuple[str, str]:
-    """A registered (never connected) device: ``(did, mac)``."""
-    mac = "02" + uuid.uuid4().hex[:10]
-    with httpx.Client(base_url=server.base_url) as http:
-        reply = http.post(
-            "/dev/devices",
-            content=f"passcode=ABCDEFGHIJ&mac={mac}&product_key={product.product_key}",
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )
-    assert reply.status_code == 201, reply.text
-    return reply.text.split("did=", 1)[1][:22], mac
-
-
-def mqtt_port(server: RunningServer) -> int:
-    return int(server.env["IOTCLOUD_MQTT_PORT"])
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]]) -> T:
-    """Poll ``probe`` until it returns something truthy (reports are stored in batches)."""
-    async with asyncio.timeout(15):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-
-
-class Online:
-    """A registered virtual device with a running MQTT session."""
-
-    def __init__(self, server: RunningServer, device: VirtualDevice) -> None:
-        self.server = server
-        self.device = device
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> VirtualDevice:
-        async with httpx.AsyncClient(base_url=self.server.base_url) as http:
-            await self.device.register(http)
-        self.task = asyncio.create_task(
-            self.device.run(host="127.0.0.1", port=mqtt_port(self.server))
-        )
-        ready = asyncio.create_task(self.device.ready.wait())
-        done, _ = await asyncio.wait({self.task, ready}, timeout=15, return_when="FIRST_COMPLETED")
-        ready.cancel()
-        if self.task in done:
-            self.task.result()
-        assert self.device.ready.is_set(), "device did not connect"
-        return self.device
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        async with asyncio.timeout(15):
-            await asyncio.gather(self.task, return_exceptions=True)
-
-
-def assert_error(reply: httpx.Response, code: int, status: int, detail: str | None = None) -> None:
-    assert reply.status_code == status, reply.text
-    body = reply.json()
-    assert set(body) == {"error_code", "error_message", "detail_message"}, body
-    assert body["error_code"] == code, body
-    if detail is not None:
-        assert detail in (body["detail_message"] or ""), body
+# Other test modules still import User, sign_up, bind, Product, import_product, register,
+# mqtt_port, eventually, Online and assert_error from here: keep these names importable.
 
 
 @pytest.fixture(scope="module")

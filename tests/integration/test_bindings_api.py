@@ -16,17 +16,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.accounts import APP_ID, USER_TOKEN
+from tests.devices import FIXTURES, mqtt_port
+from tests.errors import assert_error
 from tests.server import ADMIN_TOKEN, RunningServer
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "datapoints"
-APP_ID = "X-Gizwits-Application-Id"
-USER_TOKEN = "X-Gizwits-User-token"
 TIMESTAMP = "X-Gizwits-Timestamp"
 SIGNATURE = "X-Gizwits-Signature"
 
@@ -150,19 +149,6 @@ def listed(http: httpx.Client, user: User, **params: Any) -> list[dict[str, Any]
     assert set(reply.json()) == {"devices"}
     devices: list[dict[str, Any]] = reply.json()["devices"]
     return devices
-
-
-def assert_error(reply: httpx.Response, code: int, status: int, detail: str | None = None) -> None:
-    assert reply.status_code == status, reply.text
-    body = reply.json()
-    assert set(body) == {"error_code", "error_message", "detail_message"}, body
-    assert body["error_code"] == code, body
-    if detail is not None:
-        assert detail in (body["detail_message"] or ""), body
-
-
-def mqtt_port(server: RunningServer) -> int:
-    return int(server.env["IOTCLOUD_MQTT_PORT"])
 
 
 # -- bind by MAC -----------------------------------------------------------------------------------

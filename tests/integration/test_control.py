@@ -3,91 +3,30 @@ a real MQTT client playing the device and checking the exact frames it receives.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiomqtt
 import httpx
 import pytest
 
-from iotcloud.codecs import Frame, P0Codec, encode_frame
-from iotcloud.codecs.frame import CMD_REPORT
-from tests.integration.test_app_devices import (
+from iotcloud.codecs import P0Codec
+from tests.accounts import User, bind, sign_up
+from tests.devices import (
+    PASSCODE,
+    MqttDevice,
     Product,
-    User,
-    assert_error,
-    bind,
     eventually,
     import_product,
-    mqtt_port,
-    sign_up,
+    register,
+    until_online,
 )
+from tests.errors import assert_error
 from tests.server import ADMIN_TOKEN, RunningServer
-
-PASSCODE = "ABCDEFGHIJ"
 
 
 @pytest.fixture(scope="module")
 def pet_house(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Product:
     return import_product(server, tmp_path_factory.mktemp("products"), "pet_house.json")
-
-
-def register(server: RunningServer, product: Product) -> str:
-    mac = "02" + uuid.uuid4().hex[:10]
-    with httpx.Client(base_url=server.base_url) as http:
-        reply = http.post(
-            "/dev/devices",
-            data={"passcode": PASSCODE, "mac": mac, "product_key": product.product_key},
-        )
-    assert reply.status_code == 201, reply.text
-    return reply.text.split("did=", 1)[1][:22]
-
-
-class Device:
-    """A raw MQTT session as the device: it sees every frame sent to ``app2dev/{did}/#``."""
-
-    def __init__(self, server: RunningServer, did: str) -> None:
-        self.server = server
-        self.did = did
-        self.client: aiomqtt.Client | None = None
-        self.received: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Device:
-        self.client = aiomqtt.Client(
-            "127.0.0.1",
-            mqtt_port(self.server),
-            identifier=self.did,
-            username=self.did,
-            password=PASSCODE,
-            protocol=aiomqtt.ProtocolVersion.V31,
-        )
-        await self.client.__aenter__()
-        await self.client.subscribe(f"app2dev/{self.did}/#")
-        self._task = asyncio.create_task(self._listen())
-        return self
-
-    async def _listen(self) -> None:
-        assert self.client is not None
-        async for message in self.client.messages:
-            await self.received.put((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
-
-    async def next_frame(self) -> tuple[str, bytes]:
-        async with asyncio.timeout(10):
-            return await self.received.get()
-
-    async def report(self, codec: P0Codec, values: dict[str, Any]) -> None:
-        assert self.client is not None
-        frame = Frame(CMD_REPORT, codec.encode_status(values))
-        await self.client.publish(f"dev2app/{self.did}", encode_frame(frame))
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        assert self.client is not None
-        await self.client.__aexit__(None, None, None)
 
 
 @pytest.fixture
@@ -96,32 +35,20 @@ async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def online_device(
-    server: RunningServer, http: httpx.AsyncClient, user: User, did: str
-) -> None:
-    """Wait until the server counts the device online (the device item says so)."""
-    async with asyncio.timeout(15):
-        while True:
-            reply = await http.get(f"/app/devices/{did}", headers=user.headers())
-            if reply.status_code == 200 and reply.json()["is_online"]:
-                return
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def scene(
     server: RunningServer, app: dict[str, str], pet_house: Product, http: httpx.AsyncClient
-) -> AsyncIterator[tuple[User, str, Device]]:
+) -> AsyncIterator[tuple[User, str, MqttDevice]]:
     user = sign_up(server, app["appid"])
-    did = register(server, pet_house)
+    did, _ = register(server, pet_house)
     await bind(server, user, did)
-    async with Device(server, did) as device:
-        await online_device(server, http, user, did)
+    async with MqttDevice.on_server(server, did) as device:
+        await until_online(http, user, did)
         yield user, did, device
 
 
 async def test_attrs_reach_the_device_as_the_exact_0090_frame(
-    scene: tuple[User, str, Device], http: httpx.AsyncClient
+    scene: tuple[User, str, MqttDevice], http: httpx.AsyncClient
 ) -> None:
     user, did, device = scene
     reply = await http.post(
@@ -131,13 +58,13 @@ async def test_attrs_reach_the_device_as_the_exact_0090_frame(
     )
     assert reply.status_code == 200, reply.text
     assert reply.json() == {}
-    topic, payload = await device.next_frame()
+    topic, payload = await device.next_message()
     assert topic == f"app2dev/{did}/cloud"
     assert payload == bytes.fromhex("000000030a00009001230500000008")  # spec §4.4
 
 
 async def test_standard_controls_fill_unflagged_fields_from_the_last_state(
-    scene: tuple[User, str, Device], http: httpx.AsyncClient, pet_house: Product
+    scene: tuple[User, str, MqttDevice], http: httpx.AsyncClient, pet_house: Product
 ) -> None:
     user, did, device = scene
     codec = P0Codec(pet_house.definition)
@@ -153,18 +80,18 @@ async def test_standard_controls_fill_unflagged_fields_from_the_last_state(
         f"/app/control/{did}", headers=user.headers(), json={"attrs": {"LED_OnOff": 1}}
     )
     assert reply.status_code == 200, reply.text
-    _, payload = await device.next_frame()
+    _, payload = await device.next_message()
     # flags: LED_OnOff only; bits: on (1) | Pink (3) << 1; R, G, B kept; Motor_Speed -5 -> 0
     assert payload == bytes.fromhex("000000030a0000900101070a141e00")
 
 
 async def test_raw_bytes_are_the_p0_of_a_0090_frame(
-    scene: tuple[User, str, Device], http: httpx.AsyncClient
+    scene: tuple[User, str, MqttDevice], http: httpx.AsyncClient
 ) -> None:
     user, did, device = scene
     reply = await http.post(f"/app/control/{did}", headers=user.headers(), json={"raw": [1, 2, 3]})
     assert reply.status_code == 200, reply.text
-    _, payload = await device.next_frame()
+    _, payload = await device.next_message()
     assert payload == bytes.fromhex("0000000306000090010203")
 
 
@@ -182,12 +109,12 @@ async def test_raw_bytes_are_the_p0_of_a_0090_frame(
     ],
 )
 async def test_invalid_attrs_answer_9025_naming_the_attr(
-    scene: tuple[User, str, Device], http: httpx.AsyncClient, attrs: dict[str, Any], named: str
+    scene: tuple[User, str, MqttDevice], http: httpx.AsyncClient, attrs: dict[str, Any], named: str
 ) -> None:
     user, did, device = scene
     reply = await http.post(f"/app/control/{did}", headers=user.headers(), json={"attrs": attrs})
     assert_error(reply, 9025, 400, named)
-    assert device.received.empty()
+    assert device.unread.empty()
 
 
 @pytest.mark.parametrize(
@@ -203,19 +130,19 @@ async def test_invalid_attrs_answer_9025_naming_the_attr(
     ],
 )
 async def test_malformed_bodies_answer_9015(
-    scene: tuple[User, str, Device], http: httpx.AsyncClient, body: dict[str, Any], named: str
+    scene: tuple[User, str, MqttDevice], http: httpx.AsyncClient, body: dict[str, Any], named: str
 ) -> None:
     user, did, device = scene
     reply = await http.post(f"/app/control/{did}", headers=user.headers(), json=body)
     assert_error(reply, 9015, 400, named)
-    assert device.received.empty()
+    assert device.unread.empty()
 
 
 async def test_access_rules(
     server: RunningServer,
     app: dict[str, str],
     pet_house: Product,
-    scene: tuple[User, str, Device],
+    scene: tuple[User, str, MqttDevice],
     http: httpx.AsyncClient,
 ) -> None:
     user, did, device = scene
@@ -236,7 +163,7 @@ async def test_access_rules(
         9004,
         400,
     )
-    offline = register(server, pet_house)
+    offline, _ = register(server, pet_house)
     await bind(server, user, offline)
     assert_error(
         await http.post(f"/app/control/{offline}", headers=user.headers(), json=body), 9042, 400
@@ -247,28 +174,28 @@ async def test_access_rules(
     assert_error(
         await http.post(f"/app/control/{did}", headers=user.headers(), json=body), 9023, 400
     )
-    assert device.received.empty()
+    assert device.unread.empty()
 
 
 async def test_unbound_devices_of_other_users_are_never_reached(
     server: RunningServer, app: dict[str, str], pet_house: Product, http: httpx.AsyncClient
 ) -> None:
     owner = sign_up(server, app["appid"])
-    did = register(server, pet_house)
+    did, _ = register(server, pet_house)
     await bind(server, owner, did)
-    async with Device(server, did) as device:
-        await online_device(server, http, owner, did)
+    async with MqttDevice.on_server(server, did) as device:
+        await until_online(http, owner, did)
         other_app = server.create_app("Other")
         outsider = sign_up(server, other_app["appid"])
         reply = await http.post(
             f"/app/control/{did}", headers=outsider.headers(), json={"raw": [1]}
         )
         assert reply.json()["error_code"] == 9017
-        assert device.received.empty()
+        assert device.unread.empty()
 
 
 async def test_unbinding_or_disabling_stops_commands_at_once(
-    server: RunningServer, scene: tuple[User, str, Device], http: httpx.AsyncClient
+    server: RunningServer, scene: tuple[User, str, MqttDevice], http: httpx.AsyncClient
 ) -> None:
     """The server remembers a passed binding check for a few seconds, but never past an unbind
     or a disable made through it."""
@@ -276,7 +203,7 @@ async def test_unbinding_or_disabling_stops_commands_at_once(
     body = {"raw": [1, 2, 3]}
     ok = await http.post(f"/app/control/{did}", headers=user.headers(), json=body)
     assert ok.status_code == 200, ok.text
-    await device.next_frame()
+    await device.next_message()
     gone = await http.request(
         "DELETE", "/app/bindings", json={"devices": [{"did": did}]}, headers=user.headers()
     )
@@ -292,11 +219,11 @@ async def test_unbinding_or_disabling_stops_commands_at_once(
     assert again.json() == {"success": [did], "failed": []}
     ok = await http.post(f"/app/control/{did}", headers=user.headers(), json=body)
     assert ok.status_code == 200, ok.text
-    await device.next_frame()
+    await device.next_message()
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     changed = await http.put(f"/admin/v1/devices/{did}", headers=admin, json={"is_disabled": True})
     assert changed.status_code == 200, changed.text
     assert_error(
         await http.post(f"/app/control/{did}", headers=user.headers(), json=body), 9023, 400
     )
-    assert device.received.empty()
+    assert device.unread.empty()

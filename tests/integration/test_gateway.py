@@ -12,36 +12,21 @@ import asyncio
 import json
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import httpx
 import pytest
 
-from iotcloud.codecs import Frame, ProductDefinition, encode_frame, parse_product_definition
+from iotcloud.codecs import Frame, encode_frame
 from iotcloud.codecs.frame import CMD_REPORT
 from iotcloud.gateway.service import json_values
 from iotcloud.simulator import VirtualDevice
 from tests.conftest import new_database_url
+from tests.devices import Online, eventually, import_product, mqtt_port
 from tests.server import ADMIN_TOKEN, RunningServer, serving
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "datapoints"
-T = TypeVar("T")
-
-
-def import_product(
-    server: RunningServer, tmp_path: Path, name: str
-) -> tuple[str, ProductDefinition]:
-    """Import a fixture under a fresh product_key; returns it and the parsed definition."""
-    data = json.loads((FIXTURES / name).read_text())
-    data["product_key"] = uuid.uuid4().hex
-    path = tmp_path / f"{data['product_key']}.json"
-    path.write_text(json.dumps(data))
-    made = json.loads(server.cli("product", "import", str(path), "--json").stdout)
-    assert made["product_key"] == data["product_key"]
-    return made["product_key"], parse_product_definition(data)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres", "mosquitto"])
@@ -69,10 +54,6 @@ def external(server: RunningServer) -> bool:
     return "IOTCLOUD_MQTT_URL" in server.env
 
 
-def mqtt_port(server: RunningServer) -> int:
-    return int(server.env["IOTCLOUD_MQTT_PORT"])
-
-
 def connack_code(error: aiomqtt.MqttCodeError) -> int:
     """The MQTT 3.1.1 CONNACK code (paho reports 4 and 5 as MQTT 5 reason codes 134 and 135)."""
     rc = error.rc
@@ -82,45 +63,6 @@ def connack_code(error: aiomqtt.MqttCodeError) -> int:
 
 def new_mac() -> str:
     return "02" + uuid.uuid4().hex[:10]
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]]) -> T:
-    """Poll ``probe`` until it returns something truthy (state is written in batches)."""
-    async with asyncio.timeout(15):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-
-
-class Online:
-    """A registered virtual device with a running MQTT session."""
-
-    def __init__(self, server: RunningServer, device: VirtualDevice) -> None:
-        self.server = server
-        self.device = device
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> VirtualDevice:
-        async with httpx.AsyncClient(base_url=self.server.base_url) as http:
-            await self.device.register(http)
-        self.task = asyncio.create_task(
-            self.device.run(host="127.0.0.1", port=mqtt_port(self.server))
-        )
-        ready = asyncio.create_task(self.device.ready.wait())
-        done, _ = await asyncio.wait({self.task, ready}, timeout=15, return_when="FIRST_COMPLETED")
-        ready.cancel()
-        if self.task in done:
-            self.task.result()  # raises the connection error
-        assert self.device.ready.is_set(), "device did not connect"
-        return self.device
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        async with asyncio.timeout(15):
-            await asyncio.gather(self.task, return_exceptions=True)
 
 
 @pytest.fixture

@@ -13,15 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_app_devices import (
-    Product,
-    User,
-    assert_error,
-    bind,
-    import_product,
-    register,
-    sign_up,
-)
+from tests.accounts import User, bind, sign_up
+from tests.devices import Product, import_product, register
+from tests.errors import assert_error
 from tests.server import RunningServer
 
 

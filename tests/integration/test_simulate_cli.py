@@ -13,12 +13,10 @@ from typing import Any
 
 import httpx
 
-from tests.integration.test_app_devices import bind, sign_up
-from tests.integration.test_gateway import import_product
+from tests.accounts import bind, sign_up
+from tests.devices import FIXTURES, import_product
 from tests.pg import free_port
 from tests.server import IOTCLOUD, RunningServer
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "datapoints"
 
 
 def mac_prefix() -> str:

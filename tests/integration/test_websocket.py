@@ -22,14 +22,16 @@ from iotcloud.codecs import Frame, P0Codec, decode_frame, encode_frame
 from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL_SN, CMD_REPORT
 from iotcloud.gateway.service import json_values
 from iotcloud.simulator import VirtualDevice
-from tests.integration.test_app_devices import (
+from tests.accounts import User, sign_up
+from tests.devices import (
+    PASSCODE,
+    MqttDevice,
     Online,
     Product,
-    User,
     import_product,
-    sign_up,
+    register,
+    until_online,
 )
-from tests.integration.test_control import PASSCODE, Device, online_device, register
 from tests.server import RunningServer
 
 Message = dict[str, Any]
@@ -172,13 +174,25 @@ def virtual(product: Product) -> VirtualDevice:
 @asynccontextmanager
 async def raw_device(
     server: RunningServer, http: httpx.AsyncClient, user: User, product: Product
-) -> AsyncIterator[Device]:
+) -> AsyncIterator[MqttDevice]:
     """A registered device bound to ``user``, online as a raw MQTT client."""
-    did = register(server, product)
+    did, _ = register(server, product)
     await bind(http, user, did, PASSCODE)
-    async with Device(server, did) as device:
-        await online_device(server, http, user, did)
+    async with MqttDevice.on_server(server, did) as device:
+        await until_online(http, user, did)
         yield device
+
+
+@asynccontextmanager
+async def virtual_device(
+    server: RunningServer, http: httpx.AsyncClient, user: User, product: Product
+) -> AsyncIterator[tuple[VirtualDevice, str]]:
+    """A virtual device of ``product`` online and bound to ``user``: ``(device, did)``."""
+    device = virtual(product)
+    async with Online(server, device):
+        assert device.did is not None
+        await bind(http, user, device.did, device.passcode)
+        yield device, device.did
 
 
 async def count_until_closed(ws: ClientConnection) -> int:
@@ -191,11 +205,6 @@ async def count_until_closed(ws: ClientConnection) -> int:
             except ConnectionClosed:
                 return received
             received += 1
-
-
-async def published(device: Device, topic: str, frame: Frame) -> None:
-    assert device.client is not None
-    await device.client.publish(topic, encode_frame(frame))
 
 
 # -- login -----------------------------------------------------------------------------------------
@@ -304,40 +313,37 @@ async def test_no_heartbeat_is_1011_and_closes_the_connection(
 async def test_auto_subscribe_delivers_reports_as_display_attrs(
     server: RunningServer, http: httpx.AsyncClient, user: User, pet_house: Product
 ) -> None:
-    device = virtual(pet_house)
-    async with Online(server, device):
-        assert device.did is not None
-        await bind(http, user, device.did, device.passcode)
-        async with app_socket(server, user) as client:
-            device.status.update(Temperature=21, Humidity=47, Motor_Speed=-3, LED_Color="Pink")
-            await device.report()
-            expected = noti(device.did, json_values(device.status))
-            assert expected["data"]["attrs"]["LED_Color"] == "Pink"
-            assert await client.until(lambda m: m == expected) == expected
+    async with (
+        virtual_device(server, http, user, pet_house) as (device, did),
+        app_socket(server, user) as client,
+    ):
+        device.status.update(Temperature=21, Humidity=47, Motor_Speed=-3, LED_Color="Pink")
+        await device.report()
+        expected = noti(did, json_values(device.status))
+        assert expected["data"]["attrs"]["LED_Color"] == "Pink"
+        assert await client.until(lambda m: m == expected) == expected
 
 
 async def test_binary_attrs_travel_as_byte_arrays(
     server: RunningServer, http: httpx.AsyncClient, user: User, speaker: Product
 ) -> None:
-    device = virtual(speaker)
-    async with Online(server, device):
-        assert device.did is not None
-        did = device.did
-        await bind(http, user, did, device.passcode)
-        async with app_socket(server, user) as client:
-            await device.report()
-            expected = noti(did, wire_attrs(device.status))
-            assert isinstance(expected["data"]["attrs"]["Greeting"], list)
-            assert await client.until(lambda m: m == expected) == expected
-            greeting = list(b"hello, speaker!!")
-            await client.send("c2s_write", {"did": did, "attrs": {"Greeting": greeting}})
-            # the device answers a 0x0090 with a broadcast report of what changed
-            expected = noti(did, {"Greeting": greeting})
-            assert await client.until(lambda m: m == expected) == expected
-            assert device.stats.last_control == {"Greeting": b"hello, speaker!!"}
-            await client.send("c2s_write", {"did": did, "attrs": {"Greeting": [1, 2]}})
-            code, msg = await client.invalid()
-            assert (code, "Greeting" in msg) == (9025, True), msg
+    async with (
+        virtual_device(server, http, user, speaker) as (device, did),
+        app_socket(server, user) as client,
+    ):
+        await device.report()
+        expected = noti(did, wire_attrs(device.status))
+        assert isinstance(expected["data"]["attrs"]["Greeting"], list)
+        assert await client.until(lambda m: m == expected) == expected
+        greeting = list(b"hello, speaker!!")
+        await client.send("c2s_write", {"did": did, "attrs": {"Greeting": greeting}})
+        # the device answers a 0x0090 with a broadcast report of what changed
+        expected = noti(did, {"Greeting": greeting})
+        assert await client.until(lambda m: m == expected) == expected
+        assert device.stats.last_control == {"Greeting": b"hello, speaker!!"}
+        await client.send("c2s_write", {"did": did, "attrs": {"Greeting": [1, 2]}})
+        code, msg = await client.invalid()
+        assert (code, "Greeting" in msg) == (9025, True), msg
 
 
 async def test_explicit_subscriptions_only_take_bound_devices(
@@ -348,49 +354,45 @@ async def test_explicit_subscriptions_only_take_bound_devices(
     pet_house: Product,
 ) -> None:
     other = sign_up(server, app["appid"])
-    device = virtual(pet_house)
-    theirs = register(server, pet_house)
+    theirs, _ = register(server, pet_house)
     await bind(http, other, theirs, PASSCODE)
-    async with Online(server, device):
-        assert device.did is not None
-        did = device.did
-        await bind(http, user, did, device.passcode)
-        async with (
-            app_socket(server, user, auto_subscribe=False) as client,
-            app_socket(server, user) as watcher,
-        ):
-            device.status["Humidity"] = 65
-            await device.report()
-            expected = noti(did, json_values(device.status))
-            await watcher.until(lambda m: m == expected)
-            assert await client.drain() == []  # nothing before subscribing
-            unknown = "z" * 22
-            await client.send(
-                "subscribe_req",
-                [{"did": did}, {"did": theirs, "passcode": PASSCODE}, {"did": unknown}],
-            )
-            answer = await client.expect("subscribe_res")
-            assert answer["data"]["success"] == [{"did": did, "error_code": 0, "msg": "ok"}]
-            assert [(f["did"], f["error_code"]) for f in answer["data"]["failed"]] == [
-                (theirs, 9017),
-                (unknown, 9014),
-            ]
-            assert all(f["msg"] for f in answer["data"]["failed"])
-            # each refused device is also named in an s2c_invalid_msg
-            assert [(await client.invalid())[0] for _ in range(2)] == [9017, 9014]
-            device.status["Humidity"] = 66
-            await device.report()
-            assert await client.expect("s2c_noti") == noti(did, json_values(device.status))
+    async with (
+        virtual_device(server, http, user, pet_house) as (device, did),
+        app_socket(server, user, auto_subscribe=False) as client,
+        app_socket(server, user) as watcher,
+    ):
+        device.status["Humidity"] = 65
+        await device.report()
+        expected = noti(did, json_values(device.status))
+        await watcher.until(lambda m: m == expected)
+        assert await client.drain() == []  # nothing before subscribing
+        unknown = "z" * 22
+        await client.send(
+            "subscribe_req",
+            [{"did": did}, {"did": theirs, "passcode": PASSCODE}, {"did": unknown}],
+        )
+        answer = await client.expect("subscribe_res")
+        assert answer["data"]["success"] == [{"did": did, "error_code": 0, "msg": "ok"}]
+        assert [(f["did"], f["error_code"]) for f in answer["data"]["failed"]] == [
+            (theirs, 9017),
+            (unknown, 9014),
+        ]
+        assert all(f["msg"] for f in answer["data"]["failed"])
+        # each refused device is also named in an s2c_invalid_msg
+        assert [(await client.invalid())[0] for _ in range(2)] == [9017, 9014]
+        device.status["Humidity"] = 66
+        await device.report()
+        assert await client.expect("s2c_noti") == noti(did, json_values(device.status))
 
 
 async def test_online_and_offline_are_pushed_to_subscribers(
     server: RunningServer, http: httpx.AsyncClient, user: User, pet_house: Product
 ) -> None:
-    did = register(server, pet_house)
+    did, _ = register(server, pet_house)
     await bind(http, user, did, PASSCODE)
     item = (await http.get(f"/app/devices/{did}", headers=user.headers())).json()
     async with app_socket(server, user) as client:
-        async with Device(server, did):
+        async with MqttDevice.on_server(server, did):
             message = await client.expect("s2c_online_status")
             assert message == {
                 "cmd": "s2c_online_status",
@@ -451,11 +453,11 @@ async def test_c2s_write_sends_the_exact_0090_frame_with_the_connections_client_
         async with app_socket(server, user) as first, app_socket(server, user) as second:
             attrs = {"LED_OnOff": True, "LED_Color": "Purple", "Motor_Speed": 3}
             await first.send("c2s_write", {"did": did, "attrs": attrs})
-            topic, payload = await device.next_frame()
+            topic, payload = await device.next_message()
             assert payload == bytes.fromhex("000000030a00009001230500000008")  # spec §4.4
             first_id = topic.removeprefix(f"app2dev/{did}/")
             await second.send("c2s_write", {"did": did, "attrs": attrs})
-            topic, _ = await device.next_frame()
+            topic, _ = await device.next_message()
             second_id = topic.removeprefix(f"app2dev/{did}/")
             for client_id in (first_id, second_id):
                 assert 0 < len(client_id) <= 23
@@ -472,7 +474,7 @@ async def test_c2s_write_sends_the_exact_0090_frame_with_the_connections_client_
                 await first.send("c2s_write", {"did": did, "attrs": attrs})
                 code, msg = await first.invalid()
                 assert (code, named in msg) == (9025, True), msg
-            assert device.received.empty()
+            assert device.unread.empty()
 
 
 async def test_req_sn_goes_out_as_0093_and_the_0094_answers_that_connection_only(
@@ -483,24 +485,22 @@ async def test_req_sn_goes_out_as_0093_and_the_0094_answers_that_connection_only
         did = device.did
         async with app_socket(server, user) as asker, app_socket(server, user) as other:
             await asker.send("c2s_write", {"did": did, "attrs": {"LED_OnOff": True}}, req_sn=7)
-            topic, payload = await device.next_frame()
+            topic, payload = await device.next_message()
             assert payload == bytes.fromhex("000000030e0000930000000701010100000000")
             reply_topic = topic.replace("app2dev", "dev2app", 1)
 
             # a reply with the status: res_sn for the asker, the plain state for the others
             status = {"LED_OnOff": True, "LED_Color": "Yellow", "Temperature": 12}
-            await published(
-                device, reply_topic, Frame(CMD_ACK_SN, codec.encode_status(status), sn=7)
-            )
+            await device.publish(reply_topic, Frame(CMD_ACK_SN, codec.encode_status(status), sn=7))
             full = json_values(codec.decode(codec.encode_status(status)).values)
             assert await asker.expect("s2c_noti") == {**noti(did, full), "res_sn": 7}
             assert await other.expect("s2c_noti") == noti(did, full)
 
             # a bare acknowledgement is s2c_ack, for the asker alone
             await asker.send("c2s_read", {"did": did}, req_sn=8)
-            topic, payload = await device.next_frame()
+            topic, payload = await device.next_message()
             assert payload == bytes.fromhex("00000003080000930000000802")
-            await published(device, reply_topic, Frame(CMD_ACK_SN, b"", sn=8))
+            await device.publish(reply_topic, Frame(CMD_ACK_SN, b"", sn=8))
             assert await asker.expect("s2c_ack") == {
                 "cmd": "s2c_ack",
                 "res_sn": 8,
@@ -512,31 +512,29 @@ async def test_req_sn_goes_out_as_0093_and_the_0094_answers_that_connection_only
 async def test_c2s_read_is_answered_through_the_device_report(
     server: RunningServer, http: httpx.AsyncClient, user: User, speaker: Product
 ) -> None:
-    device = virtual(speaker)
-    async with Online(server, device):
-        assert device.did is not None
-        did = device.did
-        await bind(http, user, did, device.passcode)
-        async with app_socket(server, user) as client:
-            reads = device.stats.reads
-            await client.send("c2s_read", {"did": did, "names": ["Volume", "Temperature"]})
-            message = await client.until(
-                lambda m: (
-                    m["cmd"] == "s2c_noti" and set(m["data"]["attrs"]) == {"Volume", "Temperature"}
-                )
+    async with (
+        virtual_device(server, http, user, speaker) as (device, did),
+        app_socket(server, user) as client,
+    ):
+        reads = device.stats.reads
+        await client.send("c2s_read", {"did": did, "names": ["Volume", "Temperature"]})
+        message = await client.until(
+            lambda m: (
+                m["cmd"] == "s2c_noti" and set(m["data"]["attrs"]) == {"Volume", "Temperature"}
             )
-            assert message["data"]["attrs"] == {
-                "Volume": device.status["Volume"],
-                "Temperature": device.status["Temperature"],
-            }
-            assert device.stats.reads == reads + 1
-            # with req_sn the device answers 0x0094 to this connection
-            await client.send("c2s_read", {"did": did, "names": ["Power"]}, req_sn=99)
-            message = await client.until(lambda m: m.get("res_sn") == 99)
-            assert message == {**noti(did, {"Power": device.status["Power"]}), "res_sn": 99}
-            await client.send("c2s_read", {"did": did, "names": ["Loudness"]})
-            code, msg = await client.invalid()
-            assert (code, "Loudness" in msg) == (9025, True), msg
+        )
+        assert message["data"]["attrs"] == {
+            "Volume": device.status["Volume"],
+            "Temperature": device.status["Temperature"],
+        }
+        assert device.stats.reads == reads + 1
+        # with req_sn the device answers 0x0094 to this connection
+        await client.send("c2s_read", {"did": did, "names": ["Power"]}, req_sn=99)
+        message = await client.until(lambda m: m.get("res_sn") == 99)
+        assert message == {**noti(did, {"Power": device.status["Power"]}), "res_sn": 99}
+        await client.send("c2s_read", {"did": did, "names": ["Loudness"]})
+        code, msg = await client.invalid()
+        assert (code, "Loudness" in msg) == (9025, True), msg
 
 
 async def test_c2s_raw_forwards_whole_frames_and_refuses_others(
@@ -547,12 +545,12 @@ async def test_c2s_raw_forwards_whole_frames_and_refuses_others(
         async with app_socket(server, user) as client:
             frame = [0, 0, 0, 3, 9, 0, 0, 144, 1, 0, 1, 2, 3, 4]  # the spec's worked example
             await client.send("c2s_raw", {"did": did, "raw": frame})
-            topic, payload = await device.next_frame()
+            topic, payload = await device.next_message()
             assert topic.startswith(f"app2dev/{did}/ws")
             assert payload == bytes(frame)
             with_sn = [0, 0, 0, 3, 8, 0, 0, 0x93, 0, 0, 1, 0, 2]
             await client.send("c2s_raw", {"did": did, "raw": with_sn})
-            assert (await device.next_frame())[1] == bytes(with_sn)
+            assert (await device.next_message())[1] == bytes(with_sn)
             for raw, named in (
                 ([1, 2, 3], "raw"),  # no frame header
                 ([0, 0, 0, 3, 4, 0, 0, 0x91, 4], "0x0091"),  # not a command to a device
@@ -563,7 +561,7 @@ async def test_c2s_raw_forwards_whole_frames_and_refuses_others(
                 await client.send("c2s_raw", {"did": did, "raw": raw})
                 code, msg = await client.invalid()
                 assert (code, named in msg) == (9015, True), (raw, msg)
-            assert device.received.empty()
+            assert device.unread.empty()
 
 
 async def test_a_device_0093_is_pushed_with_req_sn_and_c2s_ack_answers_it(
@@ -574,14 +572,14 @@ async def test_a_device_0093_is_pushed_with_req_sn_and_c2s_ack_answers_it(
         did = device.did
         async with app_socket(server, user) as client:
             status = {"Humidity": 70}
-            await published(
-                device, f"dev2app/{did}", Frame(CMD_CONTROL_SN, codec.encode_status(status), sn=42)
+            await device.publish(
+                f"dev2app/{did}", Frame(CMD_CONTROL_SN, codec.encode_status(status), sn=42)
             )
             message = await client.expect("s2c_noti")
             assert message["req_sn"] == 42
             assert message["data"]["attrs"]["Humidity"] == 70
             await client.send("c2s_ack", {"did": did}, res_sn=42)
-            topic, payload = await device.next_frame()
+            topic, payload = await device.next_message()
             assert topic.startswith(f"app2dev/{did}/ws")
             assert payload == bytes.fromhex("00000003070000940000002a")
 
@@ -650,25 +648,21 @@ async def test_a_second_user_can_neither_subscribe_nor_command_nor_listen(
                     assert (await client.invalid())[0] == 9017, cmd
                 # the stranger's client id, as their own device sees it
                 await client.send("c2s_read", {"did": theirs.did}, req_sn=5)
-                topic, _ = await theirs.next_frame()
+                topic, _ = await theirs.next_message()
                 their_client = topic.removeprefix(f"app2dev/{theirs.did}/")
                 # reports, and replies even when addressed to the stranger, reach the owner only
-                await published(
-                    device, f"dev2app/{did}", Frame(CMD_REPORT, codec.encode_status({}))
-                )
+                await device.publish(f"dev2app/{did}", Frame(CMD_REPORT, codec.encode_status({})))
                 for cmd, payload in (
                     (CMD_ACK_SN, b""),
                     (CMD_CONTROL_SN, codec.encode_status({})),
                     (CMD_ACK_SN, codec.encode_status({})),
                 ):
-                    await published(
-                        device, f"dev2app/{did}/{their_client}", Frame(cmd, payload, sn=5)
-                    )
+                    await device.publish(f"dev2app/{did}/{their_client}", Frame(cmd, payload, sn=5))
                 for _ in range(2):  # the report and the status in a reply
                     message = await owner.expect("s2c_noti")
                     assert (message["data"]["did"], "res_sn" in message) == (did, False)
                 assert await client.drain() == []
-                assert device.received.empty()
+                assert device.unread.empty()
 
 
 async def test_a_client_that_stops_reading_is_dropped_without_slowing_the_others(

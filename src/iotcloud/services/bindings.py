@@ -33,8 +33,9 @@ from iotcloud.errors import (
     DeviceNotBound,
     DeviceNotFound,
     FormInvalid,
-    IotCloudError,
     ProductKeyInvalid,
+    SignatureInvalid,
+    TimestampInvalid,
 )
 from iotcloud.services.validation import checked
 from iotcloud.storage.bindings import AlreadyBound, BindingRepository, BoundUser, DeviceRecord
@@ -56,18 +57,6 @@ LIST_LIMIT_MAX: Final = 1000
 SIGNATURE_WINDOW_SECONDS: Final = 300
 
 _UNIX_SECONDS: Final = re.compile(r"[0-9]{1,15}")
-
-
-class TimestampInvalid(IotCloudError):
-    """``X-Gizwits-Timestamp`` missing, not Unix seconds, or outside the accepted window."""
-
-    code = 9043
-
-
-class SignatureInvalid(IotCloudError):
-    """``X-Gizwits-Signature`` missing or not ``md5(product_secret + timestamp)``."""
-
-    code = 9044
 
 
 class AppUser(Protocol):
