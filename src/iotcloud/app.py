@@ -22,6 +22,8 @@ from iotcloud.api.gizwits import devices as gizwits_devices
 from iotcloud.api.gizwits import products as gizwits_products
 from iotcloud.api.gizwits import scheduler as gizwits_scheduler
 from iotcloud.api.gizwits import ws as gizwits_ws
+from iotcloud.api.tencent import ROUTER as TENCENT_ROUTER
+from iotcloud.api.tencent import with_tencent_errors
 from iotcloud.api.throttle import ThrottleMiddleware, TokenBuckets
 from iotcloud.config import ConfigError, Settings
 from iotcloud.domain.clock import Clock, SystemClock
@@ -238,8 +240,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             *gizwits_ws.ROUTES,
             *reset_page.ROUTES,
             ADMIN_ROUTER,
+            TENCENT_ROUTER,
         ],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=with_tencent_errors(EXCEPTION_HANDLERS),
         middleware=[DefineMiddleware(ThrottleMiddleware, per_address=per_address, per_app=per_app)],
         lifespan=[lifespan],
         openapi_config=None,

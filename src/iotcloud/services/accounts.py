@@ -228,6 +228,18 @@ class AccountService:
         """The user behind ``token`` in ``app``; raises 9004 (unknown) or 9006 (expired)."""
         if not token:
             raise TokenInvalid("X-Gizwits-User-token missing")
+        return await self._token_user(token, app.id)
+
+    async def authenticate_token(self, token: str) -> CurrentUser:
+        """The user behind ``token`` in the app the token was issued for (Tencent's
+        ``AccessToken`` names no app); raises 9004 (empty, unknown) or 9006 (expired)."""
+        if not token:
+            raise TokenInvalid("user token missing")
+        return await self._token_user(token, None)
+
+    async def _token_user(self, token: str, app_id: int | None) -> CurrentUser:
+        """The user behind a non-empty ``token`` (of app ``app_id`` unless None), through the
+        auth cache; raises 9004 or 9006."""
         token_digest = digest(token)
         cached = self.auth_cache.get(token_digest)
         if cached is None:
@@ -248,7 +260,7 @@ class AccountService:
             self.auth_cache.put(token_digest, user.id, expires, current, epoch)
         else:
             current, expires = cached
-        if current.app_id != app.id:
+        if app_id is not None and current.app_id != app_id:
             raise TokenInvalid("user token unknown or revoked")
         if expires <= self.clock.now():
             raise TokenExpired("user token expired; sign in again")

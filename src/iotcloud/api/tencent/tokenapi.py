@@ -1,0 +1,64 @@
+"""``POST /api/exploreropen/tokenapi``: the Tencent app API for signed-in users.
+
+The JSON body carries the common parameters ``Action``, ``AccessToken`` (an iotcloud user
+token, as ``POST /app/login`` issues; it names its own app) and ``RequestId`` (echoed; a UUID is
+made up when absent), and the Action's own parameters beside them. Checks run in this order:
+body, ``RequestId``, ``Action`` (``InvalidAction`` when unknown), ``AccessToken``, then the
+Action's parameters. Answers are HTTP 200 ``{"Response": {...}}`` (see ``wire``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from litestar import Request, Response, Router, post
+
+from iotcloud.api.tencent import timers
+from iotcloud.api.tencent.actions import Action, Call
+from iotcloud.api.tencent.errors import PATH_PREFIX, remember_request_id
+from iotcloud.api.tencent.wire import (
+    ActionUnknown,
+    json_response,
+    parse_body,
+    read_request_id,
+    required_str,
+    success_body,
+)
+from iotcloud.errors import TokenExpired, TokenInvalid
+from iotcloud.services.registry import Services
+
+__all__ = ["ACTIONS", "ROUTER"]
+
+AnyRequest = Request[Any, Any, Any]
+
+ACTIONS: Final[Mapping[str, Action]] = {**timers.ACTIONS}
+
+
+@post("/tokenapi", status_code=200)
+async def tokenapi(request: AnyRequest) -> Response[bytes]:
+    """Dispatch the body's ``Action``; its result becomes ``Response`` with ``RequestId``."""
+    params = parse_body(await request.body())
+    request_id, problem = read_request_id(params)
+    remember_request_id(request, request_id)
+    if problem is not None:
+        raise problem
+    name = required_str(params, "Action")
+    action = ACTIONS.get(name)
+    if action is None:
+        raise ActionUnknown(f"Action: {name!r} is not an action of tokenapi")
+    token = params.get("AccessToken")
+    if not isinstance(token, str) or not token:
+        raise TokenInvalid("AccessToken: is required, a string")
+    services: Services = request.app.state.services
+    try:
+        user = await services.accounts.authenticate_token(token)
+    except TokenExpired as exc:
+        raise TokenExpired(f"AccessToken: {exc.detail or exc.message}") from exc
+    except TokenInvalid as exc:
+        raise TokenInvalid(f"AccessToken: {exc.detail or exc.message}") from exc
+    content = await action(Call(services, user, params))
+    return json_response(success_body(request_id, content))
+
+
+ROUTER: Final = Router(path=PATH_PREFIX, route_handlers=[tokenapi])
