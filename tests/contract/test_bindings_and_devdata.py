@@ -197,8 +197,9 @@ async def test_finding_a_bound_device_by_product_and_mac(world: World) -> None:
     await bindings.bind(owner, world.did)
     found = await bindings.find_bound(owner, world.product_key.upper(), "aa-bb-cc-00-00-01")
     assert found.did == world.did
-    with pytest.raises(DeviceNotBound):
+    with pytest.raises(DeviceNotBound) as refused:
         await bindings.find_bound(stranger, world.product_key, world.mac)
+    assert world.did not in str(refused.value.detail)  # a stranger does not learn the did
     with pytest.raises(DeviceNotFound):
         await bindings.find_bound(owner, world.product_key, "aabbcc000002")
     with pytest.raises(ProductKeyInvalid):

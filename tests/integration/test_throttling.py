@@ -53,3 +53,23 @@ def test_a_client_address_over_its_limit_is_throttled(limited: RunningServer) ->
     # The ceiling endpoint outside /app is never throttled.
     with limited.client() as client:
         assert all(client.get("/status").status_code == 200 for _ in range(30))
+
+
+def test_tencent_calls_over_the_limit_get_the_tencent_envelope(limited: RunningServer) -> None:
+    with limited.client() as client:
+        answers = [
+            client.post("/api/exploreropen/tokenapi", json={"Action": "AppGetTimerList"})
+            for _ in range(40)
+        ]
+    throttled = [
+        a
+        for a in answers
+        if a.json()["Response"]["Error"]["Code"] != ("InvalidParameterValue.InvalidAccessToken")
+    ]
+    assert throttled, [a.json() for a in answers[-3:]]
+    assert {a.status_code for a in throttled} == {200}
+    error = throttled[0].json()["Response"]
+    assert error["Error"]["Code"] == "RequestLimitExceeded"
+    assert "client address" in error["Error"]["Message"]
+    assert error["RequestId"]
+    assert int(throttled[0].headers["Retry-After"]) >= 1

@@ -13,6 +13,9 @@ import msgspec
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from iotcloud.api.gizwits.wire import error_body
+from iotcloud.api.tencent.errors import PATH_PREFIX as TENCENT_PREFIX
+from iotcloud.api.tencent.wire import error_body as tencent_error_body
+from iotcloud.api.tencent.wire import new_request_id, tencent_error
 from iotcloud.errors import Throttled
 
 _APP_ID_HEADER = b"x-gizwits-application-id"
@@ -92,16 +95,25 @@ class ThrottleMiddleware:
                     wait = self.per_app.take(appid.decode("latin-1"))
                     scope_kind = "app"
             if wait:
-                await _reject(send, Throttled(f"too many requests from this {scope_kind}"), wait)
+                error = Throttled(f"too many requests from this {scope_kind}")
+                await _reject(send, error, wait, tencent=scope["path"].startswith(TENCENT_PREFIX))
                 return
         await self.app(scope, receive, send)
 
 
-async def _reject(send: Send, error: Throttled, wait: float) -> None:
-    body = msgspec.json.encode(error_body(error))
+async def _reject(send: Send, error: Throttled, wait: float, *, tencent: bool) -> None:
+    """429 with the Gizwits error body; under the Tencent API its envelope with HTTP 200, as
+    every Tencent error (the request's RequestId is not read: the body is left unread)."""
+    if tencent:
+        code, message = tencent_error(error)
+        body = msgspec.json.encode(tencent_error_body(new_request_id(), code, message))
+        status = 200
+    else:
+        body = msgspec.json.encode(error_body(error))
+        status = error.http_status
     start: Any = {
         "type": "http.response.start",
-        "status": error.http_status,
+        "status": status,
         "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -408,7 +408,8 @@ class BindingService:
         if record is None:
             raise DeviceNotFound(f"product {key} has no device with mac {mac}")
         if record.binding is None:
-            raise DeviceNotBound(f"device {record.device.did} is not bound to this user")
+            # named by what the caller sent: the did is only for those bound to the device
+            raise DeviceNotBound(f"the device with mac {mac} is not bound to this user")
         return _bound(record, record.binding)
 
     async def is_bound(self, user: AppUser, did: str) -> bool:
