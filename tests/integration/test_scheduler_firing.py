@@ -161,8 +161,11 @@ def recording(device: VirtualDevice, into: list[dict[str, Any]]) -> None:
     device.status = Recorder(device.status)
 
 
-async def new_stage(root: Path, name: str, database_url: str | None, **settings: Any) -> Stage:
+async def new_stage(
+    root: Path, name: str, database_url: str | None, started: list[RunningServer], **settings: Any
+) -> Stage:
     server = make_server(root / name, database_url, **{**FAST, **settings})
+    started.append(server)  # stopped by the fixture whatever happens next
     await asyncio.to_thread(server.start)
     app = await asyncio.to_thread(server.create_app, name)
     user = await asyncio.to_thread(sign_up, server, app["appid"])
@@ -175,22 +178,25 @@ async def fired(
     tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer | str
 ) -> AsyncIterator[Fired]:
     root = tmp_path_factory.mktemp("firing")
-    stages = await asyncio.gather(
-        new_stage(root, "main", None),
-        new_stage(root, "restarted", new_database_url(postgres, "postgres", root)),
-        new_stage(root, "late", None, scheduler_grace_seconds=2),
-        new_stage(root, "interrupted", None, scheduler_lease_seconds=4),
-    )
-    main, restarted, late, interrupted = stages
+    started: list[RunningServer] = []
     onlines: list[Online] = []
+    stages: list[Stage] = []
     try:
-        yield await _play(main, restarted, late, interrupted, onlines)
+        stages = await asyncio.gather(
+            new_stage(root, "main", None, started),
+            new_stage(root, "restarted", new_database_url(postgres, "postgres", root), started),
+            new_stage(root, "late", None, started, scheduler_grace_seconds=2),
+            new_stage(root, "interrupted", None, started, scheduler_lease_seconds=4),
+        )
+        yield await _play(*stages, onlines)
     finally:
         for online in onlines:
             await online.__aexit__(None, None, None)
         for stage in stages:
             await stage.http.aclose()
-            stage.server.stop()
+        for server in started:
+            if server.process is not None:
+                server.stop()
 
 
 async def _play(
