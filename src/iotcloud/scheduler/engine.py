@@ -33,7 +33,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
 from iotcloud.domain.clock import Clock
-from iotcloud.errors import DeviceDisabled, IotCloudError
+from iotcloud.errors import IotCloudError
 from iotcloud.gateway.service import SendResult
 from iotcloud.scheduler.policy import Task
 from iotcloud.scheduler.store import AttemptResult, ClaimedAttempt, ClaimReport, ScheduleStore
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH: Final = 100
+RESULT_BATCH: Final = 500  # attempt results written per transaction, at most
 """Most schedules (and, separately, runs) one claim transaction takes."""
 ERROR_BACKOFF_SECONDS: Final = 2.0
 CONTENDED_BACKOFF_SECONDS: Final = 0.05
@@ -176,6 +177,7 @@ class SchedulerEngine:
         self._closing = False
         self._next_purge = 0.0
         self._listeners: list[AttemptListener] = []
+        self._results = _ResultWriter(self.store, clock, self.config.retry_interval)
 
     def add_listener(self, listener: AttemptListener) -> None:
         self._listeners.append(listener)
@@ -198,6 +200,12 @@ class SchedulerEngine:
         tb: TracebackType | None,
     ) -> None:
         self._closing = True
+        try:
+            await self._drain()
+        finally:
+            await self._results.close()
+
+    async def _drain(self) -> None:
         if not self._inflight:
             return
         _, pending = await asyncio.wait(
@@ -318,9 +326,7 @@ class SchedulerEngine:
         async with asyncio.TaskGroup() as group:
             for task in attempt.send:
                 group.create_task(self._send(owner, attempt, task, sent))
-        result = await self.store.finish_attempt(
-            attempt, sent, self.clock.now(), retry_interval=self.config.retry_interval
-        )
+        result = await self._results.record(attempt, sent)
         if not result.stored:
             log.info(
                 "schedule %s run at %s: lease lost before the attempt was recorded "
@@ -349,9 +355,8 @@ class SchedulerEngine:
         """One task: True in ``sent`` only when the device acknowledged the command."""
         sent[task.did] = False
         try:
-            device = await self.bindings.require_bound(owner, task.did)
-            if device.is_disabled:
-                raise DeviceDisabled(f"device {task.did} is disabled")
+            # bound and not disabled; passes are cached and dropped on every binding change
+            await self.control.require_usable(owner, task.did)
             if task.attrs is not None:
                 payload = await self.control.encode_attrs(task.did, task.attrs)
             else:
@@ -372,6 +377,54 @@ class SchedulerEngine:
         sent[task.did] = result is SendResult.DELIVERED
         if result is not SendResult.DELIVERED:
             log.debug("schedule %s: task for %s: %s", attempt.schedule_id, task.did, result)
+
+
+class _ResultWriter:
+    """Records attempt results with group commit: a result waits for the write in progress (if
+    any) and then goes with every other result that arrived meanwhile, in one transaction. A
+    lone result is written at once; a burst costs one commit per batch instead of one per run
+    (on SQLite, concurrent single-row transactions would queue on the one writer)."""
+
+    def __init__(self, store: ScheduleStore, clock: Clock, retry_interval: timedelta) -> None:
+        self.store = store
+        self.clock = clock
+        self.retry_interval = retry_interval
+        self._pending: list[
+            tuple[ClaimedAttempt, Mapping[str, bool], asyncio.Future[AttemptResult]]
+        ] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, attempt: ClaimedAttempt, sent: Mapping[str, bool]) -> AttemptResult:
+        """Record ``attempt``'s result; raises what the database raised when it failed."""
+        future: asyncio.Future[AttemptResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((attempt, sent, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="scheduler-results")
+        return await future
+
+    async def close(self) -> None:
+        """Wait for the results handed in to be written."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch = self._pending[:RESULT_BATCH]
+            del self._pending[:RESULT_BATCH]
+            try:
+                results = await self.store.finish_attempts(
+                    [(attempt, sent) for attempt, sent, _ in batch],
+                    self.clock.now(),
+                    retry_interval=self.retry_interval,
+                )
+            except Exception as exc:  # each waiting attempt reports it
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
 
 def _default_owner() -> str:

@@ -21,9 +21,10 @@ abandoned (``lease_owner`` still set).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, cast
@@ -392,36 +393,37 @@ class ScheduleStore:
         """Record the result of ``claimed`` (``sent``: did -> reached its device) and release its
         lease: the run succeeds, fails for good, or waits ``retry_interval`` for its next
         attempt. Writes nothing when the lease was lost (``stored`` False)."""
-        attempts = [*claimed.attempts[:-1], Attempt(claimed.at, dict(sent))]
-        detail = merged_detail(claimed.detail, sent)
-        verdict = outcome(
-            claimed.tasks, detail, attempts=len(attempts), retry_count=claimed.retry_count
-        )
-        values: dict[str, Any] = {
-            "attempts": [a.to_json() for a in attempts],
-            "detail": detail,
-            "lease_owner": None,
-        }
-        next_attempt_at: datetime | None = None
-        status = "running"
-        if verdict == "retry":
-            next_attempt_at = now + retry_interval
-            values["next_attempt_at"] = next_attempt_at
-        else:
-            status = verdict
-            values.update(status=verdict, next_attempt_at=None, finished_at=now)
+        [result] = await self.finish_attempts([(claimed, sent)], now, retry_interval=retry_interval)
+        return result
+
+    async def finish_attempts(
+        self,
+        finished: Sequence[tuple[ClaimedAttempt, Mapping[str, bool]]],
+        now: datetime,
+        *,
+        retry_interval: timedelta,
+    ) -> list[AttemptResult]:
+        """`finish_attempt` for several attempts in one transaction (one commit for a burst of
+        results); the results in the same order. All or nothing: when the transaction fails,
+        none is recorded and their leases expire as if the process had died."""
+        prepared = [
+            _finished_values(claimed, sent, now, retry_interval) for claimed, sent in finished
+        ]
+        results: list[AttemptResult] = []
         async with self.db.session() as session:
-            result = await session.execute(
-                update(ScheduleRunRow)
-                .where(
-                    ScheduleRunRow.id == claimed.run_id,
-                    ScheduleRunRow.lease_owner == claimed.lease,
+            for (claimed, _), (values, result) in zip(finished, prepared, strict=True):
+                written = await session.execute(
+                    update(ScheduleRunRow)
+                    .where(
+                        ScheduleRunRow.id == claimed.run_id,
+                        ScheduleRunRow.lease_owner == claimed.lease,
+                    )
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
                 )
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-        stored = cast(CursorResult[Any], result).rowcount == 1
-        return AttemptResult(stored, status, detail, next_attempt_at)
+                stored = cast(CursorResult[Any], written).rowcount == 1
+                results.append(dataclasses.replace(result, stored=stored))
+        return results
 
     async def nearest_due(self) -> datetime | None:
         """The earliest instant at which a schedule or a run needs the engine (None: nothing
@@ -530,6 +532,32 @@ class ScheduleStore:
                 .limit(limit)
             )
             return list(rows.all())
+
+
+def _finished_values(
+    claimed: ClaimedAttempt, sent: Mapping[str, bool], now: datetime, retry_interval: timedelta
+) -> tuple[dict[str, Any], AttemptResult]:
+    """The run's columns after the attempt ``claimed`` sent ``sent``, and the result to report
+    if they are stored."""
+    attempts = [*claimed.attempts[:-1], Attempt(claimed.at, dict(sent))]
+    detail = merged_detail(claimed.detail, sent)
+    verdict = outcome(
+        claimed.tasks, detail, attempts=len(attempts), retry_count=claimed.retry_count
+    )
+    values: dict[str, Any] = {
+        "attempts": [a.to_json() for a in attempts],
+        "detail": detail,
+        "lease_owner": None,
+    }
+    next_attempt_at: datetime | None = None
+    status = "running"
+    if verdict == "retry":
+        next_attempt_at = now + retry_interval
+        values["next_attempt_at"] = next_attempt_at
+    else:
+        status = verdict
+        values.update(status=verdict, next_attempt_at=None, finished_at=now)
+    return values, AttemptResult(True, status, detail, next_attempt_at)
 
 
 def _owned(user_id: int, app_id: int) -> tuple[Any, ...]:

@@ -126,7 +126,7 @@ class ControlService:
         Raises 9014 unknown did, 9017 not bound, 9023 disabled, 9025 naming the attr and why,
         9042 offline (without waiting).
         """
-        await self._usable(user, did)
+        await self.require_usable(user, did)
         payload = await self.encode_attrs(did, attrs, byte_arrays=byte_arrays)
         await self._sent(did, payload, client_id, sn)
 
@@ -134,7 +134,7 @@ class ControlService:
         self, user: AppUser, did: str, raw: Sequence[int], *, client_id: str = CLOUD_CLIENT_ID
     ) -> None:
         """Send ``raw`` bytes as the P0 of a 0x0090 frame."""
-        await self._usable(user, did)
+        await self.require_usable(user, did)
         await self._sent(did, raw_bytes(raw), client_id, None)
 
     async def read(
@@ -149,7 +149,7 @@ class ControlService:
         """Ask the device for its status (P0 read: var_len products flag ``names``, every attr
         when None), as a 0x0090 or, with ``sn``, a 0x0093. Errors as :meth:`write_attrs`; an
         unknown name is 9025."""
-        await self._usable(user, did)
+        await self.require_usable(user, did)
         codec = await self.gateway.codec_of(did)
         if codec is None:
             raise DeviceNotFound(f"no device with did {did!r}")
@@ -164,7 +164,7 @@ class ControlService:
     ) -> None:
         """Send a whole frame an app built (see :func:`app_frame`) or a 0x0094 acknowledging a
         device's 0x0093, as it is. Errors as :meth:`write_attrs` (but no 9025)."""
-        await self._usable(user, did)
+        await self.require_usable(user, did)
         try:
             result = await self.gateway.publish_frame(did, frame, client_id)
         except ConnectionError as exc:
@@ -200,8 +200,9 @@ class ControlService:
             did, payload, require_ack=require_ack, ack_timeout=ack_timeout
         )
 
-    async def _usable(self, user: AppUser, did: str) -> None:
-        """Raise 9014, 9017 or 9023 unless ``user`` may command ``did`` now."""
+    async def require_usable(self, user: AppUser, did: str) -> None:
+        """Raise 9014, 9017 or 9023 unless ``user`` may command ``did`` now. A pass is cached
+        (``usable``) until a binding or device changes or its time-to-live ends."""
         key = (user.user_id, did)
         if self.usable.ttl <= 0:
             await self._check(user, did)

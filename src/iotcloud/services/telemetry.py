@@ -25,7 +25,6 @@ from iotcloud.domain.clock import Clock
 from iotcloud.errors import DeviceNotFound, FormInvalid
 from iotcloud.services.bindings import AppUser, bound_record
 from iotcloud.storage.database import Database
-from iotcloud.storage.devices import DeviceRepository
 from iotcloud.storage.models import DeviceEventRow, ProductRow
 from iotcloud.storage.telemetry import ONLINE_KINDS, TelemetryRepository
 
@@ -136,13 +135,12 @@ class TelemetryService:
     async def latest(self, did: str) -> LatestState:
         """The merged latest values of ``did`` (empty before its first report); 9014 if unknown."""
         async with self.db.session() as session:
-            device = await DeviceRepository(session).by_did(did)
-            if device is None:
-                raise DeviceNotFound(f"no device with did {did}")
-            row = await TelemetryRepository(session).latest(device.id)
-        if row is None:
+            exists, latest = await TelemetryRepository(session).latest_of_did(did)
+        if not exists:
+            raise DeviceNotFound(f"no device with did {did}")
+        if latest is None:
             return LatestState(did=did, updated_at=None, attrs={})
-        return LatestState(did=did, updated_at=row.updated_at, attrs=dict(row.attrs))
+        return LatestState(did=did, updated_at=latest[0], attrs=latest[1])
 
     async def history(
         self,

@@ -193,6 +193,22 @@ class TelemetryRepository:
     async def latest(self, device_id: int) -> DeviceLatestRow | None:
         return await self.session.get(DeviceLatestRow, device_id)
 
+    async def latest_of_did(self, did: str) -> tuple[bool, tuple[datetime, dict[str, Any]] | None]:
+        """In one query: whether device ``did`` exists, and its latest ``(updated_at, attrs)``
+        (None before its first report)."""
+        found = (
+            await self.session.execute(
+                select(DeviceLatestRow.updated_at, DeviceLatestRow.attrs)
+                .select_from(DeviceRow)
+                .outerjoin(DeviceLatestRow, DeviceLatestRow.device_id == DeviceRow.id)
+                .where(DeviceRow.did == did)
+            )
+        ).first()
+        if found is None:
+            return False, None
+        updated_at, attrs = found
+        return True, (None if updated_at is None else (updated_at, dict(attrs)))
+
     async def purge_before(self, history_before: datetime, events_before: datetime) -> int:
         removed = 0
         for table, column, before in (
