@@ -5,6 +5,7 @@ connection log lines."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -21,6 +22,7 @@ from iotcloud.gateway.external import (
     ROLE_PREFIX,
     BrokerTarget,
     _ending,
+    default_client_id,
     device_acls,
     fingerprint,
     sync_commands,
@@ -41,17 +43,17 @@ DISABLED = dataclasses.replace(ENABLED, enabled=False)
     [
         pytest.param(
             "mqtt://broker.example",
-            BrokerTarget("broker.example", 1883, None, None, "iotcloud-gateway", tls=False),
+            BrokerTarget("broker.example", 1883, None, None, default_client_id(), tls=False),
             id="mqtt-default-port",
         ),
         pytest.param(
             "mqtts://broker.example",
-            BrokerTarget("broker.example", 8883, None, None, "iotcloud-gateway", tls=True),
+            BrokerTarget("broker.example", 8883, None, None, default_client_id(), tls=True),
             id="mqtts-default-port",
         ),
         pytest.param(
             "mqtts://gw:pw@10.0.0.5:9883",
-            BrokerTarget("10.0.0.5", 9883, "gw", "pw", "iotcloud-gateway", tls=True),
+            BrokerTarget("10.0.0.5", 9883, "gw", "pw", default_client_id(), tls=True),
             id="explicit-port",
         ),
         pytest.param(
@@ -61,13 +63,18 @@ DISABLED = dataclasses.replace(ENABLED, enabled=False)
         ),
         pytest.param(
             "mqtt://gw@[::1]",
-            BrokerTarget("::1", 1883, "gw", None, "iotcloud-gateway", tls=False),
+            BrokerTarget("::1", 1883, "gw", None, default_client_id(), tls=False),
             id="ipv6-user-without-password",
         ),
     ],
 )
 def test_broker_url_is_parsed(url: str, expected: BrokerTarget) -> None:
     assert BrokerTarget.parse(url) == expected
+
+
+def test_the_default_client_id_is_the_processs_own() -> None:
+    assert default_client_id().endswith(f"-{os.getpid()}")
+    assert default_client_id().startswith("iotcloud-")
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import re
+import socket
 import ssl
 import uuid
 from collections.abc import Sequence
@@ -82,10 +84,18 @@ class BrokerUnavailable(ConnectionError):
     """The external broker cannot be reached now."""
 
 
+def default_client_id() -> str:
+    """``iotcloud-{host}-{pid}``: unique per server process, so several processes can share
+    one broker."""
+    return f"iotcloud-{socket.gethostname()[:24]}-{os.getpid()}"
+
+
 @dataclass(frozen=True)
 class BrokerTarget:
     """Where the external broker is and how the gateway signs in: a ``mqtt://`` or ``mqtts://``
-    URL, ``mqtt://user:password@host:port?client_id=iotcloud-gateway``."""
+    URL, ``mqtt://user:password@host:port?client_id=NAME``. Without ``client_id`` each process
+    takes its own (`default_client_id`): two clients with one id would keep taking each
+    other's session over."""
 
     host: str
     port: int
@@ -109,7 +119,7 @@ class BrokerTarget:
         unknown = set(query) - {"client_id"}
         if unknown:
             raise ValueError(f"unknown URL parameter {sorted(unknown)[0]!r}")
-        client_id = query.get("client_id", ["iotcloud-gateway"])[0]
+        client_id = query.get("client_id", [default_client_id()])[0]
         if not client_id:
             raise ValueError("client_id must not be empty")
         tls = parts.scheme == "mqtts"
