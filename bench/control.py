@@ -34,71 +34,27 @@ Usage: ``uv run --frozen python -m bench.control [--devices 50] [--rates 500,100
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.pg import PostgresServer
-from tests.server import RunningServer, make_server
 
-ROOT = Path(__file__).resolve().parents[1]
-DATAPOINTS = ROOT / "tests" / "fixtures" / "datapoints" / "pet_house.json"
-PASSCODE = "BENCHPASSX"
-BIND_BATCH = 100
-
-
-class Child:
-    """A helper process spoken to in JSON lines (`bench.control_load`, `bench.control_broker`)."""
-
-    def __init__(self, module: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", module],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def read(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.process.args!r} exited with {self.process.wait()}")
-        reply = dict(json.loads(line))
-        if "error" in reply:
-            raise RuntimeError(f"{self.process.args!r}: {reply['error']}")
-        return reply
-
-    def call(self, **command: Any) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+from bench.harness import (
+    Child,
+    bench_account,
+    bench_server,
+    import_product,
+    load_average,
+    pid_of,
+    register_and_bind,
+    throwaway_database,
+    wait_online,
+    write_section,
+)
 
 
 @dataclass
@@ -157,106 +113,35 @@ def measure_ceiling(figures: Figures, args: argparse.Namespace) -> None:
         broker.close()
 
 
-def import_product(server: RunningServer) -> str:
-    data = json.loads(DATAPOINTS.read_text())
-    data["product_key"] = uuid.uuid4().hex
-    path = server.data_dir / "pet_house.json"
-    path.write_text(json.dumps(data))
-    made = json.loads(server.cli("product", "import", str(path), "--json").stdout)
-    return str(made["product_key"])
-
-
-def register_and_bind(
-    http: httpx.Client, product_key: str, count: int, headers: dict[str, str]
-) -> list[list[str]]:
-    """``POST /dev/devices`` for each device, then ``POST /app/bindings`` by passcode."""
-    devices = []
-    for index in range(count):
-        reply = http.post(
-            "/dev/devices",
-            data={"passcode": PASSCODE, "mac": f"02c0c0{index:06x}", "product_key": product_key},
-        )
-        if reply.status_code != 201:
-            raise RuntimeError(f"registering a device: {reply.status_code} {reply.text}")
-        devices.append([reply.text.split("did=", 1)[1][:22], PASSCODE])
-    for start in range(0, count, BIND_BATCH):
-        chunk = devices[start : start + BIND_BATCH]
-        reply = http.post(
-            "/app/bindings",
-            json={"devices": [{"did": did, "passcode": code} for did, code in chunk]},
-            headers=headers,
-        )
-        reply.raise_for_status()
-        if reply.json()["failed"]:
-            raise RuntimeError(f"binding failed for {reply.json()['failed']}")
-    return devices
-
-
-def wait_online(http: httpx.Client, headers: dict[str, str], count: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        items = http.get("/app/bindings", params={"limit": 1000}, headers=headers).json()
-        if sum(1 for item in items["devices"] if item["is_online"]) >= count:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("the devices did not all come online")
-
-
 def measure_server(figures: Figures, args: argparse.Namespace, database_url: str | None) -> None:
     print(f"iotcloud serve, {figures.backend}", file=sys.stderr)
-    data_dir = Path(tempfile.mkdtemp(prefix="iotcloud-bench-"))
-    server = make_server(
-        data_dir,
-        database_url,
-        rate_limit_per_address=0,
-        rate_limit_per_app=0,
-        log_level="WARNING",
-    )
-    server.env["IOTCLOUD_ENV"] = "production"
-    server.env.pop("IOTCLOUD_DEV_CAPTCHA_CODE")
-    server.start()
-    load: Child | None = None
-    try:
-        assert server.process is not None
-        pid = server.process.pid
-        appid = server.create_app("Bench")["appid"]
+    with bench_server(database_url, notes=figures.notes) as server:
+        pid = pid_of(server)
         product_key = import_product(server)
-        with httpx.Client(base_url=server.base_url, timeout=30) as http:
-            made = http.post(
-                "/app/users",
-                json={"username": "bench", "password": "benchpass"},
-                headers={"X-Gizwits-Application-Id": appid},
-            )
-            made.raise_for_status()
-            token = made.json()["token"]
-            headers = {"X-Gizwits-Application-Id": appid, "X-Gizwits-User-token": token}
-            devices = register_and_bind(http, product_key, args.devices, headers)
-            load = Child("bench.control_load")
+        load = Child("bench.control_load")
+        try:
+            with httpx.Client(base_url=server.base_url, timeout=30) as http:
+                account = bench_account(server, http)
+                devices = register_and_bind(http, product_key, args.devices, account.headers)
+                load.call(
+                    cmd="devices",
+                    host="127.0.0.1",
+                    port=int(server.env["IOTCLOUD_MQTT_PORT"]),
+                    devices=devices,
+                )
+                wait_online(http, account.headers, args.devices)
             load.call(
-                cmd="devices",
+                cmd="http",
                 host="127.0.0.1",
-                port=int(server.env["IOTCLOUD_MQTT_PORT"]),
-                devices=devices,
+                port=server.http_port,
+                pool=args.pool,
+                appid=account.appid,
+                token=account.token,
             )
-            wait_online(http, headers, args.devices)
-        load.call(
-            cmd="http",
-            host="127.0.0.1",
-            port=server.http_port,
-            pool=args.pool,
-            appid=appid,
-            token=token,
-        )
-        run_steps(load, "status", pid, args, figures)
-        run_steps(load, "control", pid, args, figures)
-    finally:
-        if load is not None:
+            run_steps(load, "status", pid, args, figures)
+            run_steps(load, "control", pid, args, figures)
+        finally:
             load.close()
-        server.stop()
-        if "Traceback" in server.log():
-            figures.notes.append("the server logged a traceback; see its log")
-            print(server.log()[-5000:], file=sys.stderr)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 PATHS = {
@@ -376,27 +261,6 @@ answers, so queueing shows as latency.
 """
 
 
-def write_section(backend: str, report: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin = f"<!-- bench:control:{backend}:begin -->"
-    end = f"<!-- bench:control:{backend}:end -->"
-    block = f"{begin}\n{report}\n{end}"
-    if begin in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        if "\n## Control" not in text:
-            text = text.rstrip() + "\n\n" + SECTION
-        start = text.index("\n## Control")
-        following = text.find("\n## ", start + 1)
-        if following < 0:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        else:
-            text = text[:following].rstrip() + "\n\n" + block + "\n" + text[following:]
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=50)
@@ -423,28 +287,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.pool < args.concurrency:
         parser.error("--pool must be at least --concurrency")
-    postgres = None
-    database_url = args.database_url
-    if args.postgres:
-        postgres = PostgresServer()
-        postgres.start()
-        database_url = postgres.create_database("bench")
-    figures = Figures(
-        backend="PostgreSQL 15" if database_url else "SQLite (WAL)",
-        devices=args.devices,
-        load_average=" ".join(Path("/proc/loadavg").read_text().split()[:3]),
-    )
-    try:
+    with throwaway_database(args.postgres, args.database_url) as database_url:
+        figures = Figures(
+            backend="PostgreSQL 15" if database_url else "SQLite (WAL)",
+            devices=args.devices,
+            load_average=load_average(),
+        )
         if not args.skip_ceiling:
             measure_ceiling(figures, args)
         measure_server(figures, args, database_url)
-    finally:
-        if postgres is not None:
-            postgres.stop()
     report = render(figures, args)
     print(report)
     if args.write:
-        write_section("postgres" if database_url else "sqlite", report)
+        write_section(
+            "control",
+            "postgres" if database_url else "sqlite",
+            report,
+            heading="Control: app command to device frame",
+            intro=SECTION,
+        )
 
 
 if __name__ == "__main__":

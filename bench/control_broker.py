@@ -1,4 +1,5 @@
-"""The control benchmark's MQTT ceiling: the embedded broker alone, in its own process.
+"""The MQTT ceiling of the control and scheduler benchmarks: the embedded broker alone, in its
+own process.
 
 The same `EmbeddedBroker` class that ``iotcloud serve`` runs (our admission, framing and ACL
 layer in front of amqtt's routing, on uvloop) with no registry, no storage and no HTTP: every
@@ -6,7 +7,8 @@ CONNECT is accepted as a device, and one extra client, ``bench-publisher``, may 
 ``app2dev/...`` - the topics the server itself publishes commands on, which no device may. Its
 PUBLISHes reach the device connections subscribed to ``app2dev/{did}/#`` through amqtt's routing,
 so a command costs one MQTT PUBLISH in and one out, like a control request minus HTTP,
-authentication and the binding check.
+authentication and the binding check. ``bench-publisher`` may also subscribe to ``dev2app/#``,
+where the devices' 0x0094 acknowledgements come back (the scheduler's acknowledged commands).
 
 Run as ``python -m bench.control_broker``; prints ``{"port": P}`` once listening and runs until
 its standard input ends.
@@ -57,7 +59,8 @@ class IgnoreEvents:
 
 
 class CommandPassThroughBroker(EmbeddedBroker):
-    """The embedded broker, letting the benchmark's publisher send on ``app2dev/...``.
+    """The embedded broker, letting the benchmark's publisher send on ``app2dev/...`` and
+    subscribe to ``dev2app/#``.
 
     Overrides the private topic check for that one client and action only; devices' ACL,
     admission, framing and routing are the production code.
@@ -72,6 +75,13 @@ class CommandPassThroughBroker(EmbeddedBroker):
             and topic.startswith("app2dev/")
         ):
             self.stats.messages_in += 1
+            return True
+        if (
+            action == Action.SUBSCRIBE
+            and session is not None
+            and session.client_id == PUBLISHER
+            and topic == "dev2app/#"
+        ):
             return True
         return super()._check_topic(session, topic, action)
 

@@ -28,47 +28,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import json
-import os
-import resource
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
-from bench.mqtt_load import connect_packet, publish_packet, subscribe_packet
+from bench.harness import (
+    QUIET_SHARE,
+    cpu_seconds,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    percentile,
+    serve_commands,
+)
+from bench.mqtt_wire import (
+    CONNACK,
+    PINGREQ,
+    PUBLISH,
+    SUBACK,
+    PacketReader,
+    connect_packet,
+    publish_packet,
+    subscribe_packet,
+)
 from iotcloud.codecs import Frame, encode_frame
 from iotcloud.codecs.frame import CMD_CONTROL
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 KEEPALIVE = 300
 TICK = 0.001
-QUIET_SHARE = 0.25  # other processes may use this much of a core before a step starts
-SUBACK, PUBLISH, CONNACK = 9, 3, 2
 
 
 def p0_of(seq: int) -> bytes:
     """The command's P0: a sequence number between a fixed first byte and three padding bytes."""
     return b"\x01" + (seq & 0xFFFFFFFF).to_bytes(4, "big") + b"\x00\x00\x00"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads), from ``/proc/<pid>/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (every process), from ``/proc/stat``."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _same(protocol: Device) -> Device:
@@ -82,12 +74,6 @@ async def wait_until(done: Callable[[], bool], seconds: float) -> None:
         if done() or time.monotonic() >= deadline:
             return
         await asyncio.sleep(0.05)
-
-
-def percentile(ordered: list[float], share: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 class Tracker:
@@ -148,7 +134,7 @@ class Device(asyncio.Protocol):
         self.subscribed: asyncio.Future[None] = loop.create_future()
         self.closed = False
         self.other_frames = 0
-        self._buffer = bytearray()
+        self._packets = PacketReader()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -156,37 +142,19 @@ class Device(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
-        buffer = self._buffer
-        buffer += data
-        index = 0
-        while len(buffer) - index >= 2:
-            kind = buffer[index] >> 4
-            length, multiplier, cursor = 0, 1, index + 1
-            while cursor < len(buffer):
-                byte = buffer[cursor]
-                cursor += 1
-                length += (byte & 0x7F) * multiplier
-                multiplier *= 128
-                if not byte & 0x80:
-                    break
-            else:
-                break
-            end = cursor + length
-            if end > len(buffer):
-                break
+        buffer = self._packets.buffer
+        for kind, start, end in self._packets.feed(data):
             if kind == PUBLISH:
-                self._publish(buffer, cursor, end, now)
+                self._publish(buffer, start, end, now)
             elif kind == CONNACK and not self.accepted.done():
-                self.accepted.set_result(buffer[cursor + 1])
-                if buffer[cursor + 1] == 0:
+                self.accepted.set_result(buffer[start + 1])
+                if buffer[start + 1] == 0:
                     self.transport.write(subscribe_packet(self.topic_filter))  # type: ignore[union-attr]
             elif kind == SUBACK and not self.subscribed.done():
                 if buffer[end - 1] == 0x80:
                     self.subscribed.set_exception(RuntimeError(f"{self.topic_filter} refused"))
                 else:
                     self.subscribed.set_result(None)
-            index = end
-        del buffer[:index]
 
     def _publish(self, buffer: bytearray, start: int, end: int, now: float) -> None:
         """A QoS 0 PUBLISH: topic, then a Gizwits frame whose P0 carries the sequence number."""
@@ -590,7 +558,7 @@ class Generator:
             await asyncio.sleep(KEEPALIVE / 3)
             for device in self.devices:
                 if device.transport is not None and not device.closed:
-                    device.transport.write(b"\xc0\x00")
+                    device.transport.write(PINGREQ)
 
     def close(self) -> None:
         for device in self.devices:
@@ -605,32 +573,16 @@ class Generator:
 
 
 async def serve() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     generator = Generator()
-    while line := await reader.readline():
-        cmd = json.loads(line)
-        name = cmd["cmd"]
-        try:
-            if name == "devices":
-                reply = await generator.connect_devices(cmd)
-            elif name == "publisher":
-                reply = await generator.connect_publisher(cmd)
-            elif name == "http":
-                reply = await generator.open_http(cmd)
-            elif name == "step":
-                reply = await generator.step(cmd)
-            elif name == "close":
-                generator.close()
-                print(json.dumps({"closed": True}), flush=True)
-                return
-            else:
-                reply = {"error": f"unknown command {name!r}"}
-        except Exception as exc:  # report it to the driver instead of dying silently
-            reply = {"error": repr(exc)}
-        print(json.dumps(reply), flush=True)
-    generator.close()
+    await serve_commands(
+        {
+            "devices": generator.connect_devices,
+            "publisher": generator.connect_publisher,
+            "http": generator.open_http,
+            "step": generator.step,
+        },
+        generator.close,
+    )
 
 
 def main() -> None:

@@ -24,90 +24,30 @@ Usage: ``uv run python -m bench.ingest [--devices 5000] [--rates 1000,2000,3000,
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import platform
-import shutil
-import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from tests.pg import PostgresServer
-from tests.server import RunningServer, make_server
+from tests.server import RunningServer
 
-ROOT = Path(__file__).resolve().parents[1]
-DATAPOINTS = ROOT / "tests" / "fixtures" / "datapoints" / "pet_house.json"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class Child:
-    """A helper process spoken to in JSON lines (`bench.mqtt_load`, `bench.ceiling_broker`)."""
-
-    def __init__(self, module: str, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def read(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.process.args} exited with {self.process.wait()}")
-        reply = dict(json.loads(line))
-        if "error" in reply:
-            raise RuntimeError(f"{self.process.args}: {reply['error']}")
-        return reply
-
-    def call(self, **command: Any) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds every core of the machine spent busy since boot (all processes)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from bench.harness import (
+    DATAPOINTS,
+    Child,
+    bench_server,
+    cpu_seconds,
+    database_query,
+    import_product,
+    machine_busy_seconds,
+    pid_of,
+    rss_mib,
+    throwaway_database,
+    wait_for_quiet,
+    write_section,
+)
 
 
 @dataclass
@@ -135,28 +75,6 @@ class Figures:
     connect_seconds: float = 0.0
 
 
-def wait_for_quiet(generator: Child, server_pid: int, limit: float) -> None:
-    """Wait (at most ``limit`` seconds) until other processes use under 25% of a core.
-
-    These machines are shared: another job's test suite takes the cores the server needs.
-    The measured window also records what other processes used, so a reader can judge.
-    """
-    deadline = time.monotonic() + limit
-
-    def sample() -> tuple[float, float]:
-        ours = generator.call(cmd="stats")["cpu"] + cpu_seconds(server_pid)
-        return machine_busy_seconds() - ours, time.monotonic()
-
-    while True:
-        before, started = sample()
-        time.sleep(2)
-        after, ended = sample()
-        other = (after - before) / (ended - started)
-        if other < 0.25 or ended > deadline:
-            return
-        print(f"  waiting for other processes to go quiet ({other:.0%} of a core)", file=sys.stderr)
-
-
 def measure_steps(
     generator: Child,
     server_pid: int,
@@ -181,7 +99,7 @@ def measure_steps(
 
     steps = []
     for offered in rates:
-        wait_for_quiet(generator, server_pid, args.quiet_wait)
+        wait_for_quiet([generator.pid, server_pid], args.quiet_wait)
         generator.call(cmd="rate", rate=offered)
         time.sleep(args.warmup)
         g0, c0, s0 = generator.call(cmd="stats"), count(), cpu_seconds(server_pid)
@@ -242,28 +160,6 @@ def measure_ceiling(figures: Figures, rates: list[int], args: argparse.Namespace
         broker.close()
 
 
-def database_query(server: RunningServer, database_url: str | None) -> Any:
-    """A function running one SQL query on the server's database, returning all rows."""
-    if database_url is None:
-        path = server.data_dir / "iotcloud.db"
-        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-
-        def query_sqlite(sql: str) -> list[tuple[Any, ...]]:
-            return reader.execute(sql).fetchall()
-
-        return query_sqlite
-    import asyncpg
-
-    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
-    loop = asyncio.new_event_loop()
-    connection = loop.run_until_complete(asyncpg.connect(dsn))
-
-    def query_postgres(sql: str) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in loop.run_until_complete(connection.fetch(sql))]
-
-    return query_postgres
-
-
 def create_devices(
     server: RunningServer, query: Any, product_key: str, devices: int
 ) -> list[list[str]]:
@@ -285,57 +181,42 @@ def measure_persisted(
     figures: Figures, rates: list[int], args: argparse.Namespace, database_url: str | None
 ) -> None:
     print(f"persisted: iotcloud serve, {figures.backend}", file=sys.stderr)
-    data_dir = Path(tempfile.mkdtemp(prefix="iotcloud-bench-"))
-    server = make_server(
-        data_dir,
-        database_url,
-        rate_limit_per_address=0,
-        rate_limit_per_app=0,
-        log_level="WARNING",
-    )
-    server.env["IOTCLOUD_ENV"] = "production"
-    server.env.pop("IOTCLOUD_DEV_CAPTCHA_CODE")
-    server.start()
-    generator: Child | None = None
-    try:
-        assert server.process is not None
-        pid = server.process.pid
-        product = json.loads(server.cli("product", "import", str(DATAPOINTS), "--json").stdout)
+    with bench_server(database_url) as server:
+        pid = pid_of(server)
+        product_key = import_product(server)
         query = database_query(server, database_url)
-        devices = create_devices(server, query, product["product_key"], args.devices)
+        devices = create_devices(server, query, product_key, args.devices)
         time.sleep(2)
         figures.rss_before = rss_mib(pid)
         generator = Child("bench.mqtt_load")
-        made = generator.call(
-            cmd="connect",
-            host="127.0.0.1",
-            port=int(server.env["IOTCLOUD_MQTT_PORT"]),
-            devices=devices,
-            datapoints=str(DATAPOINTS),
-        )
-        if made["connected"] != args.devices:
-            raise RuntimeError(f"persisted: only {made['connected']} devices connected")
-        figures.connect_seconds = made["seconds"]
-        time.sleep(5)  # presence written, garbage settled
-        figures.rss_idle = rss_mib(pid)
-        print(
-            f"  connected {made['connected']} devices in {made['seconds']:.0f}s; "
-            f"RSS {figures.rss_before:,.0f} MiB before, {figures.rss_idle:,.0f} MiB idle",
-            file=sys.stderr,
-        )
+        try:
+            made = generator.call(
+                cmd="connect",
+                host="127.0.0.1",
+                port=int(server.env["IOTCLOUD_MQTT_PORT"]),
+                devices=devices,
+                datapoints=str(DATAPOINTS),
+            )
+            if made["connected"] != args.devices:
+                raise RuntimeError(f"persisted: only {made['connected']} devices connected")
+            figures.connect_seconds = made["seconds"]
+            time.sleep(5)  # presence written, garbage settled
+            figures.rss_idle = rss_mib(pid)
+            print(
+                f"  connected {made['connected']} devices in {made['seconds']:.0f}s; "
+                f"RSS {figures.rss_before:,.0f} MiB before, {figures.rss_idle:,.0f} MiB idle",
+                file=sys.stderr,
+            )
 
-        def count() -> int:
-            return int(query("SELECT count(*) FROM device_history")[0][0])
+            def count() -> int:
+                return int(query("SELECT count(*) FROM device_history")[0][0])
 
-        figures.persisted = measure_steps(generator, pid, rates, count, args)
-        connected = generator.call(cmd="stats")["connected"]
-        if connected != args.devices:
-            print(f"  warning: {args.devices - connected} devices lost", file=sys.stderr)
-    finally:
-        if generator is not None:
+            figures.persisted = measure_steps(generator, pid, rates, count, args)
+            connected = generator.call(cmd="stats")["connected"]
+            if connected != args.devices:
+                print(f"  warning: {args.devices - connected} devices lost", file=sys.stderr)
+        finally:
             generator.close()
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def kept_up(step: Step) -> bool:
@@ -396,20 +277,6 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
     )
 
 
-def write_section(backend: str, report: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin = f"<!-- bench:ingest:{backend}:begin -->"
-    end = f"<!-- bench:ingest:{backend}:end -->"
-    block = f"{begin}\n{report}\n{end}"
-    if begin in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=5000)
@@ -432,25 +299,16 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",")]
-    postgres = None
-    database_url = args.database_url
-    if args.postgres:
-        postgres = PostgresServer()
-        postgres.start()
-        database_url = postgres.create_database("bench")
-    backend = "postgres" if database_url else "sqlite"
-    figures = Figures(backend=backend, devices=args.devices)
-    try:
+    with throwaway_database(args.postgres, args.database_url) as database_url:
+        backend = "postgres" if database_url else "sqlite"
+        figures = Figures(backend=backend, devices=args.devices)
         if not args.skip_ceiling:
             measure_ceiling(figures, rates, args)
         measure_persisted(figures, rates, args, database_url)
-    finally:
-        if postgres is not None:
-            postgres.stop()
     report = render(figures, args)
     print(report)
     if args.write:
-        write_section(backend, report)
+        write_section("ingest", backend, report)
 
 
 if __name__ == "__main__":

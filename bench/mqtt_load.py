@@ -1,9 +1,9 @@
 """A lean MQTT load generator for the ingest benchmark, run as its own process.
 
-Plain asyncio protocols writing pre-encoded MQTT 3.1 packets (CONNECT, QoS 0 PUBLISH of a
-Gizwits 0x0091 report built with the project's P0 codec, PINGREQ): a few microseconds of CPU per
-message, so the server, not the generator, is what is measured. aiomqtt/paho cost far more per
-connection and per message.
+Plain asyncio protocols writing pre-encoded MQTT 3.1 packets (`bench.mqtt_wire`: CONNECT, QoS 0
+PUBLISH of a Gizwits 0x0091 report built with the project's P0 codec, PINGREQ): a few
+microseconds of CPU per message, so the server, not the generator, is what is measured.
+aiomqtt/paho cost far more per connection and per message.
 
 Controlled by JSON lines on stdin, answering one JSON line per command on stdout:
 
@@ -22,15 +22,23 @@ broker is not reading, and an open-loop generator must not buffer without bound.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any, cast
 
-from iotcloud.codecs import Frame, P0Codec, encode_frame, encode_varint, load_product_definition
+from bench.harness import serve_commands
+from bench.mqtt_wire import (
+    CONNACK,
+    PINGREQ,
+    PUBLISH,
+    PacketReader,
+    connect_packet,
+    publish_packet,
+    subscribe_packet,
+)
+from iotcloud.codecs import Frame, P0Codec, encode_frame, load_product_definition
 from iotcloud.codecs.frame import CMD_REPORT
 from iotcloud.simulator import random_status
 
@@ -38,29 +46,6 @@ KEEPALIVE = 300
 PING_EVERY = 100.0
 SEND_BUFFER_LIMIT = 64 * 1024
 VARIANTS = 4  # reports per device with different values, sent in turn
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def connect_packet(client_id: str, password: str, *, keepalive: int = KEEPALIVE) -> bytes:
-    """MQTT 3.1 (``MQIsdp``, level 3) CONNECT, clean session, user name = client id."""
-    flags = 0x80 | 0x40 | 0x02
-    body = _string("MQIsdp") + bytes((3, flags)) + keepalive.to_bytes(2, "big")
-    body += _string(client_id) + _string(client_id) + _string(password)
-    return b"\x10" + encode_varint(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes) -> bytes:
-    body = _string(topic) + payload
-    return b"\x30" + encode_varint(len(body)) + body
-
-
-def subscribe_packet(topic_filter: str, packet_id: int = 1) -> bytes:
-    body = packet_id.to_bytes(2, "big") + _string(topic_filter) + b"\x00"
-    return b"\x82" + encode_varint(len(body)) + body
 
 
 class Connection(asyncio.Protocol):
@@ -72,38 +57,18 @@ class Connection(asyncio.Protocol):
         self.accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.closed = False
         self.received = 0
-        self._buffer = bytearray()
+        self._packets = PacketReader()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.write(self.hello)
+        self.transport.write(self.hello)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        index = 0
-        while True:  # walk the complete packets: type byte, remaining length, body
-            if len(buffer) - index < 2:
-                break
-            kind = buffer[index] >> 4
-            length, multiplier, cursor = 0, 1, index + 1
-            while cursor < len(buffer):
-                byte = buffer[cursor]
-                cursor += 1
-                length += (byte & 0x7F) * multiplier
-                multiplier *= 128
-                if not byte & 0x80:
-                    break
-            else:
-                break
-            if cursor + length > len(buffer):
-                break
-            if kind == 2 and not self.accepted.done():
-                self.accepted.set_result(buffer[cursor + 1])
-            elif kind == 3:
+        for kind, start, _end in self._packets.feed(data):
+            if kind == CONNACK and not self.accepted.done():
+                self.accepted.set_result(self._packets.buffer[start + 1])
+            elif kind == PUBLISH:
                 self.received += 1
-            index = cursor + length
-        del buffer[:index]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -138,7 +103,7 @@ class Generator:
                 for attempt in range(5):
                     try:
                         _, conn = await loop.create_connection(
-                            lambda: Connection(connect_packet(did, passcode)),
+                            lambda: Connection(connect_packet(did, passcode, keepalive=KEEPALIVE)),
                             cmd["host"],
                             cmd["port"],
                         )
@@ -182,7 +147,9 @@ class Generator:
     async def subscribe(self, cmd: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
-            lambda: Connection(connect_packet(cmd["client_id"], cmd["passcode"])),
+            lambda: Connection(
+                connect_packet(cmd["client_id"], cmd["passcode"], keepalive=KEEPALIVE)
+            ),
             cmd["host"],
             cmd["port"],
         )
@@ -236,7 +203,7 @@ class Generator:
             await asyncio.sleep(PING_EVERY)
             for conn in self.devices + self.subscribers:
                 if conn.transport is not None and not conn.closed:
-                    conn.transport.write(b"\xc0\x00")
+                    conn.transport.write(PINGREQ)
 
     def stats(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -257,32 +224,16 @@ class Generator:
 
 
 async def serve() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     generator = Generator()
-    while line := await reader.readline():
-        cmd = json.loads(line)
-        name = cmd["cmd"]
-        try:
-            if name == "connect":
-                reply = await generator.connect(cmd)
-            elif name == "subscribe":
-                reply = await generator.subscribe(cmd)
-            elif name == "rate":
-                reply = generator.set_rate(float(cmd["rate"]))
-            elif name == "stats":
-                reply = generator.stats()
-            elif name == "close":
-                generator.close()
-                print(json.dumps({"closed": True}), flush=True)
-                return
-            else:
-                reply = {"error": f"unknown command {name!r}"}
-        except Exception as exc:  # report it to the driver instead of dying silently
-            reply = {"error": repr(exc)}
-        print(json.dumps(reply), flush=True)
-    generator.close()
+    await serve_commands(
+        {
+            "connect": generator.connect,
+            "subscribe": generator.subscribe,
+            "rate": lambda cmd: generator.set_rate(float(cmd["rate"])),
+            "stats": lambda cmd: generator.stats(),
+        },
+        generator.close,
+    )
 
 
 def main() -> None:

@@ -1,0 +1,374 @@
+"""What every benchmark in ``bench/`` needs around the code it measures: the server under test
+and its database, the helper processes that load it, CPU and memory readings from ``/proc``,
+and the sections of ``BENCHMARKS.md``.
+
+* Helper processes (load generators, ceiling brokers) are driven in JSON lines: `Child` on the
+  driver's side, `serve_commands` on the helper's.
+* `bench_server` runs a real ``iotcloud serve`` (through ``tests.server``) set up for
+  measuring: no rate limits, production mode, warnings only. `throwaway_database` starts a
+  throwaway PostgreSQL when asked.
+* `bench_account` and `register_and_bind` make an app user with bound devices the way an app
+  and its devices would (HTTP sign-up, ``POST /dev/devices``, ``POST /app/bindings``).
+* The machine is shared with other jobs: `machine_busy_seconds` against the CPU of our own
+  processes tells what the others used, and `wait_for_quiet` waits for them to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tests.pg import PostgresServer
+from tests.server import RunningServer, make_server
+
+ROOT = Path(__file__).resolve().parents[1]
+DATAPOINTS = ROOT / "tests" / "fixtures" / "datapoints" / "pet_house.json"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PASSCODE = "BENCHPASSX"
+BIND_BATCH = 100
+QUIET_SHARE = 0.25
+"""Other processes may use this much of a core before a measurement starts."""
+
+
+# -- helper processes ---------------------------------------------------------------------------
+
+
+class Child:
+    """A helper process spoken to in JSON lines: one command written, one JSON line read back.
+
+    A reply with an ``error`` key raises `RuntimeError`, as does the process ending."""
+
+    def __init__(self, module: str, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.process.args!r} exited with {self.process.wait()}")
+        reply = dict(json.loads(line))
+        if "error" in reply:
+            raise RuntimeError(f"{self.process.args!r}: {reply['error']}")
+        return reply
+
+    def call(self, **command: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        """End its input (it exits at end of input) and wait; kill it after 20 s."""
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+async def serve_commands(handlers: Mapping[str, Handler], close: Callable[[], None]) -> None:
+    """The helper's side of `Child`: read JSON-line commands ``{"cmd": name, ...}`` from stdin
+    and answer each with one JSON line from ``handlers[name](command)`` (awaited when it is a
+    coroutine). An unknown command or an exception is answered ``{"error": ...}``; the loop
+    ends at end of input or on ``{"cmd": "close"}``, calling ``close`` either way."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        command = json.loads(line)
+        name = command["cmd"]
+        if name == "close":
+            close()
+            print(json.dumps({"closed": True}), flush=True)
+            return
+        handler = handlers.get(name)
+        try:
+            if handler is None:
+                reply = {"error": f"unknown command {name!r}"}
+            else:
+                reply = handler(command)
+                if inspect.isawaitable(reply):
+                    reply = await reply
+        except Exception as exc:  # report it to the driver instead of dying silently
+            reply = {"error": repr(exc)}
+        print(json.dumps(reply), flush=True)
+    close()
+
+
+# -- CPU and memory -----------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (every process), from ``/proc/stat``."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU of this process."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def wait_for_quiet(pids: Iterable[int], limit: float, *, sample: float = 2.0) -> float:
+    """Wait (at most ``limit`` seconds) until processes other than ``pids`` use under a quarter
+    of a core over ``sample`` seconds; return what they used in the last sample (cores).
+
+    These machines are shared: another job's test suite takes the cores the server needs. The
+    measured window also records what other processes used, so a reader can judge.
+    """
+    pids = list(pids)
+    deadline = time.monotonic() + limit
+
+    def reading() -> tuple[float, float]:
+        ours = sum(cpu_seconds(pid) for pid in pids) + own_cpu_seconds()
+        return machine_busy_seconds() - ours, time.monotonic()
+
+    while True:
+        before, started = reading()
+        time.sleep(sample)
+        after, ended = reading()
+        other = max(0.0, (after - before) / (ended - started))
+        if other < QUIET_SHARE or ended > deadline:
+            return other
+        print(f"  waiting for other processes to go quiet ({other:.0%} of a core)", file=sys.stderr)
+
+
+def percentile(ordered: list[float], share: float) -> float:
+    """The ``share`` quantile of an ascending list (nearest rank below; 0 when empty)."""
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+# -- the server under test ----------------------------------------------------------------------
+
+
+@contextmanager
+def throwaway_database(postgres: bool, database_url: str | None) -> Iterator[str | None]:
+    """``database_url`` as given, or with ``postgres`` a database on a throwaway PostgreSQL
+    started here and removed on exit; None means the server's own SQLite file."""
+    if not postgres:
+        yield database_url
+        return
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server.create_database("bench")
+    finally:
+        server.stop()
+
+
+@contextmanager
+def bench_server(
+    database_url: str | None, *, notes: list[str] | None = None, **settings: Any
+) -> Iterator[RunningServer]:
+    """A started ``iotcloud serve`` in a fresh data directory: no rate limits, production
+    mode, log level WARNING, plus ``settings`` (``IOTCLOUD_*`` without the prefix). Stopped
+    and its data directory removed on exit; a traceback in its log is printed and noted in
+    ``notes``."""
+    data_dir = Path(tempfile.mkdtemp(prefix="iotcloud-bench-"))
+    options: dict[str, Any] = {
+        "rate_limit_per_address": 0,
+        "rate_limit_per_app": 0,
+        "log_level": "WARNING",
+        **settings,
+    }
+    server = make_server(data_dir, database_url, **options)
+    server.env["IOTCLOUD_ENV"] = "production"
+    server.env.pop("IOTCLOUD_DEV_CAPTCHA_CODE")
+    try:
+        server.start()
+        yield server
+    finally:
+        if server.process is not None:
+            server.stop()
+        log = server.log()
+        if "Traceback" in log:
+            if notes is not None:
+                notes.append("the server logged a traceback; see its log")
+            print(log[-5000:], file=sys.stderr)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def pid_of(server: RunningServer) -> int:
+    assert server.process is not None
+    return server.process.pid
+
+
+def database_query(server: RunningServer, database_url: str | None) -> Any:
+    """A function running one SQL query on the server's database, returning all rows."""
+    if database_url is None:
+        path = server.data_dir / "iotcloud.db"
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+        def query_sqlite(sql: str) -> list[tuple[Any, ...]]:
+            return reader.execute(sql).fetchall()
+
+        return query_sqlite
+    import asyncpg  # type: ignore[import-untyped]
+
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    loop = asyncio.new_event_loop()
+    connection = loop.run_until_complete(asyncpg.connect(dsn))
+
+    def query_postgres(sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in loop.run_until_complete(connection.fetch(sql))]
+
+    return query_postgres
+
+
+def import_product(server: RunningServer) -> str:
+    """``iotcloud product import`` of pet_house under a fresh product key; returns the key."""
+    data = json.loads(DATAPOINTS.read_text())
+    data["product_key"] = uuid.uuid4().hex
+    path = server.data_dir / "pet_house.json"
+    path.write_text(json.dumps(data))
+    made = json.loads(server.cli("product", "import", str(path), "--json").stdout)
+    return str(made["product_key"])
+
+
+@dataclass(frozen=True)
+class BenchAccount:
+    """An app and a user signed up to it, with what a request needs to act as that user."""
+
+    appid: str
+    username: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Gizwits-Application-Id": self.appid, "X-Gizwits-User-token": self.token}
+
+
+def bench_account(server: RunningServer, http: httpx.Client) -> BenchAccount:
+    """``iotcloud app create``, then ``POST /app/users`` for user ``bench``."""
+    appid = server.create_app("Bench")["appid"]
+    made = http.post(
+        "/app/users",
+        json={"username": "bench", "password": "benchpass"},
+        headers={"X-Gizwits-Application-Id": appid},
+    )
+    made.raise_for_status()
+    return BenchAccount(appid, "bench", made.json()["token"])
+
+
+def register_and_bind(
+    http: httpx.Client, product_key: str, count: int, headers: dict[str, str]
+) -> list[list[str]]:
+    """``POST /dev/devices`` for each device, then ``POST /app/bindings`` by passcode; returns
+    ``[[did, passcode], ...]``."""
+    devices = []
+    for index in range(count):
+        reply = http.post(
+            "/dev/devices",
+            data={"passcode": PASSCODE, "mac": f"02c0c0{index:06x}", "product_key": product_key},
+        )
+        if reply.status_code != 201:
+            raise RuntimeError(f"registering a device: {reply.status_code} {reply.text}")
+        devices.append([reply.text.split("did=", 1)[1][:22], PASSCODE])
+    for start in range(0, count, BIND_BATCH):
+        chunk = devices[start : start + BIND_BATCH]
+        reply = http.post(
+            "/app/bindings",
+            json={"devices": [{"did": did, "passcode": code} for did, code in chunk]},
+            headers=headers,
+        )
+        reply.raise_for_status()
+        if reply.json()["failed"]:
+            raise RuntimeError(f"binding failed for {reply.json()['failed']}")
+    return devices
+
+
+def wait_online(http: httpx.Client, headers: dict[str, str], count: int) -> None:
+    """Until ``GET /app/bindings`` shows ``count`` of the user's devices online (60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        items = http.get("/app/bindings", params={"limit": 1000}, headers=headers).json()
+        if sum(1 for item in items["devices"] if item["is_online"]) >= count:
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the devices did not all come online")
+
+
+# -- BENCHMARKS.md ------------------------------------------------------------------------------
+
+
+def write_section(
+    bench: str, backend: str, report: str, *, heading: str | None = None, intro: str = ""
+) -> None:
+    """Put ``report`` between ``<!-- bench:{bench}:{backend}:begin -->`` and its ``end``
+    marker in BENCHMARKS.md, replacing what was there. Without the markers: at the end of the
+    section titled ``heading`` (added at the end of the file with ``intro`` when missing), or
+    at the end of the file when no heading is given."""
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+    begin = f"<!-- bench:{bench}:{backend}:begin -->"
+    end = f"<!-- bench:{bench}:{backend}:end -->"
+    block = f"{begin}\n{report}\n{end}"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    elif heading is None:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    else:
+        title = f"\n## {heading}"
+        if title not in text:
+            text = text.rstrip() + "\n\n" + intro
+        start = text.index(title)
+        following = text.find("\n## ", start + 1)
+        if following < 0:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        else:
+            text = text[:following].rstrip() + "\n\n" + block + "\n" + text[following:]
+    BENCHMARKS.write_text(text)
