@@ -45,6 +45,7 @@ import httpx
 
 from bench.harness import (
     Child,
+    add_run_options,
     bench_account,
     bench_server,
     import_product,
@@ -272,18 +273,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--drain", type=float, default=3.0)
-    parser.add_argument("--database-url", default=None, help="an existing, empty database")
-    parser.add_argument(
-        "--postgres", action="store_true", help="start a throwaway PostgreSQL and use it"
+    add_run_options(
+        parser, ceiling_skips="measure the server only", quiet_before="before each step"
     )
-    parser.add_argument("--skip-ceiling", action="store_true", help="measure the server only")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=120.0,
-        help="seconds to wait, before each step, for other processes to go quiet",
-    )
-    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     if args.pool < args.concurrency:
         parser.error("--pool must be at least --concurrency")

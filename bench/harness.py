@@ -15,6 +15,7 @@ and the sections of ``BENCHMARKS.md``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import inspect
 import json
@@ -193,6 +194,25 @@ def percentile(ordered: list[float], share: float) -> float:
 
 
 # -- the server under test ----------------------------------------------------------------------
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser, *, ceiling_skips: str, quiet_before: str
+) -> None:
+    """The options every server benchmark shares: the database, the ceiling, waiting for a
+    quiet machine and writing BENCHMARKS.md."""
+    parser.add_argument("--database-url", default=None, help="an existing, empty database")
+    parser.add_argument(
+        "--postgres", action="store_true", help="start a throwaway PostgreSQL and use it"
+    )
+    parser.add_argument("--skip-ceiling", action="store_true", help=ceiling_skips)
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120.0,
+        help=f"seconds to wait, {quiet_before}, for other processes to go quiet",
+    )
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
 
 
 @contextmanager

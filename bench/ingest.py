@@ -37,6 +37,7 @@ from tests.server import RunningServer
 from bench.harness import (
     DATAPOINTS,
     Child,
+    add_run_options,
     bench_server,
     cpu_seconds,
     database_query,
@@ -285,18 +286,9 @@ def main() -> None:
     )
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0)
-    parser.add_argument("--database-url", default=None, help="an existing, empty database")
-    parser.add_argument(
-        "--postgres", action="store_true", help="start a throwaway PostgreSQL and use it"
+    add_run_options(
+        parser, ceiling_skips="measure persisted only", quiet_before="before each measured window"
     )
-    parser.add_argument("--skip-ceiling", action="store_true", help="measure persisted only")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=120.0,
-        help="seconds to wait, before each measured window, for other processes to go quiet",
-    )
-    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",")]
     with throwaway_database(args.postgres, args.database_url) as database_url:

@@ -73,6 +73,7 @@ from tests.server import RunningServer
 from bench.harness import (
     DATAPOINTS,
     Child,
+    add_run_options,
     bench_account,
     bench_server,
     cpu_seconds,
@@ -778,18 +779,7 @@ def main() -> None:
         action="store_true",
         help="an external Mosquitto broker instead of the embedded one (implied by --engines)",
     )
-    parser.add_argument("--database-url", default=None, help="an existing, empty database")
-    parser.add_argument(
-        "--postgres", action="store_true", help="start a throwaway PostgreSQL and use it"
-    )
-    parser.add_argument("--skip-ceiling", action="store_true", help="measure the server only")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=120.0,
-        help="seconds to wait, before seeding, for other processes to go quiet",
-    )
-    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    add_run_options(parser, ceiling_skips="measure the server only", quiet_before="before seeding")
     args = parser.parse_args()
     unknown = set(args.patterns.split(",")) - set(PATTERNS)
     if unknown:

@@ -62,6 +62,12 @@ def tomorrow() -> str:
     return (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
 
 
+def changed(fields: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with ``change`` applied: a None value removes the field."""
+    result = {**fields, **change}
+    return {name: value for name, value in result.items() if value is not None}
+
+
 def schedule_body(scene: Scene, **change: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "date": tomorrow(),
@@ -74,12 +80,7 @@ def schedule_body(scene: Scene, **change: Any) -> dict[str, Any]:
         "retry_count": 3,
         "retry_task": "all",
     }
-    for name, value in change.items():
-        if value is None:
-            body.pop(name, None)
-        else:
-            body[name] = value
-    return body
+    return changed(body, change)
 
 
 def listed(http: httpx.Client, user: User) -> list[dict[str, Any]]:
@@ -225,12 +226,7 @@ def bad_task(scene: Scene, **change: Any) -> dict[str, Any]:
         "product_key": scene.product_key,
         "attrs": {"LED_OnOff": True},
     }
-    for name, value in change.items():
-        if value is None:
-            task.pop(name, None)
-        else:
-            task[name] = value
-    return task
+    return changed(task, change)
 
 
 @pytest.mark.parametrize(
@@ -319,12 +315,7 @@ def test_malformed_json_is_refused(scene: Scene, http: httpx.Client) -> None:
 
 def device_body(**change: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"time": "02:30", "repeat": "day", "attrs": {"LED_OnOff": True}}
-    for name, value in change.items():
-        if value is None:
-            body.pop(name, None)
-        else:
-            body[name] = value
-    return body
+    return changed(body, change)
 
 
 def test_device_schedules_round_trip(scene: Scene, http: httpx.Client) -> None:
