@@ -241,7 +241,7 @@ async def seed(
         )
         # never run: `create` only wakes it
         service = SchedulerService(
-            db, clock, bindings, control, SchedulerEngine(db, clock, control, bindings)
+            db, clock, bindings, control, SchedulerEngine(db, clock, control)
         )
         gizwits = parse_gizwits_scheduler(
             date=first.date().isoformat(), time=first.strftime("%H:%M"), repeat="none"

@@ -153,7 +153,7 @@ async def running_services(
 
         bindings.on_change = binding_changed
         engine = await stack.enter_async_context(
-            SchedulerEngine(db, clock, control, bindings, EngineConfig.from_settings(settings))
+            SchedulerEngine(db, clock, control, EngineConfig.from_settings(settings))
         )
         services = Services(
             settings=settings,

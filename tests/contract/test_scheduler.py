@@ -505,7 +505,6 @@ async def test_a_second_engine_on_the_same_database_never_fires_an_occurrence_tw
             other_db,
             world.clock,
             world.services.control,
-            world.services.bindings,
             EngineConfig(ack_timeout_seconds=ACK_TIMEOUT, lease_seconds=5),
         ) as other,
     ):

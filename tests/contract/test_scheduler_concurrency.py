@@ -74,12 +74,8 @@ async def test_two_engines_fire_2000_occurrences_due_in_one_minute_exactly_once(
             async with (
                 Database(url) as first_db,
                 Database(url) as second_db,
-                SchedulerEngine(
-                    first_db, clock, services.control, services.bindings, config, owner="one"
-                ) as first,
-                SchedulerEngine(
-                    second_db, clock, services.control, services.bindings, config, owner="two"
-                ) as second,
+                SchedulerEngine(first_db, clock, services.control, config, owner="one") as first,
+                SchedulerEngine(second_db, clock, services.control, config, owner="two") as second,
             ):
                 began = time.perf_counter()
                 reports: list[TickReport] = await asyncio.gather(first.run_due(), second.run_due())

@@ -49,7 +49,6 @@ from iotcloud.storage.database import Database
 
 if TYPE_CHECKING:
     from iotcloud.config import Settings
-    from iotcloud.services.bindings import BindingService
     from iotcloud.services.control import ControlService
 
 log = logging.getLogger(__name__)
@@ -160,7 +159,6 @@ class SchedulerEngine:
         db: Database,
         clock: Clock,
         control: ControlService,
-        bindings: BindingService,
         config: EngineConfig | None = None,
         *,
         owner: str | None = None,
@@ -168,7 +166,6 @@ class SchedulerEngine:
         self.store = ScheduleStore(db)
         self.clock = clock
         self.control = control
-        self.bindings = bindings
         self.config = config or EngineConfig()
         self.owner = owner or _default_owner()
         self.totals = TickReport()

@@ -30,7 +30,7 @@ from iotcloud.domain.schedules import (
 )
 from iotcloud.errors import FormInvalid
 from iotcloud.scheduler.policy import Task
-from iotcloud.services.accounts import CurrentUser
+from iotcloud.services.bindings import BoundDevice
 from iotcloud.services.control import raw_bytes
 from iotcloud.services.scheduler import (
     LIST_LIMIT_MAX,
@@ -189,8 +189,10 @@ async def create_device_schedule(request: AnyRequest, did: str) -> Response[byte
     """A ``DeviceSchedulerForm`` -> 201 ``{"id"}``."""
     _, user = await current_user(request)
     query_form(request, NoQuery)
-    spec = await _device_spec(request, user, did)
-    schedule_id = await services(request).scheduler.create(user, spec)
+    svc = services(request)
+    device = await svc.bindings.require_bound(user, did)
+    spec = await _device_spec(request, device)
+    schedule_id = await svc.scheduler.create(user, spec)
     return json_response({"id": schedule_id}, 201)
 
 
@@ -203,10 +205,10 @@ async def replace_device_schedule(
     _, user = await current_user(request)
     query_form(request, NoQuery)
     svc = services(request)
-    await svc.bindings.require_bound(user, did)
+    device = await svc.bindings.require_bound(user, did)
     scheduler = svc.scheduler
     await scheduler.get(user, schedule_id, device=did, dialect="gizwits")
-    spec = await _device_spec(request, user, did)
+    spec = await _device_spec(request, device)
     changed = await scheduler.update(user, schedule_id, spec, device=did, dialect="gizwits")
     return json_response(_device_view(changed))
 
@@ -238,10 +240,8 @@ def _task(index: int, item: TaskForm) -> Task:
     return Task(did=item.did, product_key=item.product_key, attrs=item.attrs, raw=raw)
 
 
-async def _device_spec(request: AnyRequest, user: CurrentUser, did: str) -> ScheduleSpec:
-    """The spec of a ``DeviceSchedulerForm`` body for device ``did`` (which must be bound to
-    ``user``: 9014/9017 otherwise)."""
-    svc = services(request)
+async def _device_spec(request: AnyRequest, device: BoundDevice) -> ScheduleSpec:
+    """The spec of a ``DeviceSchedulerForm`` body for ``device`` (bound to the caller)."""
     form = convert(await json_object(request), DeviceSchedulerForm)
     try:
         timing = parse_gizwits_device_scheduler(
@@ -256,9 +256,8 @@ async def _device_spec(request: AnyRequest, user: CurrentUser, did: str) -> Sche
         raise FormInvalid(str(exc)) from exc
     if (form.attrs is None) == (form.raw is None):
         raise FormInvalid("give exactly one of attrs and raw")
-    device = await svc.bindings.require_bound(user, did)
     raw = None if form.raw is None else _hex_payload(form.raw)
-    task = Task(did=did, product_key=device.product_key, attrs=form.attrs, raw=raw)
+    task = Task(did=device.did, product_key=device.product_key, attrs=form.attrs, raw=raw)
     return ScheduleSpec(
         dialect="gizwits",
         timing=timing,
@@ -267,7 +266,7 @@ async def _device_spec(request: AnyRequest, user: CurrentUser, did: str) -> Sche
         retry_task=form.retry_task,  # type: ignore[arg-type]  # the service checks the word
         remark=form.remark,
         enabled=form.enabled,
-        device=did,
+        device=device.did,
     )
 
 
