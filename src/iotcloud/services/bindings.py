@@ -87,6 +87,9 @@ class BoundDevice:
     product_key: str
     product_name: str
     mac: str
+    """The MAC; empty for a data-template (Tencent) device, which has none."""
+    name: str
+    """The device's name within its product: the MAC, or a data-template device's DeviceName."""
     passcode: str
     is_online: bool
     is_disabled: bool
@@ -625,7 +628,8 @@ def _bound(record: DeviceRecord, binding: BindingRow) -> BoundDevice:
         did=device.did,
         product_key=record.product.product_key,
         product_name=record.product.name,
-        mac=device.mac,
+        mac=device.mac or "",  # a data-template device has no MAC
+        name=device.name,
         passcode=device.passcode,
         is_online=device.is_online,
         is_disabled=device.is_disabled,

@@ -238,7 +238,7 @@ class DeviceService:
         if created:
             log.info("device %s created (product %s, mac %s)", row.did, key, mac)
             await self._changed([row.did])
-        return DeviceCredentials(did=row.did, passcode=row.passcode, mac=row.mac, created=created)
+        return DeviceCredentials(did=row.did, passcode=row.passcode, mac=mac, created=created)
 
     async def import_csv(
         self,
@@ -327,6 +327,7 @@ class DeviceService:
             did=rules.new_did(),
             product_id=product_id,
             mac=mac,
+            name=mac,
             passcode=passcode or rules.new_passcode(),
             is_disabled=False,
             is_online=False,
@@ -415,7 +416,7 @@ def _device(row: DeviceRow, product: ProductRow) -> Device:
     return Device(
         did=row.did,
         product_key=product.product_key,
-        mac=row.mac,
+        mac=row.mac or "",
         passcode=row.passcode,
         is_disabled=row.is_disabled,
         is_online=row.is_online,

@@ -118,7 +118,7 @@ class DeviceRepository:
                 DeviceRow.product_id == product_id, DeviceRow.mac.in_(list(macs))
             )
         )
-        return set(found.all())
+        return {mac for mac in found.all() if mac is not None}
 
     async def set_disabled(self, did: str, disabled: bool, now: datetime) -> bool:
         """Set the flag; False when there is no such device."""

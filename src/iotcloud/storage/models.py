@@ -37,6 +37,7 @@ NAMING = {
 }
 
 PK = BigInteger().with_variant(Integer(), "sqlite")
+JSON_TYPE = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -109,6 +110,10 @@ class UserRow(Base):
     address: Mapped[str | None] = mapped_column(String(256), nullable=True)
     lang: Mapped[str | None] = mapped_column(String(8), nullable=True)
     remark: Mapped[str | None] = mapped_column(Text, nullable=True)
+    avatar: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # IANA zone (Tencent timers without ``TimeZone`` use it) and the Tencent user settings
+    time_zone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON_TYPE, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -199,16 +204,26 @@ class ProductRow(Base):
 
 
 class DeviceRow(Base):
-    """A device of a product. One did per (product, MAC): a device registering again keeps it."""
+    """A device of a product. One did per (product, MAC): a device registering again keeps it.
+
+    ``name`` is unique within the product: a Gizwits device is named by its MAC, a
+    data-template (Tencent) device by its ``DeviceName``, and has no MAC but a ``psk`` (the
+    base64 device key its MQTT password is signed with).
+    """
 
     __tablename__ = "devices"
-    __table_args__ = (UniqueConstraint("product_id", "mac"),)
+    __table_args__ = (
+        UniqueConstraint("product_id", "mac"),
+        UniqueConstraint("product_id", "name"),
+    )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     did: Mapped[str] = mapped_column(String(22), unique=True)
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="RESTRICT"))
-    mac: Mapped[str] = mapped_column(String(12))
+    mac: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    name: Mapped[str] = mapped_column(String(48))
     passcode: Mapped[str] = mapped_column(String(32))
+    psk: Mapped[str | None] = mapped_column(String(64), nullable=True)
     is_disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     is_online: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     last_online_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -221,8 +236,6 @@ class DeviceRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-JSON_TYPE = JSON().with_variant(postgresql.JSONB(), "postgresql")
-
 
 class DeviceLatestRow(Base):
     """The newest value of every data point a device reported (merged across partial reports)."""
@@ -234,6 +247,8 @@ class DeviceLatestRow(Base):
     )
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     attrs: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    # data point -> when it was last reported (Unix ms); NULL for rows older than the column
+    attr_times: Mapped[dict[str, int] | None] = mapped_column(JSON_TYPE, nullable=True)
 
 
 class DeviceHistoryRow(Base):
@@ -266,6 +281,40 @@ class DeviceEventRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     detail: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class DeviceThingEventRow(Base):
+    """An event a data-template device posted (``event_post``, or one of ``events_post``)."""
+
+    __tablename__ = "device_thing_events"
+    __table_args__ = (
+        Index("ix_device_thing_events_device_id_at", "device_id", "at"),
+        Index("ix_device_thing_events_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    client_token: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class ApiNonceRow(Base):
+    """A (``Timestamp``, ``Nonce``) pair a signed ``appapi`` call used: accepted once per app."""
+
+    __tablename__ = "api_nonces"
+    __table_args__ = (
+        UniqueConstraint("app_id", "timestamp", "nonce"),
+        Index("ix_api_nonces_used_at", "used_at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+    nonce: Mapped[str] = mapped_column(String(32))
+    used_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class BindingRow(Base):
