@@ -22,6 +22,7 @@ from rich.table import Table
 from iotcloud.api.admin.views import (
     device_credentials_view,
     device_view,
+    named_device_credentials_view,
     product_credentials_view,
     product_view,
 )
@@ -263,7 +264,7 @@ def with_catalog(
 
 @main.group("product")
 def product_group() -> None:
-    """Manage products (Gizwits datapoint definitions)."""
+    """Manage products (Gizwits datapoint definitions, Tencent data templates)."""
 
 
 @product_group.command("import")
@@ -277,10 +278,12 @@ def product_group() -> None:
 def product_import(
     file: Path, product_secret: str | None, replace: bool, as_json: bool, **options: Any
 ) -> None:
-    """Import a Gizwits datapoint JSON file; print its product_key and product_secret.
+    """Import a Gizwits datapoint JSON file or a Tencent data template; print its product_key
+    and product_secret.
 
-    The file's own product_key is kept (else one is generated). An invalid file is refused with
-    the attr at fault named, and nothing is stored.
+    The file's own product_key is kept (else one is generated); a data template's product_key
+    is its profile.ProductId. An invalid file is refused with the attr (or JSON path) at fault
+    named, and nothing is stored.
     """
     settings = load_settings(options)
     try:
@@ -326,13 +329,26 @@ def product_show(product_key: str, as_json: bool, **options: Any) -> None:
 
     async def show(products: ProductService, _: DeviceService) -> dict[str, Any]:
         product = await products.get(product_key)
+        if product.is_data_template:
+            return product_view(product, template=await products.template(product_key))
         return product_view(product, await products.definition(product.product_key))
 
     view = with_catalog(settings, show)
     if as_json:
         _emit(True, view)
         return
-    _emit(False, {key: value for key, value in view.items() if key != "attrs"})
+    lists = ("attrs", "properties", "events", "actions")
+    _emit(False, {key: value for key, value in view.items() if key not in lists})
+    if "properties" in view:
+        table = Table("property", "name", "type", "mode")
+        for prop in view["properties"]:
+            table.add_row(prop["id"], prop["name"], prop["type"], prop["mode"])
+        for event in view["events"]:
+            table.add_row(event["id"], event["name"], f"event ({event['type']})", "")
+        for action in view["actions"]:
+            table.add_row(action["id"], action["name"], "action", "")
+        Console().print(table)
+        return
     table = Table("id", "name", "display name", "type", "data type")
     for attr in view["attrs"]:
         table.add_row(
@@ -348,15 +364,38 @@ def device_group() -> None:
 
 @device_group.command("create")
 @click.option("--product-key", required=True, help="the product the device belongs to")
-@click.option("--mac", required=True, help="aa:bb:cc:dd:ee:ff, aa-bb-... or aabbccddeeff")
+@click.option(
+    "--mac", default=None, help="Gizwits product: aa:bb:cc:dd:ee:ff, aa-bb-... or aabbccddeeff"
+)
+@click.option("--name", default=None, help="data-template product: the DeviceName")
+@click.option("--psk", default=None, help="data-template product: a base64 key (default: new)")
 @click.option("--passcode", default=None, help="keep an existing passcode (default: generated)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @settings_options
 def device_create(
-    product_key: str, mac: str, passcode: str | None, as_json: bool, **options: Any
+    product_key: str,
+    mac: str | None,
+    name: str | None,
+    psk: str | None,
+    passcode: str | None,
+    as_json: bool,
+    **options: Any,
 ) -> None:
-    """Create a device and print its did, passcode and MAC (an existing MAC: the same device)."""
+    """Create a device: by --mac for a Gizwits product (prints did, passcode and MAC), by --name
+    for a data-template product (prints did, device_name and psk). An existing MAC or name
+    prints the same device."""
+    if (mac is None) == (name is None):
+        raise click.UsageError("give exactly one of --mac (Gizwits) or --name (data template)")
+    if psk is not None and name is None:
+        raise click.UsageError("--psk goes with --name: only a data-template device has a psk")
     settings = load_settings(options)
+    if name is not None:
+        named = with_catalog(
+            settings, lambda _, devices: devices.create_named(product_key, name, psk, passcode)
+        )
+        _emit(as_json, named_device_credentials_view(named))
+        return
+    assert mac is not None
     creds = with_catalog(settings, lambda _, devices: devices.create(product_key, mac, passcode))
     _emit(as_json, device_credentials_view(creds))
 
@@ -366,7 +405,8 @@ def device_create(
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @settings_options
 def device_import(file: Path, as_json: bool, **options: Any) -> None:
-    """Create devices from a CSV file with the header product_key,mac[,passcode].
+    """Create devices from a CSV file with the header product_key,mac[,passcode] (Gizwits
+    products) or product_key,name[,psk] (data-template products).
 
     Good rows are stored, bad ones reported with their line numbers; rows whose device exists
     already change nothing. Exits with status 1 when any row failed.

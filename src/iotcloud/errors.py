@@ -227,6 +227,10 @@ class SignatureInvalid(IotCloudError):
     code = 9044
 
 
+class NonceReplayed(SignatureInvalid):
+    """A signed call reused the (app, ``Timestamp``, ``Nonce``) of an earlier one."""
+
+
 class ProductDefinitionInvalid(FormInvalid):
     """A datapoint JSON failed validation; ``attr`` names the attr at fault (None when the problem
     is with the product as a whole). Nothing was stored."""
@@ -251,3 +255,27 @@ class OperatorAuthFailed(TokenInvalid):
     @property
     def http_status(self) -> int:
         return 403 if self.disabled else 401
+
+
+class FamilyNotFound(FormInvalid):
+    """A Tencent ``FamilyId`` that is not the caller's family (every user has exactly one)."""
+
+
+class ProductProtocolMismatch(FormInvalid):
+    """The product speaks the other protocol than the operation needs: a P0 datapoint
+    definition or a MAC asked of a data-template (Tencent) product, a template or a device
+    name asked of a Gizwits one. The detail names the product_key and the field at fault."""
+
+
+class DeviceNoReply(DeviceOffline):
+    """A device took a call (a Tencent action) and did not answer it in time."""
+
+
+class DeviceTimestampInvalid(TimestampInvalid):
+    """A device-signed request (``AppSigBindDeviceInFamily``) carries a ``DeviceTimestamp`` too
+    far from the server's clock."""
+
+
+class DeviceSignatureInvalid(SignatureInvalid):
+    """A device-signed request's ``Signature`` is not the one the device's psk gives (or the
+    device has no psk)."""

@@ -24,6 +24,7 @@ from typing import Final, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from iotcloud.codecs.template import DATA_TEMPLATE_PROTOCOL
 from iotcloud.domain import devices as rules
 from iotcloud.domain.accounts import FieldInvalid
 from iotcloud.domain.clock import Clock
@@ -40,7 +41,7 @@ from iotcloud.errors import (
 from iotcloud.services.validation import checked
 from iotcloud.storage.bindings import AlreadyBound, BindingRepository, BoundUser, DeviceRecord
 from iotcloud.storage.database import Database
-from iotcloud.storage.devices import ProductRepository
+from iotcloud.storage.devices import DeviceRepository, ProductRepository
 from iotcloud.storage.models import BindingRow
 
 log = logging.getLogger(__name__)
@@ -413,6 +414,39 @@ class BindingService:
         if record.binding is None:
             # named by what the caller sent: the did is only for those bound to the device
             raise DeviceNotBound(f"the device with mac {mac} is not bound to this user")
+        return _bound(record, record.binding)
+
+    async def find_bound_named(
+        self, user: AppUser, product_id: str, device_name: str
+    ) -> BoundDevice:
+        """The device Tencent names ``product_id`` + ``device_name``, as ``user`` sees it.
+
+        For a Gizwits product ``device_name`` is a MAC, normalised as `find_bound` does (so
+        ``AA:BB:...`` finds ``aabb...``); for a data-template product it is the exact name.
+        Raises ``ProductKeyInvalid`` (9002) for a malformed or unknown ProductId,
+        ``FormInvalid`` (9015) naming ``DeviceName`` when it cannot be a name of that product,
+        ``DeviceNotFound`` (9014) when the product has no such device, ``DeviceNotBound``
+        (9017) when it is not bound to ``user`` (named by what the caller sent, never the did).
+        """
+        key = _product_key(product_id)
+        async with self.db.session() as session:
+            product = await ProductRepository(session).by_key(key)
+            if product is None:
+                raise ProductKeyInvalid(f"unknown ProductId {key}")
+            if product.protocol_type == DATA_TEMPLATE_PROTOCOL:
+                name = checked(lambda v: rules.check_device_name(v, "DeviceName"), device_name)
+            else:
+                name = checked(lambda v: rules.check_mac(v, "DeviceName"), device_name)
+            device = await DeviceRepository(session).by_name(product.id, name)
+            record = (
+                await BindingRepository(session).device(device.did, user.user_id)
+                if device is not None
+                else None
+            )
+        if record is None:
+            raise DeviceNotFound(f"product {key} has no device named {name}")
+        if record.binding is None:
+            raise DeviceNotBound(f"the device {key}/{name} is not bound to this user")
         return _bound(record, record.binding)
 
     async def is_bound(self, user: AppUser, did: str) -> bool:

@@ -5,6 +5,12 @@ Identity rules (``domain/devices.py``): one did per (product, MAC). A device tha
 with the same MAC, e.g. after a factory reset, keeps its did, and the passcode it sends replaces
 the stored one, so the firmware's freshly generated passcode is what MQTT accepts from then on.
 A disabled device stays disabled when it registers again (9023); only an operator enables it.
+
+A data-template (Tencent) device has no MAC: an operator creates it by name within its
+product (``create_named``), and it gets a ``psk`` (the key its MQTT password is signed with)
+and a passcode (so Gizwits apps can bind it by did + passcode). Every device has a ``name``
+unique in its product; a Gizwits device is named by its MAC. Operations of one protocol asked
+of a product of the other raise ``ProductProtocolMismatch`` naming the field at fault.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from iotcloud.codecs.template import DATA_TEMPLATE_PROTOCOL
 from iotcloud.config import Settings
 from iotcloud.domain import devices as rules
 from iotcloud.domain.accounts import FieldInvalid
@@ -29,6 +36,7 @@ from iotcloud.errors import (
     DeviceNotFound,
     FormInvalid,
     ProductKeyInvalid,
+    ProductProtocolMismatch,
     ServerError,
 )
 from iotcloud.services.validation import checked
@@ -39,7 +47,7 @@ from iotcloud.storage.models import DeviceRow, ProductRow
 log = logging.getLogger(__name__)
 
 IMPORT_BATCH_SIZE = 500
-CSV_COLUMNS = ("product_key", "mac", "passcode")
+CSV_COLUMNS = ("product_key", "mac", "name", "passcode", "psk")
 _RACE_RETRIES = 3
 
 
@@ -50,6 +58,7 @@ class Device:
     did: str
     product_key: str
     mac: str
+    """The MAC; "" for a data-template device."""
     passcode: str
     is_disabled: bool
     is_online: bool
@@ -61,6 +70,10 @@ class Device:
     wifi_hard_version: str | None
     created_at: datetime
     updated_at: datetime
+    name: str = ""
+    """The device's name in its product (Tencent ``DeviceName``; the MAC of a Gizwits device)."""
+    psk: str | None = None
+    """A data-template device's key (base64); None for a Gizwits device."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,18 @@ class DeviceCredentials:
     did: str
     passcode: str
     mac: str
+    created: bool = True
+
+
+@dataclass(frozen=True)
+class NamedDeviceCredentials:
+    """What a data-template device needs to connect (``device_name``, ``psk``), and the
+    passcode a Gizwits app binds it with; ``created`` is False when the name was known."""
+
+    did: str
+    device_name: str
+    psk: str
+    passcode: str
     created: bool = True
 
 
@@ -88,8 +113,11 @@ class DeviceImportRow:
 
     line: int
     product_key: str
-    mac: str
+    mac: str = ""
     passcode: str | None = None
+    name: str | None = None
+    """Set (and ``mac`` empty) for a data-template device."""
+    psk: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,10 +137,12 @@ class ImportReport:
 
 
 def read_device_csv(lines: Iterable[str]) -> tuple[list[DeviceImportRow], list[ImportFailure]]:
-    """Parse a device CSV: header ``product_key,mac`` with an optional ``passcode`` column.
+    """Parse a device CSV: header ``product_key,mac[,passcode]`` for Gizwits devices, or
+    ``product_key,name[,psk][,passcode]`` for data-template devices.
 
     Blank lines are skipped; a row with the wrong number of fields is reported as a failure of
-    its line. Raises ``FormInvalid`` when the header is missing or names unknown columns.
+    its line. Raises ``FormInvalid`` when the header is missing, names unknown columns, names
+    both or neither of ``mac`` and ``name``, or names ``psk`` without ``name``.
     """
     reader = csv.reader(lines)
     header: list[str] | None = None
@@ -121,13 +151,22 @@ def read_device_csv(lines: Iterable[str]) -> tuple[list[DeviceImportRow], list[I
             header = [cell.strip().lower() for cell in candidate]
             break
     if header is None:
-        raise FormInvalid("header: the file is empty; expected product_key,mac[,passcode]")
+        raise FormInvalid(
+            "header: the file is empty; expected product_key,mac[,passcode] or "
+            "product_key,name[,psk]"
+        )
     unknown = [name for name in header if name not in CSV_COLUMNS]
-    missing = [name for name in CSV_COLUMNS[:2] if name not in header]
-    if unknown or missing or len(set(header)) != len(header):
+    named = "name" in header
+    if (
+        unknown
+        or "product_key" not in header
+        or named == ("mac" in header)
+        or ("psk" in header and not named)
+        or len(set(header)) != len(header)
+    ):
         raise FormInvalid(
             f"header (line {reader.line_num}): expected columns product_key,mac and optionally "
-            f"passcode, got {','.join(header)}"
+            f"passcode, or product_key,name and optionally psk, got {','.join(header)}"
         )
     rows: list[DeviceImportRow] = []
     failures: list[ImportFailure] = []
@@ -144,8 +183,10 @@ def read_device_csv(lines: Iterable[str]) -> tuple[list[DeviceImportRow], list[I
             DeviceImportRow(
                 line=line,
                 product_key=values["product_key"],
-                mac=values["mac"],
+                mac=values.get("mac", ""),
                 passcode=values.get("passcode") or None,
+                name=values["name"] if named else None,
+                psk=values.get("psk") or None,
             )
         )
     return rows, failures
@@ -240,6 +281,34 @@ class DeviceService:
             await self._changed([row.did])
         return DeviceCredentials(did=row.did, passcode=row.passcode, mac=mac, created=created)
 
+    async def create_named(
+        self,
+        product_key: str,
+        name: str,
+        psk: str | None = None,
+        passcode: str | None = None,
+    ) -> NamedDeviceCredentials:
+        """Create the device called ``name`` of a data-template product, or return the existing
+        one unchanged (``created=False``). The psk (base64 of 16 random bytes) and the passcode
+        are generated unless given.
+
+        Raises ``ProductKeyInvalid`` (9002) for an unknown or malformed product_key,
+        ``ProductProtocolMismatch`` (9015, naming ``name``) for a Gizwits product (whose devices
+        are created by MAC), ``FormInvalid`` naming ``name``, ``psk`` or ``passcode``.
+        """
+        key = _product_key(product_key)
+        name = checked(rules.check_device_name, name)
+        psk = checked(rules.check_psk, psk) if psk is not None else None
+        passcode = checked(rules.check_passcode, passcode) if passcode is not None else None
+        row, created = await self._ensure_named(key, name, psk, passcode)
+        if created:
+            log.info("device %s created (product %s, name %s)", row.did, key, name)
+            await self._changed([row.did])
+        assert row.psk is not None  # a device of a data-template product always has one
+        return NamedDeviceCredentials(
+            did=row.did, device_name=row.name, psk=row.psk, passcode=row.passcode, created=created
+        )
+
     async def import_csv(
         self,
         rows: Sequence[DeviceImportRow],
@@ -249,17 +318,18 @@ class DeviceService:
     ) -> ImportReport:
         """Create the devices of ``rows``, ``batch_size`` per transaction.
 
-        Bad rows (malformed or unknown product_key, bad MAC or passcode) are reported with their
-        line; good rows are stored. A row whose device exists already (in the database or earlier
+        Bad rows (malformed or unknown product_key, bad MAC, name, psk or passcode, a MAC for a
+        data-template product or a name for a Gizwits one) are reported with their line; good
+        rows are stored. A row whose device exists already (in the database or earlier
         in the file) counts as ``existing`` and changes nothing. ``progress`` is called with the
         number of rows handled after each batch.
         """
         report = ImportReport()
-        product_ids: dict[str, int | None] = {}
+        products: dict[str, ProductRow | None] = {}
         seen: set[tuple[int, str]] = set()
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            await self._import_batch(batch, product_ids, seen, report)
+            await self._import_batch(batch, products, seen, report)
             if progress is not None:
                 progress(len(batch))
         if report.created:
@@ -304,6 +374,12 @@ class DeviceService:
             try:
                 async with self.db.session(lock=f"device:{product_key}:{mac}") as session:
                     product = await _product(session, product_key)
+                    if product.protocol_type == DATA_TEMPLATE_PROTOCOL:
+                        field = "product_key" if register else "mac"
+                        raise ProductProtocolMismatch(
+                            f"{field}: {product_key} is a data-template product; its devices "
+                            "are created by name (iotcloud device create --name), not by MAC"
+                        )
                     devices = DeviceRepository(session)
                     row = await devices.by_mac(product.id, mac)
                     if row is None:
@@ -321,6 +397,29 @@ class DeviceService:
                 continue
         raise ServerError(f"device {mac} of product {product_key} is being written concurrently")
 
+    async def _ensure_named(
+        self, product_key: str, name: str, psk: str | None, passcode: str | None
+    ) -> tuple[DeviceRow, bool]:
+        """Find or create the device called ``name`` of a data-template product."""
+        for _ in range(_RACE_RETRIES):
+            try:
+                async with self.db.session(lock=f"device:{product_key}:{name}") as session:
+                    product = await _product(session, product_key)
+                    if product.protocol_type != DATA_TEMPLATE_PROTOCOL:
+                        raise ProductProtocolMismatch(
+                            f"name: {product_key} is a Gizwits product; its devices are created "
+                            "by MAC (--mac), not by name"
+                        )
+                    devices = DeviceRepository(session)
+                    row = await devices.by_name(product.id, name)
+                    if row is not None:
+                        return row, False
+                    row = await devices.add(self._new_named_row(product.id, name, psk, passcode))
+                    return row, True
+            except MacTaken:  # another process stored it first; read it on the next turn
+                continue
+        raise ServerError(f"device {name} of product {product_key} is being written concurrently")
+
     def _new_row(self, product_id: int, mac: str, passcode: str | None) -> DeviceRow:
         now = self.clock.now()
         return DeviceRow(
@@ -335,67 +434,124 @@ class DeviceService:
             updated_at=now,
         )
 
+    def _new_named_row(
+        self, product_id: int, name: str, psk: str | None, passcode: str | None
+    ) -> DeviceRow:
+        now = self.clock.now()
+        return DeviceRow(
+            did=rules.new_did(),
+            product_id=product_id,
+            mac=None,
+            name=name,
+            psk=psk or rules.new_psk(),
+            passcode=passcode or rules.new_passcode(),
+            is_disabled=False,
+            is_online=False,
+            created_at=now,
+            updated_at=now,
+        )
+
     async def _import_batch(
         self,
         batch: Sequence[DeviceImportRow],
-        product_ids: dict[str, int | None],
+        products: dict[str, ProductRow | None],
         seen: set[tuple[int, str]],
         report: ImportReport,
     ) -> None:
-        valid: list[tuple[str, int, str, str | None]] = []
+        """Store one batch. Rows are identified by (product, name): a Gizwits device's name is
+        its MAC, so one existence check serves both kinds."""
+        valid: list[tuple[str, ProductRow, _ImportIdentity]] = []
         for item in batch:
             try:
                 key = rules.check_product_key(item.product_key)
-                mac = rules.check_mac(item.mac)
-                passcode = (
-                    rules.check_passcode(item.passcode) if item.passcode is not None else None
-                )
+                identity = _import_identity(item)
             except FieldInvalid as exc:
                 report.failed.append(ImportFailure(item.line, str(exc)))
                 continue
-            if key not in product_ids:
+            if key not in products:
                 async with self.db.session() as session:
-                    product = await ProductRepository(session).by_key(key)
-                product_ids[key] = product.id if product is not None else None
-            product_id = product_ids[key]
-            if product_id is None:
+                    products[key] = await ProductRepository(session).by_key(key)
+            product = products[key]
+            if product is None:
                 report.failed.append(
                     ImportFailure(item.line, f"product_key: unknown product {key}")
                 )
                 continue
-            if (product_id, mac) in seen:
+            is_template = product.protocol_type == DATA_TEMPLATE_PROTOCOL
+            if is_template != (identity.mac is None):
+                report.failed.append(ImportFailure(item.line, _mismatch(key, is_template)))
+                continue
+            if (product.id, identity.name) in seen:
                 report.existing += 1
                 continue
-            seen.add((product_id, mac))
-            valid.append((key, product_id, mac, passcode))
+            seen.add((product.id, identity.name))
+            valid.append((key, product, identity))
         if not valid:
             return
         try:
             async with self.db.session() as session:
                 devices = DeviceRepository(session)
-                macs: dict[int, list[str]] = defaultdict(list)
-                for _, product_id, mac, _ in valid:
-                    macs[product_id].append(mac)
+                names: dict[int, list[str]] = defaultdict(list)
+                for _, product, identity in valid:
+                    names[product.id].append(identity.name)
                 known = {
-                    (product_id, mac)
-                    for product_id, group in macs.items()
-                    for mac in await devices.existing_macs(product_id, group)
+                    (product_id, name)
+                    for product_id, group in names.items()
+                    for name in await devices.existing_names(product_id, group)
                 }
                 new = [
-                    self._new_row(product_id, mac, passcode)
-                    for _, product_id, mac, passcode in valid
-                    if (product_id, mac) not in known
+                    self._import_row(product.id, identity)
+                    for _, product, identity in valid
+                    if (product.id, identity.name) not in known
                 ]
                 await devices.add_all(new)
             report.existing += len(known)
             report.created += len(new)
         except MacTaken:  # a device of the batch registered meanwhile: go one by one
-            for key, _, mac, passcode in valid:
-                _, created = await self._ensure(key, mac, passcode, register=False)
+            for key, _, identity in valid:
+                if identity.mac is not None:
+                    _, created = await self._ensure(
+                        key, identity.mac, identity.passcode, register=False
+                    )
+                else:
+                    _, created = await self._ensure_named(
+                        key, identity.name, identity.psk, identity.passcode
+                    )
                 if created:
                     report.created += 1
                 else:
                     report.existing += 1
+
+    def _import_row(self, product_id: int, identity: _ImportIdentity) -> DeviceRow:
+        if identity.mac is not None:
+            return self._new_row(product_id, identity.mac, identity.passcode)
+        return self._new_named_row(product_id, identity.name, identity.psk, identity.passcode)
+
+
+@dataclass(frozen=True)
+class _ImportIdentity:
+    """A checked CSV row: ``mac`` is None for a data-template device (named by ``name``)."""
+
+    name: str
+    mac: str | None
+    passcode: str | None
+    psk: str | None
+
+
+def _import_identity(item: DeviceImportRow) -> _ImportIdentity:
+    """Check a CSV row's fields; raises ``FieldInvalid`` naming the first bad one."""
+    passcode = rules.check_passcode(item.passcode) if item.passcode is not None else None
+    if item.name is not None:
+        psk = rules.check_psk(item.psk) if item.psk is not None else None
+        return _ImportIdentity(rules.check_device_name(item.name), None, passcode, psk)
+    mac = rules.check_mac(item.mac)
+    return _ImportIdentity(mac, mac, passcode, None)
+
+
+def _mismatch(product_key: str, is_template: bool) -> str:
+    if is_template:
+        return f"mac: {product_key} is a data-template product; name its devices instead"
+    return f"name: {product_key} is a Gizwits product; give its devices a mac instead"
 
 
 async def _product(session: AsyncSession, product_key: str) -> ProductRow:
@@ -428,4 +584,6 @@ def _device(row: DeviceRow, product: ProductRow) -> Device:
         wifi_hard_version=row.wifi_hard_version,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        name=row.name,
+        psk=row.psk,
     )

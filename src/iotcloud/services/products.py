@@ -1,4 +1,13 @@
-"""Products: importing Gizwits datapoint definitions, and reading them back."""
+"""Products: importing Gizwits datapoint definitions and Tencent data templates, and reading
+them back.
+
+A product is either a Gizwits product (``protocol_type`` ``standard``/``var_len``, a 32-hex
+product_key, a datapoint JSON) or a data-template product (``protocol_type``
+``data_template``, keyed by the template's ``profile.ProductId``, the template JSON stored as
+imported). `ProductService.definition` serves the first kind and `ProductService.template` the
+second; asking either of the other kind raises `ProductProtocolMismatch`, so no caller decodes
+a template as P0 by mistake.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +20,20 @@ from typing import Any
 
 from iotcloud.codecs.datapoints import ProductDefinition, parse_product_definition
 from iotcloud.codecs.errors import ProductDefinitionError
+from iotcloud.codecs.template import (
+    DATA_TEMPLATE_PROTOCOL,
+    DataTemplate,
+    TemplateDefinitionError,
+    is_data_template,
+    parse_data_template,
+)
 from iotcloud.domain import devices as rules
 from iotcloud.domain.clock import Clock
 from iotcloud.errors import (
     ProductDefinitionInvalid,
     ProductKeyInvalid,
     ProductKeyTaken,
+    ProductProtocolMismatch,
 )
 from iotcloud.services.validation import checked
 from iotcloud.storage.database import Database
@@ -40,6 +57,11 @@ class Product:
     created_at: datetime
     updated_at: datetime
 
+    @property
+    def is_data_template(self) -> bool:
+        """True for a Tencent data-template product."""
+        return self.protocol_type == DATA_TEMPLATE_PROTOCOL
+
 
 @dataclass(frozen=True)
 class ProductCredentials:
@@ -51,11 +73,18 @@ class ProductCredentials:
 
 
 class ProductService:
-    """Imports datapoint definitions (validated by the codec, all or nothing) and serves them."""
+    """Imports datapoint definitions and data templates (validated by the codecs, all or
+    nothing) and serves them.
+
+    Parsed templates are cached per product_key together with the row's ``updated_at``: a hit
+    costs one indexed read instead of a parse, and a re-import (which bumps ``updated_at``)
+    invalidates the entry on the next call, on every process sharing the database.
+    """
 
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
+        self._templates: dict[str, tuple[datetime, DataTemplate]] = {}
 
     async def import_definition(
         self,
@@ -63,15 +92,21 @@ class ProductService:
         product_secret: str | None = None,
         replace: bool = False,
     ) -> ProductCredentials:
-        """Validate and store a Gizwits datapoint JSON object.
+        """Validate and store a Gizwits datapoint JSON object or a Tencent data template.
 
-        The file's own ``product_key`` is kept when present, else one is generated and written
-        into the stored JSON (so ``GET /app/datapoint`` always names its product). The secret is
-        generated unless given. Importing an existing product_key raises ``ProductKeyTaken``
-        unless ``replace``, which swaps name, protocol and data points and keeps the secret
-        (unless one is given). Raises ``ProductDefinitionInvalid`` naming the attr at fault, or
-        ``FormInvalid`` for a malformed product_key/secret; nothing is stored then.
+        A data template (top-level ``profile`` and ``properties``) becomes a ``data_template``
+        product keyed by its ``profile.ProductId``, named after it, and stored as imported;
+        `TemplateDefinitionError` becomes ``ProductDefinitionInvalid`` naming the JSON path.
+        For a datapoint JSON: the file's own ``product_key`` is kept when present, else one is
+        generated and written into the stored JSON (so ``GET /app/datapoint`` always names its
+        product). The secret is generated unless given. Importing an existing product_key
+        raises ``ProductKeyTaken`` unless ``replace``, which swaps name, protocol and data
+        points and keeps the secret (unless one is given). Raises ``ProductDefinitionInvalid``
+        naming the attr (or JSON path) at fault, or ``FormInvalid`` for a malformed
+        product_key/secret; nothing is stored then.
         """
+        if is_data_template(data):
+            return await self._import_template(data, product_secret, replace)
         try:
             definition = parse_product_definition(data)
         except ProductDefinitionError as exc:
@@ -89,7 +124,49 @@ class ProductService:
         )
         source = dict(definition.source)
         source["product_key"] = product_key
-        text = json.dumps(source, ensure_ascii=False)
+        return await self._store(
+            product_key,
+            definition.name,
+            definition.protocol_type.value,
+            json.dumps(source, ensure_ascii=False),
+            secret,
+            replace=replace,
+            size=f"{len(definition.attrs)} attrs",
+        )
+
+    async def _import_template(
+        self, data: Mapping[str, Any], product_secret: str | None, replace: bool
+    ) -> ProductCredentials:
+        try:
+            template = parse_data_template(data)
+        except TemplateDefinitionError as exc:
+            raise ProductDefinitionInvalid(str(exc), exc.path or None) from exc
+        secret = (
+            checked(rules.check_product_secret, product_secret)
+            if product_secret is not None
+            else None
+        )
+        return await self._store(
+            template.product_id,
+            template.product_id,
+            DATA_TEMPLATE_PROTOCOL,
+            json.dumps(template.source, ensure_ascii=False),
+            secret,
+            replace=replace,
+            size=f"{len(template.properties)} properties",
+        )
+
+    async def _store(
+        self,
+        product_key: str,
+        name: str,
+        protocol_type: str,
+        text: str,
+        secret: str | None,
+        *,
+        replace: bool,
+        size: str,
+    ) -> ProductCredentials:
         now = self.clock.now()
         async with self.db.session(lock=f"product:{product_key}") as session:
             products = ProductRepository(session)
@@ -105,22 +182,22 @@ class ProductService:
                     ProductRow(
                         product_key=product_key,
                         product_secret=secret or rules.new_product_secret(),
-                        name=definition.name,
-                        protocol_type=definition.protocol_type.value,
+                        name=name,
+                        protocol_type=protocol_type,
                         definition=text,
                         created_at=now,
                         updated_at=now,
                     )
                 )
-                log.info("product %s imported (%d attrs)", product_key, len(definition.attrs))
+                log.info("product %s imported (%s)", product_key, size)
             else:
-                row.name = definition.name
-                row.protocol_type = definition.protocol_type.value
+                row.name = name
+                row.protocol_type = protocol_type
                 row.definition = text
                 row.updated_at = now
                 if secret is not None:
                     row.product_secret = secret
-                log.info("product %s replaced (%d attrs)", product_key, len(definition.attrs))
+                log.info("product %s replaced (%s)", product_key, size)
             return ProductCredentials(row.product_key, row.product_secret, created=created)
 
     async def get(self, product_key: str) -> Product:
@@ -132,15 +209,48 @@ class ProductService:
             return [_product(row) for row in await ProductRepository(session).all()]
 
     async def definition(self, product_key: str) -> ProductDefinition:
-        """The product's validated definition (``.source`` is the stored JSON object)."""
-        return parse_product_definition(json.loads(await self.definition_json(product_key)))
+        """The product's validated datapoint definition (``.source`` is the stored JSON object).
+
+        Raises ``ProductKeyInvalid`` when unknown and ``ProductProtocolMismatch`` for a
+        data-template product (use `template`)."""
+        row = await self._row(product_key)
+        if row.protocol_type == DATA_TEMPLATE_PROTOCOL:
+            raise ProductProtocolMismatch(
+                f"product_key {row.product_key} is a data-template product: it has no Gizwits "
+                "datapoint definition"
+            )
+        return parse_product_definition(json.loads(row.definition))
+
+    async def template(self, product_key: str) -> DataTemplate:
+        """The data template of a data-template product.
+
+        Raises ``ProductKeyInvalid`` when unknown and ``ProductProtocolMismatch`` for a Gizwits
+        product (use `definition`)."""
+        row = await self._row(product_key)
+        return self.template_of(row)
+
+    def template_of(self, row: ProductRow) -> DataTemplate:
+        """The parsed template of a product row already read (cached by ``updated_at``)."""
+        if row.protocol_type != DATA_TEMPLATE_PROTOCOL:
+            raise ProductProtocolMismatch(
+                f"product_key {row.product_key} is a Gizwits product: it has no data template"
+            )
+        cached = self._templates.get(row.product_key)
+        if cached is not None and cached[0] == row.updated_at:
+            return cached[1]
+        template = parse_data_template(json.loads(row.definition))
+        self._templates[row.product_key] = (row.updated_at, template)
+        return template
 
     async def definition_json(self, product_key: str) -> str:
-        """The stored datapoint JSON text, as served by ``GET /app/datapoint``."""
+        """The stored JSON text as served by ``GET /app/datapoint``: the datapoint JSON of a
+        Gizwits product, the data template as imported for a data-template product."""
         return (await self._row(product_key)).definition
 
     async def _row(self, product_key: str) -> ProductRow:
-        key = product_key.strip().lower()
+        key = product_key.strip()
+        if not rules.is_product_id(key):
+            key = key.lower()  # Gizwits keys are stored lower-case; ProductIds are exact
         async with self.db.session() as session:
             row = await ProductRepository(session).by_key(key)
         if row is None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, NoReturn
 
-from iotcloud.codecs import parse_product_definition
-from iotcloud.codecs.datapoints import NUMERIC_WIDTHS, ProductDefinition
+from iotcloud.codecs import DATA_TEMPLATE_PROTOCOL, parse_data_template, parse_product_definition
+from iotcloud.codecs.datapoints import NUMERIC_WIDTHS
 from iotcloud.config import Settings
 from iotcloud.domain.clock import Clock
 from iotcloud.errors import DeviceNotFound, FormInvalid
@@ -130,7 +130,8 @@ class TelemetryService:
         self.db = db
         self.clock = clock
         self.settings = settings
-        self._definitions: dict[str, tuple[datetime, ProductDefinition]] = {}
+        # product_key -> (updated_at, {data point: (type name, numeric?)}), either dialect
+        self._points: dict[str, tuple[datetime, Mapping[str, tuple[str, bool]]]] = {}
 
     async def latest(self, did: str) -> LatestState:
         """The merged latest values of ``did`` (empty before its first report); 9014 if unknown."""
@@ -162,7 +163,7 @@ class TelemetryService:
             raise FormInvalid("start_ts: must not be after end_ts")
         async with self.db.session() as session:
             record = await bound_record(session, user, did)
-            if attr is not None and attr not in self._definition(record.product):
+            if attr is not None and attr not in self._point_types(record.product):
                 _unknown_attr("attr", attr)
             repo = TelemetryRepository(session)
             device_id = record.device.id
@@ -203,7 +204,7 @@ class TelemetryService:
             raise FormInvalid("attrs: name at least one attr")
         async with self.db.session() as session:
             record = await bound_record(session, user, did)
-            _check_numeric(self._definition(record.product), attrs)
+            _check_numeric(self._point_types(record.product), attrs)
             repo = TelemetryRepository(session)
             count = await repo.history_count(record.device.id, start, end)
             if count > AGGREGATE_MAX_REPORTS:
@@ -275,13 +276,27 @@ class TelemetryService:
             )
         return FrameLogPage(total=total, entries=_frame_entries(rows, sessions))
 
-    def _definition(self, product: ProductRow) -> ProductDefinition:
-        cached = self._definitions.get(product.product_key)
+    def _point_types(self, product: ProductRow) -> Mapping[str, tuple[str, bool]]:
+        """The product's data points -> (type name, numeric?): the attrs of a Gizwits product,
+        the properties of a data-template one (int and float are numeric there)."""
+        cached = self._points.get(product.product_key)
         if cached is not None and cached[0] == product.updated_at:
             return cached[1]
-        definition = parse_product_definition(json.loads(product.definition))
-        self._definitions[product.product_key] = (product.updated_at, definition)
-        return definition
+        points: dict[str, tuple[str, bool]]
+        if product.protocol_type == DATA_TEMPLATE_PROTOCOL:
+            template = parse_data_template(json.loads(product.definition))
+            points = {
+                pid: (prop.kind, prop.kind in ("int", "float"))
+                for pid, prop in template.properties.items()
+            }
+        else:
+            definition = parse_product_definition(json.loads(product.definition))
+            points = {
+                attr.name: (attr.data_type.value, attr.data_type in NUMERIC_WIDTHS)
+                for attr in definition.attrs
+            }
+        self._points[product.product_key] = (product.updated_at, points)
+        return points
 
 
 def aggregate_reports(
@@ -363,17 +378,17 @@ def _combine(values: list[int | float], aggregator: Aggregator) -> int | float:
     return float(total) if floats else integers
 
 
-def _check_numeric(definition: ProductDefinition, attrs: Sequence[str]) -> None:
+def _check_numeric(points: Mapping[str, tuple[str, bool]], attrs: Sequence[str]) -> None:
     seen: set[str] = set()
     for name in attrs:
         if name in seen:
             raise FormInvalid(f"attrs: {name} is named twice")
         seen.add(name)
-        if name not in definition:
+        if name not in points:
             _unknown_attr("attrs", name)
-        data_type = definition.attr(name).data_type
-        if data_type not in NUMERIC_WIDTHS:
-            raise FormInvalid(f"attrs: {name} is not numeric ({data_type.value})")
+        type_name, numeric = points[name]
+        if not numeric:
+            raise FormInvalid(f"attrs: {name} is not numeric ({type_name})")
 
 
 def _unknown_attr(param: str, name: str) -> NoReturn:

@@ -18,8 +18,9 @@ from iotcloud.storage.models import DeviceRow, ProductRow
 
 
 class MacTaken(IotCloudError):
-    """A device with that MAC already exists in the product (or, very unlikely, the generated
-    did was taken). Raised when a concurrent writer won the race; callers look the device up."""
+    """A device with that MAC (or name) already exists in the product (or, very unlikely, the
+    generated did was taken). Raised when a concurrent writer won the race; callers look the
+    device up."""
 
     code = 9001
 
@@ -51,12 +52,13 @@ class DeviceRepository:
         self.session = session
 
     async def add(self, device: DeviceRow) -> DeviceRow:
-        """Insert ``device``; raises ``MacTaken`` when (product, mac) or the did exists."""
+        """Insert ``device``; raises ``MacTaken`` when (product, mac), (product, name) or the
+        did exists."""
         self.session.add(device)
         try:
             await self.session.flush()
         except IntegrityError as exc:
-            raise MacTaken(f"mac {device.mac} is already registered") from exc
+            raise MacTaken(f"device {device.name} is already registered") from exc
         return device
 
     async def add_all(self, devices: Sequence[DeviceRow]) -> None:
@@ -103,6 +105,36 @@ class DeviceRepository:
             )
         ).first()
         return (row[0], row[1]) if row else None
+
+    async def with_product_by_name(
+        self, product_key: str, name: str
+    ) -> tuple[DeviceRow, ProductRow] | None:
+        """The device called ``name`` in the product ``product_key`` (exact match on both: a
+        Gizwits device's name is its lower-case MAC), with its product, in one query."""
+        row = (
+            await self.session.execute(
+                select(DeviceRow, ProductRow)
+                .join(ProductRow, ProductRow.id == DeviceRow.product_id)
+                .where(ProductRow.product_key == product_key, DeviceRow.name == name)
+            )
+        ).first()
+        return (row[0], row[1]) if row else None
+
+    async def by_name(self, product_id: int, name: str) -> DeviceRow | None:
+        return await self.session.scalar(
+            select(DeviceRow).where(DeviceRow.product_id == product_id, DeviceRow.name == name)
+        )
+
+    async def existing_names(self, product_id: int, names: Collection[str]) -> set[str]:
+        """Which of ``names`` already have a device in the product."""
+        if not names:
+            return set()
+        found = await self.session.scalars(
+            select(DeviceRow.name).where(
+                DeviceRow.product_id == product_id, DeviceRow.name.in_(list(names))
+            )
+        )
+        return set(found.all())
 
     async def by_mac(self, product_id: int, mac: str) -> DeviceRow | None:
         return await self.session.scalar(

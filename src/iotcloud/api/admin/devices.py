@@ -7,8 +7,13 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post, put
 
-from iotcloud.api.admin.views import device_credentials_view, device_view
+from iotcloud.api.admin.views import (
+    device_credentials_view,
+    device_view,
+    named_device_credentials_view,
+)
 from iotcloud.api.gizwits.wire import convert, json_object, json_response
+from iotcloud.errors import FormInvalid
 from iotcloud.services.registry import Services
 
 AnyRequest = Request[Any, Any, Any]
@@ -20,7 +25,9 @@ def services(request: AnyRequest) -> Services:
 
 class CreateDeviceForm(msgspec.Struct, forbid_unknown_fields=True):
     product_key: str
-    mac: str
+    mac: str | None = None
+    name: str | None = None
+    psk: str | None = None
     passcode: str | None = None
 
 
@@ -30,10 +37,21 @@ class ChangeDeviceForm(msgspec.Struct, forbid_unknown_fields=True):
 
 @post("/devices")
 async def create_device(request: AnyRequest) -> Response[bytes]:
-    """``{"product_key", "mac"[, "passcode"]}`` -> 201 ``{"did", "passcode", "mac"}``; 200 with
-    the existing device when the MAC is already registered in the product."""
+    """``{"product_key", "mac"[, "passcode"]}`` (Gizwits product) -> 201 ``{"did", "passcode",
+    "mac"}``, or ``{"product_key", "name"[, "psk"][, "passcode"]}`` (data-template product) ->
+    201 ``{"did", "device_name", "psk"}``; 200 with the existing device when the MAC or name
+    is already registered in the product. Exactly one of ``mac`` and ``name`` (9015)."""
     form = convert(await json_object(request), CreateDeviceForm)
-    creds = await services(request).devices.create(form.product_key, form.mac, form.passcode)
+    devices = services(request).devices
+    if (form.mac is None) == (form.name is None):
+        raise FormInvalid("mac: give exactly one of mac (Gizwits product) or name (data template)")
+    if form.name is not None:
+        named = await devices.create_named(form.product_key, form.name, form.psk, form.passcode)
+        return json_response(named_device_credentials_view(named), 201 if named.created else 200)
+    if form.psk is not None:
+        raise FormInvalid("psk: only a data-template device (created by name) has a psk")
+    assert form.mac is not None
+    creds = await devices.create(form.product_key, form.mac, form.passcode)
     return json_response(device_credentials_view(creds), 201 if creds.created else 200)
 
 

@@ -1,4 +1,5 @@
-"""``/admin/v1/products``: import datapoint definitions, list and show products."""
+"""``/admin/v1/products``: import datapoint definitions or data templates, list and show
+products."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def flag(request: AnyRequest, name: str) -> bool:
 
 @post("/products", request_max_body_size=MAX_DEFINITION_BYTES)
 async def import_product(request: AnyRequest) -> Response[bytes]:
-    """Body: a Gizwits datapoint JSON. Query: ``product_secret``, ``replace``.
+    """Body: a Gizwits datapoint JSON or a Tencent data template (keyed by its
+    ``profile.ProductId``). Query: ``product_secret``, ``replace``.
 
     201 ``{"product_key", "product_secret"}`` for a new product, 200 when ``replace`` swapped an
     existing one's data points.
@@ -58,8 +60,9 @@ async def show_product(request: AnyRequest, product_key: str) -> Response[bytes]
     """The product with its secret and data points (9002 when unknown)."""
     svc = services(request).products
     product = await svc.get(product_key)
-    definition = await svc.definition(product.product_key)
-    return json_response(product_view(product, definition))
+    if product.is_data_template:
+        return json_response(product_view(product, template=await svc.template(product_key)))
+    return json_response(product_view(product, await svc.definition(product.product_key)))
 
 
 ROUTES = [import_product, list_products, show_product]

@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from iotcloud.codecs.datapoints import ProductDefinition
+from iotcloud.codecs.template import DataTemplate
 from iotcloud.domain.clock import iso_utc
-from iotcloud.services.devices import Device, DeviceCredentials
+from iotcloud.services.devices import Device, DeviceCredentials, NamedDeviceCredentials
 from iotcloud.services.products import Product, ProductCredentials
 
 
@@ -20,8 +21,14 @@ def product_credentials_view(creds: ProductCredentials) -> dict[str, Any]:
     return {"product_key": creds.product_key, "product_secret": creds.product_secret}
 
 
-def product_view(product: Product, definition: ProductDefinition | None = None) -> dict[str, Any]:
-    """A product; with its ``definition``, also the secret and a summary of its data points."""
+def product_view(
+    product: Product,
+    definition: ProductDefinition | None = None,
+    template: DataTemplate | None = None,
+) -> dict[str, Any]:
+    """A product; with its ``definition`` (Gizwits) or ``template`` (data template), also the
+    secret and a summary of its data points (``attrs``, or ``properties``/``events``/
+    ``actions``)."""
     view: dict[str, Any] = {
         "product_key": product.product_key,
         "name": product.name,
@@ -41,6 +48,19 @@ def product_view(product: Product, definition: ProductDefinition | None = None) 
             }
             for attr in definition.attrs
         ]
+    if template is not None:
+        view["product_secret"] = product.product_secret
+        view["properties"] = [
+            {"id": prop.id, "name": prop.name, "type": prop.kind, "mode": prop.mode}
+            for prop in template.properties.values()
+        ]
+        view["events"] = [
+            {"id": event.id, "name": event.name, "type": event.type}
+            for event in template.events.values()
+        ]
+        view["actions"] = [
+            {"id": action.id, "name": action.name} for action in template.actions.values()
+        ]
     return view
 
 
@@ -49,10 +69,18 @@ def device_credentials_view(creds: DeviceCredentials) -> dict[str, Any]:
     return {"did": creds.did, "passcode": creds.passcode, "mac": creds.mac}
 
 
+def named_device_credentials_view(creds: NamedDeviceCredentials) -> dict[str, Any]:
+    """``{"did", "device_name", "psk"}`` of a data-template device."""
+    return {"did": creds.did, "device_name": creds.device_name, "psk": creds.psk}
+
+
 def device_view(device: Device) -> dict[str, Any]:
-    return {
+    """A device; a data-template device (``mac`` "") also shows its ``psk``, which the operator
+    flashes into it."""
+    view = {
         "did": device.did,
         "product_key": device.product_key,
+        "name": device.name,
         "mac": device.mac,
         "passcode": device.passcode,
         "is_disabled": device.is_disabled,
@@ -66,3 +94,6 @@ def device_view(device: Device) -> dict[str, Any]:
         "created_at": _time(device.created_at),
         "updated_at": _time(device.updated_at),
     }
+    if device.psk is not None:
+        view["psk"] = device.psk
+    return view

@@ -1,4 +1,9 @@
-"""``GET /app/datapoint``: a product's datapoint definition, as it was imported."""
+"""``GET /app/datapoint``: a product's datapoint definition, as it was imported.
+
+For a data-template (Tencent) product the answer is its data template, as imported: Gizwits
+apps see that product's devices with Tencent property ids, and the template is the only true
+description of them (no datapoint JSON is synthesised, which would invent byte positions).
+"""
 
 from __future__ import annotations
 
