@@ -29,6 +29,9 @@ GATEWAY_ACLS = [
     ("publishClientSend", "app2dev/#"),
     ("publishClientSend", "ser2cli_res/#"),
     ("publishClientSend", "ser2cli_noti/#"),
+    ("publishClientReceive", "$thing/up/#"),
+    ("subscribePattern", "$thing/up/#"),
+    ("publishClientSend", "$thing/down/#"),
 ]
 
 

@@ -14,6 +14,11 @@ product ``product_key``:
   filter under ``app2dev/{did}`` (``app2dev/{did}``, ``app2dev/{did}/#``, ``app2dev/{did}/+``,
   ``app2dev/{did}/{clientid}``). A filter whose first two levels are not literally one of these
   prefixes is refused, so no wildcard can reach another device's topics.
+
+A data-template (Tencent) device, ``PID`` + ``NAME`` (`shared/spec/tencent.md` §2.2), may only
+publish exactly ``$thing/up/{property,event,action,service}/{PID}/{NAME}`` and subscribe exactly
+``$thing/down/{property,event,action,service}/{PID}/{NAME}`` (no wildcards): its own topics.
+Gizwits topics are refused to it, and ``$thing`` topics to Gizwits devices.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
+from iotcloud.codecs.thing import parse_thing_topic
+
 _FORBIDDEN_IN_ID = frozenset("/+#\0")
 
 
@@ -33,6 +40,16 @@ class DevicePrincipal:
 
     did: str
     product_key: str
+    device_name: str = ""
+    """The device's name in its product (its DeviceName; a Gizwits device's MAC)."""
+    thing: bool = False
+    """A data-template (Tencent) device: client id ``{product_key}{device_name}``, ``$thing``
+    topics."""
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id the device connects with."""
+        return f"{self.product_key}{self.device_name}" if self.thing else self.did
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +60,9 @@ class DeviceCredential:
     product_key: str
     passcode: str
     enabled: bool
+    thing: bool = False
+    """A data-template device: it signs in with its psk, which a broker's static credential
+    store cannot check (its user name changes on every connection)."""
 
 
 class DeviceDirectory(Protocol):
@@ -51,6 +71,11 @@ class DeviceDirectory(Protocol):
     async def principal_of(self, did: str) -> DevicePrincipal | None:
         """The enabled device with ``did``, else None. A session may follow: an adapter that
         learns of a connection after the fact calls this in place of `Authenticator`."""
+        ...
+
+    async def principal_of_client(self, client_id: str) -> DevicePrincipal | None:
+        """Like `principal_of`, by the MQTT client id: a Gizwits did or a data-template
+        device's ``{ProductId}{DeviceName}``."""
         ...
 
     def credentials(
@@ -78,7 +103,8 @@ class Authenticator(Protocol):
         """Return the device, or why it is refused (``None`` means `AuthRefusal.BAD_CREDENTIALS`).
 
         Called once per CONNECT, after the broker checked the protocol and that ``client_id`` is
-        non-empty and equals ``username``. The returned principal's ``did`` must equal
+        non-empty and equals ``username`` (a Gizwits device) or is its first ``;``-separated
+        field (a data-template device). The returned principal's ``client_id`` must equal
         ``client_id``. An exception or a slow answer refuses the CONNECT with "server
         unavailable" (3); the device retries later.
         """
@@ -258,8 +284,31 @@ def matching_filters(topic: str, *, max_levels: int = 8) -> list[str] | None:
     return found + prefixes + [f"{prefix}/#" for prefix in prefixes]
 
 
+def is_cloud_topic(topic: str) -> bool:
+    """Whether the cloud may publish to ``topic``: a valid topic name, or a ``$thing/down``
+    topic of a data-template device."""
+    if is_topic_name(topic):
+        return True
+    parsed = parse_thing_topic(topic)
+    return parsed is not None and parsed.direction == "down"
+
+
+def _own_thing_topic(principal: DevicePrincipal, topic: str, direction: str) -> bool:
+    parsed = parse_thing_topic(topic)
+    return (
+        parsed is not None
+        and parsed.direction == direction
+        and parsed.product_id == principal.product_key
+        and parsed.device_name == principal.device_name
+        and _usable(principal.product_key)
+        and _usable(principal.device_name)
+    )
+
+
 def may_publish(principal: DevicePrincipal, topic: str) -> bool:
     """Whether the device may publish to ``topic`` (see the module docstring)."""
+    if principal.thing:
+        return _own_thing_topic(principal, topic, "up")
     if not _usable(principal.did) or not is_topic_name(topic):
         return False
     if topic == "cli2ser_req":
@@ -272,6 +321,8 @@ def may_publish(principal: DevicePrincipal, topic: str) -> bool:
 
 def may_subscribe(principal: DevicePrincipal, topic_filter: str) -> bool:
     """Whether the device may subscribe to ``topic_filter`` (see the module docstring)."""
+    if principal.thing:
+        return _own_thing_topic(principal, topic_filter, "down")
     if not _usable(principal.did) or not is_topic_filter(topic_filter):
         return False
     levels = topic_filter.split("/")

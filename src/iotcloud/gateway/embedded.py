@@ -3,7 +3,9 @@
 Each TCP connection is served in two phases:
 
 1. *Admission* (our code): read the CONNECT (bounded size and time), accept MQTT 3.1 (``MQIsdp``,
-   level 3) and 3.1.1 (``MQTT``, level 4) only, check the identity rule (client id = user name),
+   level 3) and 3.1.1 (``MQTT``, level 4) only, check the identity rule (client id = user name,
+   or for a data-template device the user name's first ``;``-separated field; a 3.1 client id may
+   be longer than 23 characters),
    authenticate through the `Authenticator`, and answer refusals with the exact CONNACK code.
    A second connection for the same client id closes the first one and waits for it to end.
 2. *Session* (amqtt): the CONNECT is re-encoded as MQTT 3.1.1 and the connection is handed to
@@ -50,7 +52,7 @@ from iotcloud.gateway.broker import (
     DeviceCredential,
     DevicePrincipal,
     DisconnectReason,
-    is_topic_name,
+    is_cloud_topic,
     matching_filters,
     may_publish,
     may_subscribe,
@@ -122,6 +124,7 @@ class EmbeddedBroker:
         self._stats = BrokerStats()
         self._connections: dict[_Connection, asyncio.Task[None]] = {}
         self._by_did: dict[str, _Connection] = {}
+        self._by_client: dict[str, _Connection] = {}
         self._handing_over: dict[str, _Connection] = {}
         self._queue: asyncio.Queue[tuple[Any, tuple[Any, ...]] | None] = asyncio.Queue()
         self._failing_callbacks: set[str] = set()
@@ -225,7 +228,7 @@ class EmbeddedBroker:
         """
         if self._amqtt is None or self._server is None or not self._server.is_serving():
             raise RuntimeError("the MQTT broker is not running")
-        if not is_topic_name(topic):
+        if not is_cloud_topic(topic):
             raise ValueError(f"not a valid MQTT topic name: {topic!r}")
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS must be 0, 1 or 2, not {qos!r}")
@@ -346,7 +349,7 @@ class EmbeddedBroker:
         if username is None or password is None:
             self._stats.auth_failures += 1
             raise _Refused(AuthRefusal.BAD_CREDENTIALS, "no user name or password")
-        if not client_id or client_id != username:
+        if not client_id or (client_id != username and not username.startswith(client_id + ";")):
             self._stats.auth_failures += 1
             raise _Refused(_IDENTIFIER_REJECTED, "client id is not the user name")
         try:
@@ -364,8 +367,8 @@ class EmbeddedBroker:
             self._stats.auth_failures += 1
             code = AuthRefusal.BAD_CREDENTIALS if result is None else result
             raise _Refused(int(code), f"device {client_id} refused: {code.name}")
-        if result.did != client_id:
-            log.error("authenticator returned did %s for client id %s", result.did, client_id)
+        if result.client_id != client_id:
+            log.error("authenticator returned device %s for client id %s", result.did, client_id)
             raise _Refused(AuthRefusal.NOT_AUTHORIZED, "principal does not match the client id")
         if header.will_flag and not may_publish(result, packet.will_topic or ""):
             self._stats.auth_failures += 1
@@ -377,6 +380,7 @@ class EmbeddedBroker:
         did = connection.did
         previous = self._by_did.get(did)
         self._by_did[did] = connection
+        self._by_client[connection.client_id] = connection
         if previous is not None:
             log.info(
                 "device %s reconnected from %s, closing its session from %s",
@@ -420,6 +424,8 @@ class EmbeddedBroker:
             )
         if self._by_did.get(connection.did) is connection:
             del self._by_did[connection.did]
+        if self._by_client.get(connection.client_id) is connection:
+            del self._by_client[connection.client_id]
         self._connections.pop(connection, None)
         connection.set_done()
 
@@ -478,7 +484,7 @@ class EmbeddedBroker:
 
     def _message_routed(self, client_id: str, topic: str, data: bytes | bytearray) -> None:
         """amqtt accepted an (ACL-allowed) PUBLISH from ``client_id`` for routing."""
-        connection = self._by_did.get(client_id)
+        connection = self._by_client.get(client_id)
         if connection is None or connection.principal is None:
             log.debug(
                 "PUBLISH from %s on %s after its session ended; not reported", client_id, topic
@@ -887,6 +893,26 @@ class _AmqttBroker(Broker):  # type: ignore[misc]
     ) -> None:
         if self._retained_messages:
             await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    async def _handle_message_delivery(
+        self, client_session: Any, handler: Any, wait_deliver: asyncio.Future[Any]
+    ) -> bool:
+        # amqtt closes the connection of a client publishing to a "$" topic (kept for Gizwits
+        # devices), but a data-template device publishes on "$thing/up/...": its message
+        # (already PUBACKed at QoS 1) goes through the ACL here and is reported, never routed
+        # (no device may subscribe to "$thing/up" topics). A refused one is dropped and the
+        # connection stays up, as for any other topic.
+        message = wait_deliver.result()
+        topic = getattr(message, "topic", None)
+        principal = client_session.attributes.get(_PRINCIPAL_KEY)
+        thing = isinstance(principal, DevicePrincipal) and principal.thing
+        if not thing or not isinstance(topic, str) or not topic.startswith("$"):
+            return bool(
+                await super()._handle_message_delivery(client_session, handler, wait_deliver)
+            )
+        if self._adapter._check_topic(client_session, topic, Action.PUBLISH):
+            self._adapter._message_routed(client_session.client_id, topic, message.data)
+        return True
 
 
 @dataclass

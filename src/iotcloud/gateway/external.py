@@ -2,8 +2,9 @@
 
 The gateway connects to the broker as one privileged client. It
 
-* subscribes to ``dev2app/#`` and hands every device message to `BrokerEvents.on_publish`; the
-  publishing device is the one the topic names, which the broker's ACL guarantees;
+* subscribes to ``dev2app/#`` and ``$thing/up/#`` and hands every device message to
+  `BrokerEvents.on_publish`; the publishing device is the one the topic names (the did, or a
+  data-template device's ``{PID}/{NAME}``), which the broker's ACL guarantees;
 * learns presence from the broker's own connection log, which Mosquitto publishes on
   ``$SYS/broker/log/N`` and ``$SYS/broker/log/E`` when configured with ``log_dest topic``;
 * keeps the broker's credential store in step with the device registry through the
@@ -14,6 +15,12 @@ The gateway connects to the broker as one privileged client. It
 
 With ``credentials="none"`` the operator manages device credentials and ACLs in the broker
 (for example through an auth plugin); the gateway then only listens and publishes.
+
+Data-template (Tencent) devices sign a user name that holds a random connection id, so a
+static credential store (dynamic security matches exact user names) cannot admit them: they
+are never written to it, and they connect only where the operator's own authentication admits
+them (``credentials="none"``, e.g. an HTTP auth plugin calling back into iotcloud). Their
+traffic is handled the same way in both modes.
 
 What the broker does not tell a client: ACL denials (the broker drops the message; the counters
 `BrokerStats.denied_publish`/`denied_subscribe` stay 0) and which clients are connected when the
@@ -43,6 +50,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from iotcloud.codecs.thing import parse_thing_topic
 from iotcloud.gateway.broker import (
     BrokerEvents,
     BrokerStats,
@@ -50,7 +58,7 @@ from iotcloud.gateway.broker import (
     DeviceDirectory,
     DevicePrincipal,
     DisconnectReason,
-    is_topic_name,
+    is_cloud_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,7 @@ CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC: Final = CONTROL_TOPIC + "/response"
 LOG_TOPICS: Final = ("$SYS/broker/log/N", "$SYS/broker/log/E")
 DEVICE_TOPICS: Final = "dev2app/#"
+THING_TOPICS: Final = "$thing/up/#"
 CLIENT_TEXT_NAME: Final = "iotcloud device"
 ROLE_PREFIX: Final = "iotcloud-device-"
 UNKNOWN_PEER: Final = "unknown"
@@ -164,6 +173,8 @@ def sync_commands(
     client) match ``credential``."""
     did = credential.did
     mark = fingerprint(credential)
+    if credential.thing:  # see the module docstring: such a client is removed, never made
+        return [] if present is None else [{"command": "deleteClient", "username": did}]
     if present is None:
         if not credential.enabled:
             return []
@@ -223,6 +234,7 @@ class ExternalBroker:
         self.queue_capacity = queue_capacity
         self._stats = BrokerStats()
         self._sessions: dict[str, DevicePrincipal] = {}
+        """Device sessions by MQTT client id."""
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._first_error: BaseException | None = None
@@ -316,13 +328,21 @@ class ExternalBroker:
         )
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        topics = [DEVICE_TOPICS, *LOG_TOPICS]
+        topics = [DEVICE_TOPICS, THING_TOPICS, *LOG_TOPICS]
         if self.credentials == "dynsec":
             topics.append(RESPONSE_TOPIC)
         for topic in topics:
             granted = await client.subscribe(topic, qos=0)
             codes = [code.value if isinstance(code, ReasonCode) else code for code in granted]
-            if any(code >= 0x80 for code in codes):
+            if any(code >= 0x80 for code in codes) and topic == THING_TOPICS:
+                # a broker set up before data-template devices existed: Gizwits devices work
+                log.warning(
+                    "the broker refused the subscription to %r: data-template (Tencent) devices "
+                    "are not heard; grant the gateway's account subscribe and receive rights on "
+                    "it, and send rights on $thing/down/#",
+                    topic,
+                )
+            elif any(code >= 0x80 for code in codes):
                 raise aiomqtt.MqttError(
                     f"the broker refused the subscription to {topic!r}; "
                     "grant the gateway's account subscribe and receive rights on it"
@@ -330,26 +350,32 @@ class ExternalBroker:
 
     async def _end_all(self, reason: DisconnectReason) -> None:
         sessions, self._sessions = self._sessions, {}
-        for did, principal in sessions.items():
-            await self._safely(self.events.on_disconnect(principal, did, reason))
+        for client_id, principal in sessions.items():
+            await self._safely(self.events.on_disconnect(principal, client_id, reason))
 
     # -- incoming -----------------------------------------------------------------------------
 
     async def _dispatch(self, topic: str, payload: bytes) -> None:
         if topic.startswith("dev2app/"):
-            await self._device_message(topic, payload)
+            await self._device_message(topic.split("/")[1], topic, payload)
+        elif topic.startswith("$thing/up/"):
+            parsed = parse_thing_topic(topic)
+            if parsed is not None:
+                client_id = parsed.product_id + parsed.device_name
+                await self._device_message(client_id, topic, payload)
         elif topic in LOG_TOPICS:
             await self._log_line(payload.decode("utf-8", "replace").strip())
         elif topic == RESPONSE_TOPIC:
             self._control_response(payload)
 
-    async def _device_message(self, topic: str, payload: bytes) -> None:
-        did = topic.split("/")[1]
-        principal = self._sessions.get(did)
+    async def _device_message(self, client_id: str, topic: str, payload: bytes) -> None:
+        principal = self._sessions.get(client_id)
         if principal is None:  # connected before the gateway was: its message proves it
-            principal = await self._start_session(did, 0, UNKNOWN_PEER)
+            principal = await self._start_session(client_id, 0, UNKNOWN_PEER)
             if principal is None:
                 return
+        if principal.thing != topic.startswith("$"):  # a did-named topic of a Tencent device
+            return
         self._stats.messages_in += 1
         await self._safely(self.events.on_publish(principal, topic, payload))
 
@@ -384,18 +410,27 @@ class ExternalBroker:
         if principal is not None and reason is not None:
             await self._safely(self.events.on_disconnect(principal, client_id, reason))
 
-    async def _start_session(self, did: str, keepalive: int, peer: str) -> DevicePrincipal | None:
+    async def _start_session(
+        self, client_id: str, keepalive: int, peer: str
+    ) -> DevicePrincipal | None:
         try:
-            principal = await self.directory.principal_of(did)
+            principal = await self.directory.principal_of_client(client_id)
         except Exception:
-            log.exception("could not look up device %s", did)
+            log.exception("could not look up device %s", client_id)
             return None
-        if principal is None:  # not a device of ours (another client of the broker)
-            return None
-        self._sessions[did] = principal
+        if principal is None or principal.client_id != client_id:
+            return None  # not a device of ours (another client of the broker)
+        self._sessions[client_id] = principal
         self._stats.connects += 1
-        await self._safely(self.events.on_connect(principal, did, keepalive, peer))
+        await self._safely(self.events.on_connect(principal, client_id, keepalive, peer))
         return principal
+
+    def _client_of(self, did: str) -> str | None:
+        """The client id of the device's session, if it has one."""
+        for client_id, principal in self._sessions.items():
+            if principal.did == did:
+                return client_id
+        return None
 
     def _control_response(self, payload: bytes) -> None:
         try:
@@ -421,7 +456,7 @@ class ExternalBroker:
     # -- outgoing -----------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        if not is_topic_name(topic):
+        if not is_cloud_topic(topic):
             raise ValueError(f"{topic!r} is not a topic name")
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS must be 0, 1 or 2, not {qos}")
@@ -435,9 +470,13 @@ class ExternalBroker:
         self._stats.messages_out += 1
 
     async def disconnect_device(self, did: str) -> bool:
-        """Kick the device (dynamic security: disable, then enable the client again)."""
-        was_connected = did in self._sessions
+        """Kick the device (dynamic security: disable, then enable the client again; a
+        data-template device, which dynamic security does not know, cannot be kicked)."""
+        client_id = self._client_of(did)
+        was_connected = client_id is not None
         if self.credentials != "dynsec":
+            return False
+        if client_id is not None and self._sessions[client_id].thing:
             return False
         await self._control(
             [
@@ -451,12 +490,12 @@ class ExternalBroker:
         return was_connected
 
     def connected_dids(self) -> set[str]:
-        return set(self._sessions)
+        return {principal.did for principal in self._sessions.values()}
 
     async def devices_changed(self, credentials: Sequence[DeviceCredential]) -> None:
         if self.credentials != "dynsec" or not credentials:
             for credential in credentials:
-                if not credential.enabled and credential.did in self._sessions:
+                if not credential.enabled and self._client_of(credential.did) is not None:
                     await self.disconnect_device(credential.did)
             return
         try:
@@ -512,7 +551,7 @@ class ExternalBroker:
         ]
         await self._checked(commands)
         for credential in credentials:
-            if not credential.enabled:
+            if not credential.enabled and not credential.thing:
                 principal = self._sessions.pop(credential.did, None)
                 if principal is not None:
                     await self._safely(

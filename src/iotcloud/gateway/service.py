@@ -4,6 +4,13 @@ It authenticates devices against the registry, keeps their presence, decodes ``d
 frames with the product's data points and hands the results to the batched ingest path. It
 implements the broker adapter's `Authenticator` and `BrokerEvents`, so it runs unchanged behind
 the embedded broker or an external one.
+
+Data-template (Tencent) devices speak JSON on ``$thing`` topics (`shared/spec/tencent.md` §2):
+they sign in with their psk (`iotcloud.domain.thing_auth`), their reports and events are
+checked against the product's data template and stored in the same batches (reports in the
+device's own form: bool 0/1, enum integers), and listeners hear their reports as Gizwits-form
+`DeviceMessage` s, so the Gizwits WebSocket pushes them unchanged. Commands reach them through
+the same `DeviceGateway.send` (a ``control``) and `DeviceGateway.call_action`.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
+
+from sqlalchemy import select
 
 from iotcloud.codecs import (
     Action,
@@ -26,7 +35,9 @@ from iotcloud.codecs import (
     P0Codec,
     decode_frame,
     parse_product_definition,
+    thing,
 )
+from iotcloud.codecs.dialects import template_to_gizwits
 from iotcloud.codecs.frame import (
     CMD_ACK_SN,
     CMD_CONTROL,
@@ -35,7 +46,24 @@ from iotcloud.codecs.frame import (
     Frame,
     encode_frame,
 )
+from iotcloud.codecs.template import DataTemplate, TemplateValueError, load_data_template
+from iotcloud.codecs.thing import (
+    BAD_REQUEST,
+    REPLY_OK,
+    ThingMessage,
+    ThingMessageError,
+    decode_message,
+    parse_thing_topic,
+    thing_topic,
+)
 from iotcloud.domain.clock import Clock
+from iotcloud.domain.thing_auth import (
+    expiry_passed,
+    parse_username,
+    password_matches,
+    split_client_id,
+)
+from iotcloud.errors import DeviceOffline
 from iotcloud.gateway.broker import (
     AclAction,
     AuthRefusal,
@@ -48,12 +76,13 @@ from iotcloud.services.credentials import same_secret
 from iotcloud.services.ingest import Batcher
 from iotcloud.storage.database import Database
 from iotcloud.storage.devices import DeviceRepository
-from iotcloud.storage.models import ProductRow
+from iotcloud.storage.models import DeviceRow, ProductRow
 from iotcloud.storage.telemetry import (
     FrameEvent,
     PresenceChange,
     StateChange,
     TelemetryRepository,
+    ThingEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -64,19 +93,29 @@ _STATUS_ACTIONS = frozenset(
 _WARN_LIMIT = 10_000
 _PAGE = 500
 CLOUD_CLIENT_ID = "cloud"
+DATA_TEMPLATE = "data_template"
+"""``products.protocol_type`` of a data-template (Tencent) product."""
 
 
 @dataclass(frozen=True)
 class _Session:
     device_id: int
     product_key: str
-    codec: P0Codec
+    codec: P0Codec | None
+    """The P0 codec of a Gizwits device; None for a data-template device."""
+    template: DataTemplate | None = None
+    """The data template of a data-template device."""
+    name: str = ""
+    reported: dict[str, Any] = field(default_factory=dict)
+    """A data-template device's values reported during this session (Tencent form): what
+    ``get_status`` answers over the stored state, whose batch may not be written yet."""
 
 
 @dataclass(frozen=True)
 class _Ingest:
     frame: FrameEvent
     state: StateChange | None
+    events: tuple[ThingEvent, ...] = ()
 
 
 class SendResult(enum.StrEnum):
@@ -87,7 +126,10 @@ class SendResult(enum.StrEnum):
     DEVICE_OFFLINE = "device_offline"
     """The device has no session; nothing was sent."""
     TIMED_OUT = "timed_out"
-    """Sent with an ack requested, but no 0x0094 with its SN came back in time."""
+    """Sent with an ack requested, but no 0x0094 with its SN (no ``control_reply`` with its
+    clientToken) came back in time."""
+    REJECTED = "rejected"
+    """A data-template device answered the ``control`` with a non-zero code."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +174,10 @@ class GatewayStats:
     commands: int = 0
     acks: int = 0
     listener_errors: int = 0
+    refused: int = 0
+    """Data-template messages answered with a non-zero code (bad values, unknown event...)."""
+    events: int = 0
+    """Events posted by data-template devices and stored."""
 
 
 def json_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +216,10 @@ class DeviceGateway:
         self._listeners: list[Listener] = []
         self._acks: dict[tuple[str, int], tuple[str, asyncio.Future[None]]] = {}
         self._next_sn = secrets.randbelow(1 << 31)
+        self._templates: dict[str, tuple[datetime, DataTemplate]] = {}
+        self._replies: dict[tuple[str, str], asyncio.Future[ThingMessage]] = {}
+        self._token_prefix = f"iotcloud-{secrets.token_hex(4)}-"
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def attach(self, broker: BrokerAdapter) -> None:
         """The broker commands go out through (set once, by the composition root)."""
@@ -216,7 +266,19 @@ class DeviceGateway:
 
         Published on ``app2dev/{did}/{client_id}`` and written to the frame log. Raises
         ``ConnectionError`` when the broker cannot take it.
+
+        For a data-template device ``payload`` is the UTF-8 JSON object of the properties to
+        write (already checked against its template; ``ValueError`` when it is not an object):
+        it goes out as a ``control`` on ``$thing/down/property/{PID}/{NAME}`` and, with
+        ``require_ack``, the device's ``control_reply`` with its clientToken decides:
+        code 0 ``DELIVERED``, another code ``REJECTED``, none in time ``TIMED_OUT``. ``sn`` and
+        ``client_id`` do not apply to it.
         """
+        session = self._sessions.get(did)
+        if session is not None and session.template is not None:
+            if sn is not None:
+                raise ValueError("a data-template device has no sequence numbers")
+            return await self._send_control(did, session, payload, require_ack, ack_timeout)
         if sn is not None:
             if require_ack:
                 raise ValueError("an explicit sn is the app's own: it cannot be awaited here")
@@ -241,6 +303,103 @@ class DeviceGateway:
         finally:
             self._acks.pop((did, sn), None)
 
+    async def _send_control(
+        self, did: str, session: _Session, payload: bytes, require_ack: bool, ack_timeout: float
+    ) -> SendResult:
+        params = json.loads(payload)
+        if not isinstance(params, dict):
+            raise ValueError("a control carries a JSON object of properties")
+        token = self._new_token()
+        message = thing.control(token, params, int(self.clock.now().timestamp() * 1000))
+        reply = await self._request(
+            did, session, "property", token, message, require_ack, ack_timeout
+        )
+        if reply is None:
+            return SendResult.DELIVERED if not require_ack else SendResult.TIMED_OUT
+        if isinstance(reply, SendResult):
+            return reply
+        try:
+            code = reply.code()
+        except ThingMessageError:
+            return SendResult.REJECTED
+        return SendResult.DELIVERED if code == REPLY_OK else SendResult.REJECTED
+
+    async def call_action(
+        self,
+        did: str,
+        action_id: str,
+        params: dict[str, Any],
+        timeout: float = 5.0,  # noqa: ASYNC109 (the wait is the caller's parameter)
+    ) -> tuple[int, str, dict[str, Any]]:
+        """Call an action of a data-template device and wait up to ``timeout`` seconds for its
+        ``action_reply``: ``(code, status, response)`` as the device answered (``response``
+        {} when it sent none).
+
+        ``params`` is checked against the action's input (`TemplateValueError`). Raises
+        `DeviceOffline` when the device has no session, ``ValueError`` for a device that is
+        not a data-template one, ``TimeoutError`` when no reply came, ``ConnectionError``
+        when the broker cannot take the call.
+        """
+        session = self._sessions.get(did)
+        if session is None or self._broker is None:
+            raise DeviceOffline(f"device {did} is offline")
+        if session.template is None:
+            raise ValueError(f"device {did} is not a data-template device")
+        checked = session.template.check_action_input(action_id, params)
+        token = self._new_token()
+        message = thing.action(token, action_id, checked, int(self.clock.now().timestamp() * 1000))
+        reply = await self._request(did, session, "action", token, message, True, timeout)
+        if reply is None:
+            raise TimeoutError(f"device {did} did not answer action {action_id} in time")
+        if isinstance(reply, SendResult):
+            raise DeviceOffline(f"device {did} is offline")
+        response = reply.body.get("response")
+        try:
+            code = reply.code()
+        except ThingMessageError:
+            code = thing.BAD_REQUEST
+        return code, reply.status(), response if isinstance(response, dict) else {}
+
+    def _new_token(self) -> str:
+        self._next_sn = (self._next_sn + 1) & 0xFFFFFFFF
+        return f"{self._token_prefix}{self._next_sn}"
+
+    async def _request(
+        self,
+        did: str,
+        session: _Session,
+        kind: str,
+        token: str,
+        message: bytes,
+        await_reply: bool,
+        reply_timeout: float,
+    ) -> ThingMessage | SendResult | None:
+        """Publish a cloud message on ``$thing/down/{kind}`` and log it; with ``await_reply``
+        wait for the device's reply with ``token`` (None: none in time, or not awaited)."""
+        if self._broker is None:
+            return SendResult.DEVICE_OFFLINE
+        topic = thing_topic("down", kind, session.product_key, session.name)
+        waiter: asyncio.Future[ThingMessage] | None = None
+        if await_reply:
+            waiter = asyncio.get_running_loop().create_future()
+            self._replies[(did, token)] = waiter
+        try:
+            await self._broker.publish(topic, message)
+            self.stats.commands += 1
+            self.reports.offer(
+                _Ingest(FrameEvent(session.device_id, self.clock.now(), "app2dev", message), None)
+            )
+            if waiter is None:
+                return None
+            try:
+                async with asyncio.timeout(reply_timeout):
+                    return await waiter
+            except TimeoutError:
+                return None
+        finally:
+            if waiter is not None:
+                self._replies.pop((did, token), None)
+
     async def publish_frame(
         self, did: str, frame: Frame, client_id: str = CLOUD_CLIENT_ID
     ) -> SendResult:
@@ -253,6 +412,8 @@ class DeviceGateway:
         session = self._sessions.get(did)
         if session is None or self._broker is None:
             return SendResult.DEVICE_OFFLINE
+        if session.template is not None:
+            raise ValueError(f"device {did} is a data-template device: it takes no frames")
         data = encode_frame(frame)
         await self._broker.publish(f"app2dev/{did}/{client_id}", data)
         self.stats.commands += 1
@@ -281,6 +442,8 @@ class DeviceGateway:
     async def authenticate(
         self, client_id: str, username: str | None, password: str | None
     ) -> DevicePrincipal | AuthRefusal | None:
+        if username is not None and username != client_id:
+            return await self._authenticate_thing(client_id, username, password)
         async with self.db.session() as session:
             found = await DeviceRepository(session).with_product(client_id)
         if found is None or not password:
@@ -290,10 +453,62 @@ class DeviceGateway:
             return AuthRefusal.BAD_CREDENTIALS
         if device.is_disabled:
             return AuthRefusal.NOT_AUTHORIZED
+        if product.protocol_type == DATA_TEMPLATE:  # it signs in with its psk
+            return AuthRefusal.BAD_CREDENTIALS
         self._authenticated[device.did] = _Session(
             device.id, product.product_key, self._codec(product)
         )
         return DevicePrincipal(did=device.did, product_key=product.product_key)
+
+    async def _authenticate_thing(
+        self, client_id: str, username: str, password: str | None
+    ) -> DevicePrincipal | AuthRefusal:
+        """A data-template device: ``{PID}{NAME}`` signed with its psk (see `thing_auth`)."""
+        fields = parse_username(username)
+        split = split_client_id(client_id)
+        if fields is None or fields.client_id != client_id or split is None or not password:
+            return AuthRefusal.BAD_CREDENTIALS
+        found = await self._thing_device(*split)
+        if found is None:
+            return AuthRefusal.BAD_CREDENTIALS
+        device, product = found
+        if not device.psk or not password_matches(device.psk, username, password):
+            return AuthRefusal.BAD_CREDENTIALS
+        if expiry_passed(fields.expiry, self.clock.now().timestamp()):
+            return AuthRefusal.BAD_CREDENTIALS
+        if device.is_disabled:
+            return AuthRefusal.NOT_AUTHORIZED
+        principal, session = self._thing_session(device, product)
+        self._authenticated[device.did] = session
+        return principal
+
+    async def _thing_device(
+        self, product_id: str, name: str
+    ) -> tuple[DeviceRow, ProductRow] | None:
+        """The data-template device ``name`` of product ``product_id``, with its product."""
+        async with self.db.session() as session:
+            found = await DeviceRepository(session).with_product_by_name(product_id, name)
+        if found is None or found[1].protocol_type != DATA_TEMPLATE:
+            return None
+        return found
+
+    def _thing_session(
+        self, device: DeviceRow, product: ProductRow
+    ) -> tuple[DevicePrincipal, _Session]:
+        principal = DevicePrincipal(
+            did=device.did, product_key=product.product_key, device_name=device.name, thing=True
+        )
+        return principal, _Session(
+            device.id, product.product_key, None, self._template(product), device.name
+        )
+
+    def _template(self, product: ProductRow) -> DataTemplate:
+        cached = self._templates.get(product.product_key)
+        if cached is not None and cached[0] == product.updated_at:
+            return cached[1]
+        template = load_data_template(product.definition)
+        self._templates[product.product_key] = (product.updated_at, template)
+        return template
 
     # -- DeviceDirectory ----------------------------------------------------------------------
 
@@ -303,10 +518,28 @@ class DeviceGateway:
         if found is None or found[0].is_disabled:
             return None
         device, product = found
+        if product.protocol_type == DATA_TEMPLATE:
+            principal, thing_session = self._thing_session(device, product)
+            self._authenticated[device.did] = thing_session
+            return principal
         self._authenticated[device.did] = _Session(
             device.id, product.product_key, self._codec(product)
         )
         return DevicePrincipal(did=device.did, product_key=product.product_key)
+
+    async def principal_of_client(self, client_id: str) -> DevicePrincipal | None:
+        """The enabled device that connects with MQTT client id ``client_id`` (a Gizwits did,
+        or a data-template ``{PID}{NAME}``), else None; like `principal_of`."""
+        principal = await self.principal_of(client_id)
+        if principal is not None:
+            return principal
+        split = split_client_id(client_id)
+        found = await self._thing_device(*split) if split is not None else None
+        if found is None or found[0].is_disabled:
+            return None
+        principal, session = self._thing_session(*found)
+        self._authenticated[principal.did] = session
+        return principal
 
     async def credentials(
         self, dids: Sequence[str] | None = None
@@ -320,22 +553,39 @@ class DeviceGateway:
             while True:
                 async with self.db.session() as session:
                     rows = await DeviceRepository(session).credentials_page(after, _PAGE, chunk)
+                    things = await self._template_products(session, {row[2] for row in rows})
                 if not rows:
                     break
                 yield [
-                    DeviceCredential(did, key, passcode, enabled=not disabled)
+                    DeviceCredential(did, key, passcode, enabled=not disabled, thing=key in things)
                     for _, did, key, passcode, disabled in rows
                 ]
                 after = rows[-1][0]
 
+    @staticmethod
+    async def _template_products(session: Any, product_keys: set[str]) -> set[str]:
+        """Which of ``product_keys`` are data-template products."""
+        if not product_keys:
+            return set()
+        found = await session.scalars(
+            select(ProductRow.product_key).where(
+                ProductRow.product_key.in_(sorted(product_keys)),
+                ProductRow.protocol_type == DATA_TEMPLATE,
+            )
+        )
+        return set(found.all())
+
     async def codec_of(self, did: str) -> P0Codec | None:
-        """The P0 codec of the device's product (None for an unknown did)."""
+        """The P0 codec of the device's product (None for an unknown did or a data-template
+        device)."""
         session = self._sessions.get(did)
         if session is not None:
             return session.codec
         async with self.db.session() as db_session:
             found = await DeviceRepository(db_session).with_product(did)
-        return self._codec(found[1]) if found is not None else None
+        if found is None or found[1].protocol_type == DATA_TEMPLATE:
+            return None
+        return self._codec(found[1])
 
     def _codec(self, product: ProductRow) -> P0Codec:
         cached = self._codecs.get(product.product_key)
@@ -385,8 +635,11 @@ class DeviceGateway:
 
     async def on_publish(self, principal: DevicePrincipal, topic: str, payload: bytes) -> None:
         session = self._sessions.get(principal.did)
+        if session is not None and session.template is not None:
+            await self._thing_message(principal.did, session, session.template, topic, payload)
+            return
         parts = topic.split("/")
-        if session is None or parts[0] != "dev2app":
+        if session is None or session.codec is None or parts[0] != "dev2app":
             self.stats.ignored += 1
             return
         now = self.clock.now()
@@ -434,6 +687,184 @@ class DeviceGateway:
         )
         self._tell(event)
 
+    # -- data-template devices ----------------------------------------------------------------
+
+    async def _thing_message(
+        self, did: str, session: _Session, template: DataTemplate, topic: str, payload: bytes
+    ) -> None:
+        """One message of a data-template device (the ACL let through only its own
+        ``$thing/up`` topics). A message that cannot be read, or whose method the topic does
+        not know, is dropped and counted (``stats.malformed``); a known method with bad content
+        is answered with a non-zero code where it has a reply (``stats.refused``)."""
+        parsed = parse_thing_topic(topic)
+        try:
+            message = decode_message(payload)
+        except ThingMessageError as exc:
+            self.stats.malformed += 1
+            self._warn_once(did, "dropped a message on %s: %s", topic, exc)
+            return
+        kind = parsed.kind if parsed is not None else ""
+        method = message.method
+        if kind == "property" and method == "report":
+            await self._thing_report(did, session, template, message, payload)
+        elif kind == "property" and method == "get_status":
+            self._spawn(self._thing_status(did, session, message))
+        elif (kind == "property" and method in ("control_reply", "")) or (
+            kind == "action" and method == "action_reply"
+        ):
+            self._thing_reply(did, message)
+        elif kind == "property" and method in ("report_info", "clear_control"):
+            # report_info (module, firmware and SDK versions) is kept in the frame log
+            self.reports.offer(
+                _Ingest(FrameEvent(session.device_id, self.clock.now(), "dev2app", payload), None)
+            )
+            await self._thing_answer(session, "property", f"{method}_reply", message, REPLY_OK)
+        elif kind == "event" and method in ("event_post", "events_post"):
+            await self._thing_events(did, session, template, message, payload)
+        else:
+            self.stats.malformed += 1
+            self._warn_once(did, "dropped method %r on %s", method, topic)
+
+    async def _thing_report(
+        self,
+        did: str,
+        session: _Session,
+        template: DataTemplate,
+        message: ThingMessage,
+        payload: bytes,
+    ) -> None:
+        try:
+            values = template.check_report(message.params())
+        except (ThingMessageError, TemplateValueError) as exc:
+            self.stats.refused += 1
+            await self._thing_answer(
+                session, "property", "report_reply", message, BAD_REQUEST, str(exc)
+            )
+            return
+        now = self.clock.now()
+        session.reported.update(values)
+        state = StateChange(session.device_id, now, values)
+        self.stats.reports += 1
+        self.reports.offer(_Ingest(FrameEvent(session.device_id, now, "dev2app", payload), state))
+        self._tell(
+            DeviceMessage(
+                did,
+                CMD_REPORT,
+                int(Action.REPORT),
+                template_to_gizwits(template, values),
+                payload,
+            )
+        )
+        await self._thing_answer(session, "property", "report_reply", message, REPLY_OK)
+
+    async def _thing_status(self, did: str, session: _Session, message: ThingMessage) -> None:
+        """``get_status``: the stored latest values, overlaid with this session's reports."""
+        report: dict[str, Any] = {}
+        try:
+            async with self.db.session() as db_session:
+                latest = await TelemetryRepository(db_session).latest(session.device_id)
+            if latest is not None:
+                report.update(latest.attrs)
+        except Exception:
+            log.exception("device %s: could not read its latest state", did)
+            await self._thing_answer(
+                session, "property", "get_status_reply", message, thing.SERVER_ERROR, "error"
+            )
+            return
+        report.update(session.reported)
+        await self._thing_answer(
+            session,
+            "property",
+            "get_status_reply",
+            message,
+            REPLY_OK,
+            type=message.body.get("type", "report"),
+            data={"report": report},
+        )
+
+    def _thing_reply(self, did: str, message: ThingMessage) -> None:
+        """A ``control_reply`` (its method may be missing) or ``action_reply``: completes the
+        command with its clientToken; a reply nobody waits for is only counted."""
+        self.stats.acks += 1
+        waiter = self._replies.get((did, message.client_token))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+
+    async def _thing_events(
+        self,
+        did: str,
+        session: _Session,
+        template: DataTemplate,
+        message: ThingMessage,
+        payload: bytes,
+    ) -> None:
+        """``event_post`` (one event) or ``events_post`` (``events`` array): every event is
+        checked against the template; one bad event refuses the whole message."""
+        body = message.body
+        posted: Any = [body] if message.method == "event_post" else body.get("events")
+        now = self.clock.now()
+        events: list[ThingEvent] = []
+        try:
+            if not isinstance(posted, list) or not posted:
+                raise ThingMessageError("events: must be a non-empty array")
+            for index, item in enumerate(posted):
+                where = "" if message.method == "event_post" else f"events[{index}]."
+                if not isinstance(item, dict):
+                    raise ThingMessageError(f"{where[:-1]}: must be a JSON object")
+                event_id = item.get("eventId")
+                try:
+                    params = template.check_event(event_id, item.get("params"))
+                except TemplateValueError as exc:
+                    raise ThingMessageError(f"{where}{exc}") from exc
+                event = template.events[str(event_id)]
+                events.append(
+                    ThingEvent(
+                        session.device_id,
+                        now,
+                        event.id,
+                        event.type,
+                        params,
+                        message.client_token or None,
+                    )
+                )
+        except ThingMessageError as exc:
+            self.stats.refused += 1
+            await self._thing_answer(
+                session, "event", "event_reply", message, BAD_REQUEST, str(exc), version="1.0"
+            )
+            return
+        self.stats.events += len(events)
+        self.reports.offer(
+            _Ingest(FrameEvent(session.device_id, now, "dev2app", payload), None, tuple(events))
+        )
+        await self._thing_answer(
+            session, "event", "event_reply", message, REPLY_OK, version="1.0", data={}
+        )
+
+    async def _thing_answer(
+        self,
+        session: _Session,
+        kind: str,
+        method: str,
+        message: ThingMessage,
+        code: int,
+        status: str = "success",
+        **extra: Any,
+    ) -> None:
+        if self._broker is None:
+            return
+        topic = thing_topic("down", kind, session.product_key, session.name)
+        data = thing.reply(method, message.client_token, code, status, **extra)
+        try:
+            await self._broker.publish(topic, data)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            log.debug("could not answer %s on %s: %r", method, topic, exc)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _acknowledged(self, did: str, sn: int | None, client_id: str | None) -> None:
         self.stats.acks += 1
         pending = self._acks.get((did, sn or 0))
@@ -454,6 +885,7 @@ class DeviceGateway:
             states = [item.state for item in batch if item.state is not None]
             await repo.apply_states(states, history=self.keep_history)
             await repo.log_frames([item.frame for item in batch])
+            await repo.log_thing_events([event for item in batch for event in item.events])
 
     async def _write_presence(self, batch: Sequence[tuple[PresenceChange, FrameEvent]]) -> None:
         async with self.db.session() as session:

@@ -1,4 +1,5 @@
-"""Device telemetry storage: latest state (one row per device), history, and the frame log.
+"""Device telemetry storage: latest state (one row per device), history, the frame log, and
+the events data-template devices post.
 
 Writes come in batches from the ingest path; each method is one set-based statement (or two) for
 the whole batch, never one statement per report.
@@ -29,6 +30,7 @@ from iotcloud.storage.models import (
     DeviceHistoryRow,
     DeviceLatestRow,
     DeviceRow,
+    DeviceThingEventRow,
 )
 
 
@@ -60,21 +62,31 @@ class _BulkWrite:
         return self.postgresql if dialect == "postgresql" else self.sqlite
 
 
-# Display values are never JSON null nor nested objects, so SQLite's json_patch (RFC 7396) and
-# PostgreSQL's jsonb || are both the plain "newer values win" merge of the reports.
+# Display values are never JSON null, so SQLite's json_patch (RFC 7396) and PostgreSQL's
+# jsonb || are both the plain "newer values win" merge of the reports, per data point (a struct
+# value of a data-template device is an object: json_patch would merge it member-wise, so
+# reports replace a struct whole before they reach the store, see `apply_states`). attr_times
+# (data point -> Unix ms of its last report) is merged the same way; NULL (rows written before
+# the column existed) reads as empty.
 _UPSERT_LATEST = _BulkWrite(
     DeviceLatestRow.__tablename__,
-    ("device_id", "updated_at", "attrs"),
+    ("device_id", "updated_at", "attrs", "attr_times"),
     sqlite_tail=" ON CONFLICT (device_id) DO UPDATE SET"
     " updated_at = max(device_latest.updated_at, excluded.updated_at),"
-    " attrs = json_patch(device_latest.attrs, excluded.attrs)",
+    " attrs = json_patch(device_latest.attrs, excluded.attrs),"
+    " attr_times = json_patch(coalesce(device_latest.attr_times, '{}'), excluded.attr_times)",
     postgresql_tail=" ON CONFLICT (device_id) DO UPDATE SET"
     " updated_at = GREATEST(device_latest.updated_at, excluded.updated_at),"
-    " attrs = device_latest.attrs || excluded.attrs",
+    " attrs = device_latest.attrs || excluded.attrs,"
+    " attr_times = coalesce(device_latest.attr_times, '{}'::jsonb) || excluded.attr_times",
 )
 _INSERT_HISTORY = _BulkWrite(DeviceHistoryRow.__tablename__, ("device_id", "at", "attrs"))
 _INSERT_EVENTS = _BulkWrite(
     DeviceEventRow.__tablename__, ("device_id", "at", "kind", "payload", "detail")
+)
+_INSERT_THING_EVENTS = _BulkWrite(
+    DeviceThingEventRow.__tablename__,
+    ("device_id", "at", "event_id", "event_type", "params", "client_token"),
 )
 
 
@@ -114,6 +126,18 @@ ONLINE_KINDS = ("dev_online", "dev_re_online")
 
 
 @dataclass(frozen=True)
+class ThingEvent:
+    """An event a data-template device posted, checked against its template."""
+
+    device_id: int
+    at: datetime
+    event_id: str
+    event_type: str
+    params: dict[str, Any]
+    client_token: str | None = None
+
+
+@dataclass(frozen=True)
 class PresenceChange:
     device_id: int
     at: datetime
@@ -127,25 +151,38 @@ class TelemetryRepository:
         self._instant = _aware_instant if self.dialect == "postgresql" else _sqlite_instant
 
     async def apply_states(self, changes: Sequence[StateChange], *, history: bool) -> None:
-        """Merge each change into its device's latest state (in order) and append history."""
+        """Merge each change into its device's latest state (in order), note when each data
+        point was last reported (``attr_times``, Unix ms), and append history."""
         if not changes:
             return
         # Merge the batch's changes per device here, and each device's stored state in the
         # upsert itself (JSON merge in SQL): no read of the current state, no round trip for it.
-        merged: dict[int, tuple[datetime, dict[str, Any]]] = {}
+        merged: dict[int, tuple[datetime, dict[str, Any], dict[str, int]]] = {}
         for change in changes:
+            ms = int(change.at.timestamp() * 1000)
             previous = merged.get(change.device_id)
-            merged[change.device_id] = (
-                (change.at, change.values)
-                if previous is None
-                else (max(previous[0], change.at), {**previous[1], **change.values})
-            )
+            if previous is None:
+                merged[change.device_id] = (
+                    change.at,
+                    dict(change.values),
+                    dict.fromkeys(change.values, ms),
+                )
+            else:
+                previous[1].update(change.values)
+                previous[2].update(dict.fromkeys(change.values, ms))
+                merged[change.device_id] = (max(previous[0], change.at), previous[1], previous[2])
         instant = self._instant
         dumps = json.dumps
-        await self._write(
-            _UPSERT_LATEST,
-            [(device_id, instant(at), dumps(attrs)) for device_id, (at, attrs) in merged.items()],
-        )
+        upserts = []
+        for device_id, (at, attrs, times) in merged.items():
+            if any(isinstance(value, dict) for value in attrs.values()):
+                # a struct value replaces the stored one whole: RFC 7396 would merge it, and
+                # jsonb || would not, so write it past both merges as null-then-value
+                await self._clear_structs(
+                    device_id, [k for k, v in attrs.items() if isinstance(v, dict)]
+                )
+            upserts.append((device_id, instant(at), dumps(attrs), dumps(times)))
+        await self._write(_UPSERT_LATEST, upserts)
         if history:
             await self._write(
                 _INSERT_HISTORY,
@@ -158,6 +195,68 @@ class TelemetryRepository:
             await self._write(
                 _INSERT_EVENTS,
                 [(e.device_id, instant(e.at), e.kind, e.payload, e.detail) for e in events],
+            )
+
+    async def log_thing_events(self, events: Sequence[ThingEvent]) -> None:
+        """Append events posted by data-template devices."""
+        if events:
+            instant = self._instant
+            dumps = json.dumps
+            await self._write(
+                _INSERT_THING_EVENTS,
+                [
+                    (
+                        e.device_id,
+                        instant(e.at),
+                        e.event_id,
+                        e.event_type,
+                        dumps(e.params),
+                        e.client_token,
+                    )
+                    for e in events
+                ],
+            )
+
+    async def thing_events_page(
+        self,
+        device_id: int,
+        since: datetime | None,
+        until: datetime | None,
+        event_id: str | None = None,
+        *,
+        limit: int,
+        offset: int = 0,
+    ) -> tuple[int, Sequence[DeviceThingEventRow]]:
+        """``(total, page)`` of the events the device posted in ``[since, until]`` (of one
+        ``event_id`` when given), newest first."""
+        conditions: list[ColumnElement[bool]] = [DeviceThingEventRow.device_id == device_id]
+        if since is not None:
+            conditions.append(DeviceThingEventRow.at >= since)
+        if until is not None:
+            conditions.append(DeviceThingEventRow.at <= until)
+        if event_id is not None:
+            conditions.append(DeviceThingEventRow.event_id == event_id)
+        total = await self.session.scalar(
+            select(func.count()).select_from(DeviceThingEventRow).where(*conditions)
+        )
+        rows = await self.session.scalars(
+            select(DeviceThingEventRow)
+            .where(*conditions)
+            .order_by(DeviceThingEventRow.at.desc(), DeviceThingEventRow.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return int(total or 0), rows.all()
+
+    async def _clear_structs(self, device_id: int, names: Sequence[str]) -> None:
+        """Remove ``names`` from the device's stored latest values (before a struct value
+        replaces them whole)."""
+        latest = await self.session.get(DeviceLatestRow, device_id)
+        if latest is not None and any(name in latest.attrs for name in names):
+            await self.session.execute(
+                update(DeviceLatestRow)
+                .where(DeviceLatestRow.device_id == device_id)
+                .values(attrs={k: v for k, v in latest.attrs.items() if k not in names})
             )
 
     async def _write(self, statement: _BulkWrite, rows: list[tuple[Any, ...]]) -> None:
@@ -214,6 +313,7 @@ class TelemetryRepository:
         for table, column, before in (
             (DeviceHistoryRow, DeviceHistoryRow.at, history_before),
             (DeviceEventRow, DeviceEventRow.at, events_before),
+            (DeviceThingEventRow, DeviceThingEventRow.at, events_before),
         ):
             result = await self.session.execute(delete(table).where(column < before))
             removed += int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -666,6 +666,7 @@ async def test_amqtt_internals_the_broker_relies_on_are_unchanged() -> None:
     overrides = {
         "_broadcast_message": ["self", "session", "topic", "data", "force_qos"],
         "_publish_retained_messages_for_subscription": ["self", "subscription", "session"],
+        "_handle_message_delivery": ["self", "client_session", "handler", "wait_deliver"],
         "external_connected": ["self", "reader", "writer", "listener_name"],
     }
     for name, parameters in overrides.items():

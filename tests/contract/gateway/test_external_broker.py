@@ -26,7 +26,13 @@ from iotcloud.gateway.broker import (
     DevicePrincipal,
     DisconnectReason,
 )
-from iotcloud.gateway.external import UNKNOWN_PEER, BrokerTarget, BrokerUnavailable, ExternalBroker
+from iotcloud.gateway.external import (
+    UNKNOWN_PEER,
+    BrokerTarget,
+    BrokerUnavailable,
+    ExternalBroker,
+    sync_commands,
+)
 from tests.conftest import unique
 from tests.contract.gateway.test_embedded_broker import RawDevice, connect_packet
 from tests.mosquitto import MosquittoServer
@@ -52,6 +58,8 @@ class Directory:
 
     def __init__(self) -> None:
         self.devices: dict[str, DeviceCredential] = {}
+        self.things: dict[str, DevicePrincipal] = {}
+        """Data-template devices by client id ``{PID}{NAME}``."""
         self.full_listings = 0
         self._listed = asyncio.Event()
 
@@ -69,6 +77,9 @@ class Directory:
         if credential is None or not credential.enabled:
             return None
         return DevicePrincipal(credential.did, credential.product_key)
+
+    async def principal_of_client(self, client_id: str) -> DevicePrincipal | None:
+        return self.things.get(client_id) or await self.principal_of(client_id)
 
     async def credentials(
         self, dids: Sequence[str] | None = None
@@ -561,3 +572,83 @@ async def test_unreachable_broker_fails_to_start_within_the_connect_timeout(
             await adapter.__aenter__()
     assert "not-the-password" not in str(failed.value)
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "external-broker"]
+
+
+# -- data-template (Tencent) devices ----------------------------------------------------------
+
+
+async def test_a_thing_device_admitted_by_the_operator_is_heard_and_reached(
+    mosquitto: MosquittoServer,
+) -> None:
+    """With ``credentials="none"`` the operator's own authentication admits data-template
+    devices (played here by a dynamic-security client the test makes); the adapter hears their
+    ``$thing/up`` messages as the device and publishes on their ``$thing/down`` topics."""
+    directory, events = Directory(), Recorder()
+    product_id, name = "ABCDE12345", unique("lamp")
+    principal = DevicePrincipal(unique("d"), product_id, device_name=name, thing=True)
+    client_id = product_id + name
+    directory.things[client_id] = principal
+    username, password = f"{client_id};12010126;abcde;0", new_passcode()
+    acls = [
+        {"acltype": "publishClientSend", "topic": f"$thing/up/property/{product_id}/{name}"},
+        {"acltype": "subscribePattern", "topic": f"$thing/down/property/{product_id}/{name}"},
+        {"acltype": "publishClientReceive", "topic": f"$thing/down/property/{product_id}/{name}"},
+    ]
+    async with new_adapter(mosquitto, directory, events) as admin:
+        await directory.listed()
+        await admin._control(
+            [
+                {
+                    "command": "createRole",
+                    "rolename": "op-" + name,
+                    "acls": [{**acl, "allow": True} for acl in acls],
+                },
+                {
+                    "command": "createClient",
+                    "username": username,
+                    "password": password,
+                    "roles": [{"rolename": "op-" + name}],
+                },
+            ]
+        )
+    try:
+        adapter = new_adapter(
+            mosquitto, directory, events, client_id=unique("late-"), credentials="none"
+        )
+        async with (
+            adapter,
+            aiomqtt.Client(
+                "127.0.0.1",
+                mosquitto.port,
+                identifier=client_id,
+                username=username,
+                password=password,
+            ) as device,
+        ):
+            (connect,) = await events.wait_for("connect", principal.did)
+            assert connect[2] == client_id
+            assert adapter.connected_dids() == {principal.did}
+            await device.subscribe(f"$thing/down/property/{product_id}/{name}")
+            report = b'{"method":"report","clientToken":"1","params":{}}'
+            await device.publish(f"$thing/up/property/{product_id}/{name}", report, qos=1)
+            (published,) = await events.wait_for("publish", principal.did)
+            assert published[2:] == (f"$thing/up/property/{product_id}/{name}", report)
+            await adapter.publish(f"$thing/down/property/{product_id}/{name}", b'{"code":0}')
+            message = await next_message(device)
+            assert bytes(message.payload) == b'{"code":0}'  # type: ignore[arg-type]
+    finally:
+        async with new_adapter(mosquitto, directory, events, client_id=unique("c-")) as cleanup:
+            await cleanup._control(
+                [
+                    {"command": "deleteClient", "username": username},
+                    {"command": "deleteRole", "rolename": "op-" + name},
+                ]
+            )
+
+
+def test_thing_devices_are_never_written_to_dynamic_security() -> None:
+    thing = DeviceCredential(unique("d"), "ABCDE12345", new_passcode(), enabled=True, thing=True)
+    assert sync_commands(thing, None) == []
+    assert sync_commands(thing, {"username": thing.did}) == [
+        {"command": "deleteClient", "username": thing.did}
+    ]
