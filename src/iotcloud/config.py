@@ -77,6 +77,12 @@ class Settings:
     dev_captcha_code: str = ""
     password_reset_ttl: int = 3600
 
+    # Tencent app API: the envelope of every answer, "response" ({"Response": ...}, as
+    # documented) or "sdk" ({"code", "msg", "data"}, as Tencent's own app SDKs parse it); how far
+    # a signed appapi call's Timestamp may be from this server's clock, either way (seconds)
+    tencent_envelope: str = "response"
+    tencent_signature_window: int = 300
+
     # notification providers
     sms_webhook_url: str = ""  # empty: append to <data dir>/outbox/sms.jsonl
     smtp_url: str = ""  # empty: write .eml files to <data dir>/outbox/mail/
@@ -202,6 +208,12 @@ class Settings:
             raise ConfigError(
                 f"IOTCLOUD_MQTT_CREDENTIALS must be dynsec or none, not {self.mqtt_credentials!r}"
             )
+        if self.tencent_envelope not in ("response", "sdk"):
+            raise ConfigError(
+                f"IOTCLOUD_TENCENT_ENVELOPE must be response or sdk, not {self.tencent_envelope!r}"
+            )
+        if self.tencent_signature_window <= 0:
+            raise ConfigError("IOTCLOUD_TENCENT_SIGNATURE_WINDOW must be positive")
         if self.mqtt_sync_seconds <= 0:
             raise ConfigError("IOTCLOUD_MQTT_SYNC_SECONDS must be positive")
         if self.history_retention_days < 0 or self.frame_log_retention_days < 1:

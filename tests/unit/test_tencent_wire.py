@@ -70,7 +70,7 @@ def test_domain_field_errors_are_invalid_values_naming_the_field() -> None:
 
 
 def test_unlisted_errors_fail_the_operation_and_faults_reveal_nothing() -> None:
-    assert tencent_error(errors.LoginFailed()) == ("FailedOperation", "username or password error!")
+    assert tencent_error(errors.UserInvalid()) == ("FailedOperation", "user invalid!")
     code, message = tencent_error(RuntimeError("password=hunter2 in connection string"))
     assert code == "InternalError"
     assert "hunter2" not in message

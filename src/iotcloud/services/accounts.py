@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -86,6 +88,41 @@ class UserChange:
     new_pwd: str | None = None
     email: str | None = None
     profile: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A user as their own app shows them (Tencent ``AppGetUser``), read fresh from the store:
+    ``name`` is the nickname (the Gizwits profile ``name``), ``avatar`` a picture's URL."""
+
+    uid: str
+    username: str | None
+    phone: str | None
+    email: str | None
+    name: str | None
+    avatar: str | None
+    has_password: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+TEMPERATURE_UNITS: tuple[str, ...] = ("celsius", "fahrenheit")
+
+
+@dataclass(frozen=True)
+class UserSettings:
+    """A user's app settings (Tencent ``AppGetUserSetting``). Everything but the zone is kept in
+    ``users.settings`` (values never stored keep these defaults); ``time_zone`` is
+    ``users.time_zone``, an IANA name, or None when the user chose none (then the server's
+    ``IOTCLOUD_TIMEZONE`` applies, see :meth:`AccountService.time_zone`)."""
+
+    wechat_push: bool = False
+    device_message_push: bool = True
+    family_message_push: bool = True
+    notify_message_push: bool = True
+    temperature_unit: str = "celsius"
+    region: str = ""
+    time_zone: str | None = None
 
 
 class AccountService:
@@ -210,7 +247,63 @@ class AccountService:
                 continue
         raise UserInvalid("this identity is being registered concurrently; retry")
 
+    async def register_with_code(
+        self, app: App, field: str, value: str, code: str, password: str
+    ) -> str:
+        """A new user with a password whose ``field`` (``phone`` or ``email``, normalised by
+        the caller) was proven by a code sent there; returns the uid. No token is issued (the
+        Tencent sign-up answers only ``UserID``). 9018/9022 when taken, 9010/9009 for the code;
+        the code is used up only when the user is made."""
+        password_hash = await self._hash_new(password, "Password")
+        async with self.db.session() as session:
+            users = UserRepository(session)
+            if await users.identity_taken(app.id, field, value):
+                raise _TAKEN[field](f"{field} {value} is already registered in this app")
+            await self._consume_code(session, app, field, value, code)
+            user = await users.save(
+                self._new_user(
+                    app,
+                    password_hash=password_hash,
+                    phone=value if field == "phone" else None,
+                    email=value if field == "email" else None,
+                )
+            )
+            return user.uid
+
     # -- sign-in and tokens -------------------------------------------------------------------
+
+    async def sign_in(self, app: App, field: str, value: str, password: str) -> IssuedToken:
+        """Sign in the user whose ``field`` (``phone`` or ``email``, normalised) is ``value``:
+        9005 when there is none (Tencent tells ``ErrorUserNotExists`` apart), 9020 when the
+        password is wrong or the user has none."""
+        async with self.db.session() as session:
+            user = await UserRepository(session).by_field(app.id, field, value)
+        if user is None:
+            raise UserNotFound(f"no user with this {field} in this app")
+        if not await self.hasher.verify(user.password_hash, password):
+            raise LoginFailed("Password: wrong")
+        async with self.db.session() as session:
+            return await self._issue(session, user)
+
+    async def sign_in_with_code(self, app: App, field: str, value: str, code: str) -> IssuedToken:
+        """Sign in the user whose ``field`` is ``value`` with a code sent to it (the code is
+        used up); 9005 when there is no such user, 9010/9009 for the code."""
+        async with self.db.session() as session:
+            user = await UserRepository(session).by_field(app.id, field, value)
+            if user is None:
+                raise UserNotFound(f"no user with this {field} in this app")
+            await self._consume_code(session, app, field, value, code)
+            return await self._issue(session, user)
+
+    async def _consume_code(
+        self, session: AsyncSession, app: App, field: str, value: str, code: str
+    ) -> None:
+        if field == "phone":
+            await self.codes.consume_code(session, app, value, code)
+        elif field == "email":
+            await self.codes.consume_email_code(session, app, value, code)
+        else:
+            raise ValueError(f"codes are sent to a phone or an email, not a {field}")
 
     async def login(self, app: App, identity: str, password: str) -> IssuedToken:
         """Sign in with a username, e-mail or phone in ``identity``; 9020 on any mismatch."""
@@ -369,6 +462,105 @@ class AccountService:
         self.auth_cache.drop_user(current.user_id)
         return now
 
+    # -- the Tencent app's profile, password and settings --------------------------------------
+
+    async def user_record(self, current: CurrentUser) -> UserRecord:
+        """``current`` as stored now (not as cached with the token). Raises 9005 if deleted."""
+        async with self.db.session() as session:
+            user = await self._stored(session, current)
+        return UserRecord(
+            uid=user.uid,
+            username=user.username,
+            phone=user.phone,
+            email=user.email,
+            name=user.name,
+            avatar=user.avatar,
+            has_password=user.password_hash is not None,
+            created_at=user.created_at,
+            updated_at=user.updated_at,
+        )
+
+    async def update_name_and_avatar(
+        self, current: CurrentUser, *, name: str | None = None, avatar: str | None = None
+    ) -> None:
+        """Set the nickname (``name``, the profile name the Gizwits API shows too) and/or the
+        avatar URL; None keeps a value, ``""`` clears it. The caller checks the values. Setting
+        the stored values again is no error (``updated_at`` moves only on a change)."""
+        async with self.db.session() as session:
+            user = await self._stored(session, current)
+            changed = False
+            for column, value in (("name", name), ("avatar", avatar)):
+                if value is None:
+                    continue
+                stored = value or None
+                if getattr(user, column) != stored:
+                    setattr(user, column, stored)
+                    changed = True
+            if changed:
+                user.updated_at = self.clock.now()
+                await session.flush()
+        self.auth_cache.drop_user(current.user_id)
+
+    async def change_password(self, current: CurrentUser, password: str, new_password: str) -> None:
+        """Replace the password, given the current one (the rules of ``PUT /app/users``
+        ``old_pwd``/``new_pwd``): every other session of the user ends, the calling one stays.
+
+        Raises ``FormInvalid`` naming ``new_password`` when it breaks the password rule,
+        ``LoginFailed`` (9020) when ``password`` is not the current one (a user without a
+        password has none to give), then ``FormInvalid`` when the new one equals it.
+        """
+        new_hash = await self._hash_new(new_password, "new_password")
+        async with self.db.session() as session:
+            user = await self._stored(session, current)
+            if not await self.hasher.verify(user.password_hash, password):
+                raise LoginFailed("password: is not the current password")
+            if password == new_password:
+                raise FormInvalid("new_password: equals the current password")
+            user.password_hash = new_hash
+            user.updated_at = self.clock.now()
+            await UserTokenRepository(session).revoke_all(
+                user.id, except_digest=current.token_digest
+            )
+        self.auth_cache.drop_user(current.user_id)
+
+    async def user_settings(self, current: CurrentUser) -> UserSettings:
+        """The user's settings; defaults for what was never set."""
+        async with self.db.session() as session:
+            return _settings(await self._stored(session, current))
+
+    async def update_settings(
+        self, current: CurrentUser, changes: Mapping[str, Any]
+    ) -> UserSettings:
+        """Apply ``changes`` (`UserSettings` field name -> new value, already checked; an
+        unknown name is a programming error: ``ValueError``) and return the settings after."""
+        known = {f.name for f in dataclasses.fields(UserSettings)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ValueError(f"no such user settings: {sorted(unknown)}")
+        async with self.db.session() as session:
+            user = await self._stored(session, current)
+            after = dataclasses.replace(_settings(user), **changes)
+            stored = dataclasses.asdict(after)
+            user.time_zone = stored.pop("time_zone")
+            user.settings = stored
+            user.updated_at = self.clock.now()
+            await session.flush()
+        self.auth_cache.drop_user(current.user_id)
+        return after
+
+    async def time_zone(self, current: CurrentUser) -> str:
+        """The IANA zone of ``current``'s wall-clock times: their own, else
+        ``IOTCLOUD_TIMEZONE``."""
+        async with self.db.session() as session:
+            user = await self._stored(session, current)
+        return user.time_zone or self.settings.timezone
+
+    async def _stored(self, session: AsyncSession, current: CurrentUser) -> UserRow:
+        user = await session.get(UserRow, current.user_id)
+        if user is None:
+            raise UserNotFound("the user was deleted")
+        return user
+
     # -- internals ----------------------------------------------------------------------------
 
     def _new_user(self, app: App, *, is_anonymous: bool = False, **values: object) -> UserRow:
@@ -412,6 +604,8 @@ class AccountService:
             log.warning("welcome mail to %s not sent: %s", mail.to, exc)
 
 
+_TAKEN: dict[str, type[IotCloudError]] = {"phone": PhoneUnavailable, "email": EmailUnavailable}
+
 _CREDENTIAL_FIELDS = ("username", "password", "phone", "code", "old_pwd", "new_pwd", "email")
 
 _VARIANTS: dict[frozenset[str], str] = {
@@ -454,3 +648,18 @@ def _profile(user: UserRow) -> UserProfile:
         lang=user.lang,
         remark=user.remark,
     )
+
+
+def _settings(user: UserRow) -> UserSettings:
+    """The settings stored with ``user``; a stored value of the wrong type (or none) keeps the
+    default, so a settings document written by an older version still reads."""
+    defaults = UserSettings()
+    stored = user.settings or {}
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(UserSettings):
+        if item.name == "time_zone":
+            continue
+        value = stored.get(item.name)
+        if isinstance(value, type(getattr(defaults, item.name))):
+            values[item.name] = value
+    return dataclasses.replace(defaults, time_zone=user.time_zone, **values)

@@ -122,6 +122,30 @@ class PasswordResetService:
             await UserTokenRepository(session).revoke_all(user.id)
         self.drop_user_sessions(user.id)
 
+    async def reset_with_code(
+        self, app: App, field: str, value: str, code: str, new_password: str
+    ) -> None:
+        """Set the password of the user whose ``field`` (``phone`` or ``email``, normalised by
+        the caller) is ``value`` after checking a code sent there; every session of the user
+        ends. 9005 when there is no such user, 9010/9009 for the code."""
+        try:
+            rules.check_password(new_password, self.settings.password_min_length, "Password")
+        except rules.FieldInvalid as exc:
+            raise FormInvalid(str(exc)) from exc
+        new_hash = await self.hasher.hash(new_password)
+        async with self.db.session() as session:
+            user = await UserRepository(session).by_field(app.id, field, value)
+            if user is None:
+                raise UserNotFound(f"no user with this {field} in this app")
+            if field == "email":
+                await self.codes.consume_email_code(session, app, value, code)
+            else:
+                await self.codes.consume_code(session, app, value, code)
+            user.password_hash = new_hash
+            user.updated_at = self.clock.now()
+            await UserTokenRepository(session).revoke_all(user.id)
+        self.drop_user_sessions(user.id)
+
     async def reset_by_phone(self, app: App, phone: str, code: str, new_password: str) -> None:
         """Set the password of the user with ``phone`` after checking an SMS code."""
         try:

@@ -1,12 +1,17 @@
-"""App tokens, captchas and SMS verification codes.
+"""App tokens, captchas, and verification codes sent by SMS or e-mail.
 
-Codes are single-use, expire, allow a bounded number of wrong guesses, and a phone receives a
-bounded number of codes per hour. Only a digest of each code is stored.
+Codes are single-use, expire, allow a bounded number of wrong guesses, and a phone (or e-mail
+address) receives a bounded number of codes per hour. Only a digest of each code is stored.
+
+E-mail codes live beside SMS codes in ``sms_codes``, under the key `email_code_key` of the
+address (``@`` and a digest of it, which no phone number can equal), and follow the same
+``IOTCLOUD_SMS_CODE_*`` rules: one table, one set of limits, one purge.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import logging
 import secrets
 from datetime import datetime, timedelta
@@ -14,18 +19,22 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from iotcloud.config import Settings
-from iotcloud.domain.accounts import FieldInvalid, check_phone
+from iotcloud.domain.accounts import FieldInvalid, check_email, check_phone
 from iotcloud.domain.clock import Clock, iso_utc
 from iotcloud.errors import (
     AppAuthInvalid,
     CodeExpired,
     CodeInvalid,
+    EmailUnavailable,
     FormInvalid,
+    PhoneUnavailable,
     Throttled,
     TokenExpired,
     TokenInvalid,
+    UserNotFound,
 )
 from iotcloud.notify.captcha import CaptchaRenderer
+from iotcloud.notify.mail import Mail, Mailer
 from iotcloud.notify.sms import SmsMessage, SmsSender
 from iotcloud.services.apps import App, AppService
 from iotcloud.services.credentials import (
@@ -35,11 +44,24 @@ from iotcloud.services.credentials import (
     new_token,
     same_secret,
 )
-from iotcloud.storage.accounts import AppTokenRepository, CodeRepository, UserRepository
+from iotcloud.storage.accounts import (
+    AppTokenRepository,
+    CodeRepository,
+    NonceRepository,
+    UserRepository,
+)
 from iotcloud.storage.database import Database
 from iotcloud.storage.models import AppTokenRow, CaptchaRow, SmsCodeRow
 
 log = logging.getLogger(__name__)
+
+_EMAIL_KEY_DIGITS = 23  # "@" + 23 hex digits fill the 24 characters of sms_codes.phone
+
+
+def email_code_key(email: str) -> str:
+    """Where the codes of a (normalised) e-mail address are kept in ``sms_codes.phone``: ``@``
+    and the first 92 bits of its SHA-256, so neither the address nor a phone number fits."""
+    return "@" + hashlib.sha256(email.encode()).hexdigest()[:_EMAIL_KEY_DIGITS]
 
 
 class CaptchaNotFound(CodeInvalid):
@@ -55,7 +77,9 @@ class VerificationService:
         settings: Settings,
         sms: SmsSender,
         captcha: CaptchaRenderer,
+        mailer: Mailer | None = None,
     ) -> None:
+        self.mailer = mailer
         self.db = db
         self.apps = apps
         self.clock = clock
@@ -90,6 +114,12 @@ class VerificationService:
             raise TokenInvalid("X-Gizwits-Application-Token is not a token of this app")
         if row.expires_at <= self.clock.now():
             raise TokenExpired("X-Gizwits-Application-Token expired; request a new one")
+
+    async def use_nonce(self, app: App, timestamp: int, nonce: str) -> None:
+        """Spend the (``app``, ``timestamp``, ``nonce``) of a signed call; raises
+        `NonceReplayed` (storing nothing) when it was spent before."""
+        async with self.db.session() as session:
+            await NonceRepository(session).use(app.id, timestamp, nonce, self.clock.now())
 
     # -- captchas -----------------------------------------------------------------------------
 
@@ -141,8 +171,20 @@ class VerificationService:
         await self._solve_captcha(app, captcha_id, captcha_code)
         await self.send_code(app, phone)
 
-    async def send_code(self, app: App, phone: str) -> None:
-        """Send a fresh code to ``phone``; earlier codes stop working. 9041 past the hourly cap."""
+    async def send_code(
+        self,
+        app: App,
+        phone: str,
+        purpose: str | None = None,
+        *,
+        registered: bool | None = None,
+    ) -> None:
+        """Send a fresh code to ``phone``; earlier codes stop working. 9041 past the hourly cap.
+
+        ``purpose`` is what the message says the code is for; by default ``register`` for a
+        phone no user has, else ``verify``. ``registered`` True requires a user with the phone
+        (9005 otherwise), False requires none (9018 otherwise); nothing is stored or sent then.
+        """
         phone = _phone(phone)
         now = self.clock.now()
         code = new_numeric_code(self.settings.sms_code_length)
@@ -152,8 +194,10 @@ class VerificationService:
             cap = self.settings.sms_sends_per_phone_per_hour
             if cap and await codes.sms_sends_since(app.id, phone, now - timedelta(hours=1)) >= cap:
                 raise Throttled(f"at most {cap} codes per phone per hour", retry_after=600)
-            registered = await UserRepository(session).identity_taken(app.id, "phone", phone)
-            purpose = "verify" if registered else "register"
+            taken = await UserRepository(session).identity_taken(app.id, "phone", phone)
+            _require_registered(registered, taken, "phone", phone)
+            if purpose is None:
+                purpose = "verify" if taken else "register"
             await codes.add_sms_code(
                 SmsCodeRow(
                     app_id=app.id,
@@ -184,13 +228,92 @@ class VerificationService:
         other write of the caller's unit of work. Raises 9010 (wrong, used, or too many guesses)
         or 9009 (expired).
         """
+        await self._consume(session, app, phone, code, "phone")
+
+    async def check_code(self, app: App, phone: str, code: str) -> None:
+        """Whether ``code`` is the live code of ``phone``, without using it up (Tencent's
+        ``AppCheckVerificationCode`` precedes the call that consumes it). The guess counts
+        towards the attempt limit. Raises 9010 or 9009 as `consume_code` does."""
+        phone = _phone(phone)
+        async with self.db.session() as session:
+            await self._match(session, app, phone, code, "phone")
+
+    # -- e-mail codes -------------------------------------------------------------------------
+
+    async def send_email_code(
+        self, app: App, email: str, purpose: str, *, registered: bool | None = None
+    ) -> None:
+        """Mail a fresh code to ``email``; earlier codes stop working. The hourly cap, every
+        other rule of SMS codes and ``registered`` as in `send_code` apply. If the mail cannot
+        be sent, the code is not stored."""
+        email = _email(email)
+        if self.mailer is None:
+            raise FormInvalid("email: this server sends no verification mail")
+        key = email_code_key(email)
+        now = self.clock.now()
+        code = new_numeric_code(self.settings.sms_code_length)
+        async with self.db.session(lock=f"mail-code:{app.id}:{key}") as session:
+            codes = CodeRepository(session)
+            cap = self.settings.sms_sends_per_phone_per_hour
+            if cap and await codes.sms_sends_since(app.id, key, now - timedelta(hours=1)) >= cap:
+                raise Throttled(f"at most {cap} codes per e-mail address per hour", retry_after=600)
+            taken = await UserRepository(session).identity_taken(app.id, "email", email)
+            _require_registered(registered, taken, "email", email)
+            ttl = self.settings.sms_code_ttl
+            await codes.add_sms_code(
+                SmsCodeRow(
+                    app_id=app.id,
+                    phone=key,
+                    digest=digest(code),
+                    purpose=purpose,
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=ttl),
+                    attempts=0,
+                )
+            )
+            minutes = max(1, ttl // 60)
+            await self.mailer.send(
+                Mail(
+                    to=email,
+                    subject=f"Your {app.name} verification code: {code}",
+                    text=(
+                        f"Your {app.name} verification code is {code}.\n\n"
+                        f"It is valid for {minutes} minutes. If you did not ask for it, ignore "
+                        "this mail.\n"
+                    ),
+                    html=(
+                        f"<p>Your {html.escape(app.name)} verification code is "
+                        f"<b>{code}</b>.</p><p>It is valid for {minutes} minutes. If you did "
+                        "not ask for it, ignore this mail.</p>"
+                    ),
+                )
+            )
+
+    async def check_email_code(self, app: App, email: str, code: str) -> None:
+        """`check_code` for an e-mail address: the code stays usable."""
+        email = _email(email)
+        async with self.db.session() as session:
+            await self._match(session, app, email_code_key(email), code, "e-mail address")
+
+    async def consume_email_code(
+        self, session: AsyncSession, app: App, email: str, code: str
+    ) -> None:
+        """`consume_code` for a normalised e-mail address, in ``session``'s unit of work."""
+        await self._consume(session, app, email_code_key(email), code, "e-mail address")
+
+    # -- code internals -----------------------------------------------------------------------
+
+    async def _match(
+        self, session: AsyncSession, app: App, key: str, code: str, what: str
+    ) -> SmsCodeRow:
+        """The newest live code row of ``key`` when ``code`` is it; the guess is counted first,
+        in a transaction of its own. Raises 9010 or 9009."""
         if not code:
             raise FormInvalid("code: must not be empty")
-        codes = CodeRepository(session)
-        row = await codes.newest_sms_code(app.id, phone)
+        row = await CodeRepository(session).newest_sms_code(app.id, key)
         now = self.clock.now()
         if row is None or row.consumed_at is not None:
-            raise CodeInvalid("no unused code was sent to this phone; request one")
+            raise CodeInvalid(f"no unused code was sent to this {what}; request one")
         if row.expires_at <= now:
             raise CodeExpired("the code expired; request a new one")
         async with self.db.session() as attempt:
@@ -201,8 +324,29 @@ class VerificationService:
             raise CodeInvalid("too many wrong codes; request a new one")
         if not same_secret(row.digest, digest(code.strip())):
             raise CodeInvalid("the code is wrong")
-        if not await codes.consume_sms_code(row.id, now):
+        return row
+
+    async def _consume(
+        self, session: AsyncSession, app: App, key: str, code: str, what: str
+    ) -> None:
+        row = await self._match(session, app, key, code, what)
+        if not await CodeRepository(session).consume_sms_code(row.id, self.clock.now()):
             raise CodeInvalid("this code was just used")
+
+
+def _require_registered(registered: bool | None, taken: bool, field: str, value: str) -> None:
+    if registered is True and not taken:
+        raise UserNotFound(f"no user with {field} {value} in this app")
+    if registered is False and taken:
+        error = PhoneUnavailable if field == "phone" else EmailUnavailable
+        raise error(f"{field} {value} is already registered in this app")
+
+
+def _email(value: str) -> str:
+    try:
+        return check_email(value)
+    except FieldInvalid as exc:
+        raise FormInvalid(str(exc)) from exc
 
 
 def _phone(value: str) -> str:

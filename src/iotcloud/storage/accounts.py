@@ -17,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from iotcloud.errors import (
     EmailUnavailable,
     IotCloudError,
+    NonceReplayed,
     PhoneUnavailable,
     UsernameUnavailable,
 )
 from iotcloud.storage.models import (
+    ApiNonceRow,
     AppRow,
     AppTokenRow,
     CaptchaRow,
@@ -284,6 +286,30 @@ class CodeRepository:
             )
         )
         return removed + int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class NonceRepository:
+    """The (app, ``Timestamp``, ``Nonce``) of each signed ``appapi`` call: each accepted once."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def use(self, app_id: int, timestamp: int, nonce: str, now: datetime) -> None:
+        """Record the triple; `NonceReplayed` if it was already used (the unit of work then
+        ends, storing nothing). Atomic: of racing requests with the same triple exactly one
+        succeeds, as the unique constraint decides."""
+        self.session.add(ApiNonceRow(app_id=app_id, timestamp=timestamp, nonce=nonce, used_at=now))
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:
+            raise NonceReplayed(
+                f"Nonce: {nonce} was already used with Timestamp {timestamp}"
+            ) from exc
+
+    async def purge_before(self, cutoff: datetime) -> int:
+        """Drop triples used before ``cutoff`` (their Timestamp can no longer be accepted)."""
+        result = await self.session.execute(delete(ApiNonceRow).where(ApiNonceRow.used_at < cutoff))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _changed_one(result: Any) -> bool:

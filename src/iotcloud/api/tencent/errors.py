@@ -5,6 +5,9 @@ Errors an Action raises answer HTTP 200, as Tencent does (its official clients r
 only after a 200). Requests that never reach an Action keep their HTTP status, like the
 Gizwits side: an unknown path 404 and a wrong method 405 (``InvalidAction``, with ``Allow``),
 an oversized body 413 (``InvalidParameterValue``).
+
+Successes and failures alike are shaped by the server's ``IOTCLOUD_TENCENT_ENVELOPE``
+(`envelope_of`): `answer` renders a success, `render_tencent_error` a failure.
 """
 
 from __future__ import annotations
@@ -19,14 +22,24 @@ from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED
 
 from iotcloud.api.tencent.wire import (
     INTERNAL_ERROR,
+    Envelope,
     error_body,
+    error_number,
     json_response,
     new_request_id,
+    success_body,
     tencent_error,
 )
 from iotcloud.errors import IotCloudError, Throttled
 
-__all__ = ["PATH_PREFIX", "remember_request_id", "render_tencent_error", "with_tencent_errors"]
+__all__ = [
+    "PATH_PREFIX",
+    "answer",
+    "envelope_of",
+    "remember_request_id",
+    "render_tencent_error",
+    "with_tencent_errors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +53,18 @@ _REQUEST_ID: Final = "tencent_request_id"
 def remember_request_id(request: AnyRequest, request_id: str) -> None:
     """Keep the RequestId of ``request`` for the error answer, should one be needed."""
     request.scope.setdefault("state", {})[_REQUEST_ID] = request_id
+
+
+def envelope_of(request: AnyRequest) -> Envelope:
+    """The envelope the server answers in (``response`` before its services are up)."""
+    services = getattr(request.app.state, "services", None)
+    envelope = getattr(getattr(services, "settings", None), "tencent_envelope", "response")
+    return "sdk" if envelope == "sdk" else "response"
+
+
+def answer(request: AnyRequest, request_id: str, content: Mapping[str, Any]) -> Response[bytes]:
+    """HTTP 200 with the Action's ``content`` and ``RequestId`` in the server's envelope."""
+    return json_response(success_body(request_id, content, envelope_of(request)))
 
 
 def render_tencent_error(request: AnyRequest, exc: Exception) -> Response[bytes]:
@@ -62,7 +87,8 @@ def render_tencent_error(request: AnyRequest, exc: Exception) -> Response[bytes]
             message,
             exc_info=traceback,
         )
-    return json_response(error_body(request_id, code, message), status, headers)
+    body = error_body(request_id, code, message, envelope_of(request), error_number(exc, code))
+    return json_response(body, status, headers)
 
 
 def _http_error(

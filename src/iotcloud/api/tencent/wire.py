@@ -4,42 +4,69 @@ to Tencent ``Error.Code``\\ s, and strict readers for Action parameters.
 Every answer, success or failure, is ``{"Response": {..., "RequestId"}}`` (spec §1.3, the
 documented form): a success carries the Action's fields, a failure
 ``{"Error": {"Code", "Message"}}`` with ``Message`` naming the field or thing at fault.
+
+``IOTCLOUD_TENCENT_ENVELOPE=sdk`` wraps the same content as Tencent's own app SDKs (Android,
+iOS, Node) parse it: ``{"code": 0, "msg": "", "data": <Response content>}`` on success and
+``{"code": <non-zero>, "msg": <Message>, "data": {"Error", "RequestId"}}`` on failure, so a
+client that checks ``code`` and one that looks for ``data.Error`` both see the failure.
+`success_body` and `error_body` are the only places either shape is built.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 from litestar import Response
 
 from iotcloud.domain.accounts import FieldInvalid
 from iotcloud.errors import (
+    AppIdInvalid,
     AttrInvalid,
+    CodeExpired,
+    CodeInvalid,
     DeviceDisabled,
+    DeviceNoReply,
     DeviceNotBound,
     DeviceNotFound,
     DeviceOffline,
+    DeviceSignatureInvalid,
+    DeviceTimestampInvalid,
+    EmailUnavailable,
+    FamilyNotFound,
     FormInvalid,
     IotCloudError,
+    LoginFailed,
+    NonceReplayed,
+    PhoneUnavailable,
     ProductKeyInvalid,
     ScheduleNotFound,
     ServerError,
+    SignatureInvalid,
     Throttled,
+    TimestampInvalid,
     TokenExpired,
     TokenInvalid,
+    UserNotFound,
 )
 
 __all__ = [
+    "ENVELOPES",
     "INTERNAL_ERROR",
     "REQUEST_ID_MAX",
     "TENCENT_CODES",
     "ActionUnknown",
+    "AppKeyUnknown",
+    "AppSignatureInvalid",
+    "AppTimestampInvalid",
+    "Envelope",
     "JsonInvalid",
+    "PhoneNumberInvalid",
     "RequiredParamMissing",
     "error_body",
+    "error_number",
     "json_response",
     "new_request_id",
     "optional_int",
@@ -52,9 +79,15 @@ __all__ = [
 ]
 
 REQUEST_ID_MAX: Final = 128
+#: ``code`` of an ``sdk``-envelope failure no iotcloud error names (the Gizwits "form invalid").
+SDK_FAILURE: Final = 9015
 INTERNAL_ERROR: Final = "InternalError"
 #: A refusal no entry of `TENCENT_CODES` names: the request was understood and cannot be done.
 FAILED_OPERATION: Final = "FailedOperation"
+
+Envelope = Literal["response", "sdk"]
+#: The values ``IOTCLOUD_TENCENT_ENVELOPE`` takes.
+ENVELOPES: Final[tuple[Envelope, ...]] = get_args(Envelope)
 
 _encoder = msgspec.json.Encoder()
 
@@ -71,12 +104,39 @@ class ActionUnknown(FormInvalid):
     """``Action`` names no action of the endpoint."""
 
 
+class AppKeyUnknown(AppIdInvalid):
+    """``AppKey`` of a signed call names no app."""
+
+
+class AppTimestampInvalid(TimestampInvalid):
+    """``Timestamp`` of a signed call is too far from the server's clock."""
+
+
+class AppSignatureInvalid(SignatureInvalid):
+    """``Signature`` of a signed call is not the one the app's secret gives."""
+
+
+class PhoneNumberInvalid(FormInvalid):
+    """``CountryCode``/``PhoneNumber`` do not form a phone number."""
+
+
 #: iotcloud error class -> Tencent ``Error.Code``. The most specific class of an error wins
 #: (its MRO is walked), so subclasses inherit their parent's code unless listed themselves.
 TENCENT_CODES: Final[Mapping[type[Exception], str]] = {
     RequiredParamMissing: "ErrorRequiredParamNotFound",
     JsonInvalid: "InvalidParameterValue.InvalidJSON",
     ActionUnknown: "InvalidAction",
+    AppKeyUnknown: "AuthFailure.SecretIdNotFound",
+    AppTimestampInvalid: "AuthFailure.SignatureExpire",
+    AppSignatureInvalid: "AuthFailure.SignatureFailure",
+    NonceReplayed: "AuthFailure.NonceReplayed",
+    PhoneNumberInvalid: "InvalidParameterValue.PhoneNumberInvalid",
+    UserNotFound: "InvalidParameterValue.ErrorUserNotExists",
+    LoginFailed: "InvalidParameterValue.UserLoginFailed",
+    CodeInvalid: "InvalidParameterValue.VerificationCodeInvalid",
+    CodeExpired: "InvalidParameterValue.VerificationCodeExpired",
+    PhoneUnavailable: "InvalidParameterValue.PhoneNumberRegistered",
+    EmailUnavailable: "InvalidParameterValue.EmailRegistered",
     TokenInvalid: "InvalidParameterValue.InvalidAccessToken",
     TokenExpired: "InvalidParameterValue.InvalidAccessToken",
     FormInvalid: "InvalidParameterValue",
@@ -87,7 +147,11 @@ TENCENT_CODES: Final[Mapping[type[Exception], str]] = {
     DeviceNotBound: "UnauthorizedOperation.DeviceNotBound",
     DeviceDisabled: "ResourceUnavailable.DeviceDisabled",
     DeviceOffline: "ResourceUnavailable.DeviceOffline",
+    DeviceNoReply: "FailedOperation.DeviceNoReply",
+    DeviceSignatureInvalid: "InvalidParameterValue.DeviceSignatureInvalid",
+    DeviceTimestampInvalid: "InvalidParameterValue.DeviceTimestampExpired",
     ScheduleNotFound: "ResourceNotFound.TimerNotExist",
+    FamilyNotFound: "ResourceNotFound.FamilyNotExist",
     Throttled: "RequestLimitExceeded",
     ServerError: INTERNAL_ERROR,
 }
@@ -115,14 +179,39 @@ def _message(exc: Exception) -> str:
     return str(exc)
 
 
-def success_body(request_id: str, content: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"Response": {**content, "RequestId"}}``."""
-    return {"Response": {**content, "RequestId": request_id}}
+def success_body(
+    request_id: str, content: Mapping[str, Any], envelope: Envelope = "response"
+) -> dict[str, Any]:
+    """``{"Response": {**content, "RequestId"}}``, or in the ``sdk`` envelope
+    ``{"code": 0, "msg": "", "data": {**content, "RequestId"}}``."""
+    response = {**content, "RequestId": request_id}
+    if envelope == "sdk":
+        return {"code": 0, "msg": "", "data": response}
+    return {"Response": response}
 
 
-def error_body(request_id: str, code: str, message: str) -> dict[str, Any]:
-    """``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}``."""
-    return {"Response": {"Error": {"Code": code, "Message": message}, "RequestId": request_id}}
+def error_body(
+    request_id: str,
+    code: str,
+    message: str,
+    envelope: Envelope = "response",
+    number: int = SDK_FAILURE,
+) -> dict[str, Any]:
+    """``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}``, or in the ``sdk``
+    envelope ``{"code": number, "msg": message, "data": {"Error": ..., "RequestId"}}``;
+    ``number`` (non-zero) is what the SDKs test to tell a failure."""
+    response = {"Error": {"Code": code, "Message": message}, "RequestId": request_id}
+    if envelope == "sdk":
+        return {"code": number or SDK_FAILURE, "msg": message, "data": response}
+    return {"Response": response}
+
+
+def error_number(exc: Exception, code: str) -> int:
+    """The non-zero ``code`` of an ``sdk`` failure: the stable iotcloud (Gizwits) code of an
+    iotcloud error, else 9008 for an internal error and 9015 for a refused request."""
+    if isinstance(exc, IotCloudError):
+        return exc.code
+    return 9008 if code == INTERNAL_ERROR else SDK_FAILURE
 
 
 def json_response(
