@@ -49,8 +49,14 @@ from iotcloud.services.realtime import RealtimeHub
 from iotcloud.services.registry import Services
 from iotcloud.services.scheduler import SchedulerService
 from iotcloud.services.telemetry import TelemetryService
+from iotcloud.services.things import ThingService
 from iotcloud.services.verification import VerificationService
-from iotcloud.storage.accounts import AppTokenRepository, CodeRepository, UserTokenRepository
+from iotcloud.storage.accounts import (
+    AppTokenRepository,
+    CodeRepository,
+    NonceRepository,
+    UserTokenRepository,
+)
 from iotcloud.storage.database import Database
 from iotcloud.storage.telemetry import TelemetryRepository
 
@@ -113,7 +119,7 @@ async def running_services(
         )
         apps = AppService(db, clock)
         verification = VerificationService(
-            db, apps, clock, settings, build_sms(settings, http), CaptchaRenderer()
+            db, apps, clock, settings, build_sms(settings, http), CaptchaRenderer(), mailer
         )
         auth_cache: AuthCache[CurrentUser] = AuthCache(settings.auth_cache_seconds)
         accounts = AccountService(
@@ -137,8 +143,13 @@ async def running_services(
         telemetry = TelemetryService(db, clock, settings)
         bindings = BindingService(db, clock)
         # passed binding checks are kept as long as checked tokens, and dropped on any change
+        products = ProductService(db, clock)
         control = ControlService(
-            bindings, telemetry, gateway, usable_cache_seconds=settings.auth_cache_seconds
+            bindings,
+            telemetry,
+            gateway,
+            products=products,
+            usable_cache_seconds=settings.auth_cache_seconds,
         )
         realtime = await stack.enter_async_context(RealtimeHub(gateway, bindings))
 
@@ -161,13 +172,14 @@ async def running_services(
             accounts=accounts,
             verification=verification,
             password_reset=resets,
-            products=ProductService(db, clock),
+            products=products,
             devices=DeviceService(db, clock, settings, devices_changed),
             telemetry=telemetry,
             bindings=bindings,
             control=control,
             realtime=realtime,
             scheduler=SchedulerService(db, clock, bindings, control, engine),
+            things=ThingService(db, clock, bindings, products),
         )
         async with asyncio.TaskGroup() as tasks:
             housekeeping = tasks.create_task(
@@ -196,6 +208,11 @@ async def _housekeeping(db: Database, clock: Clock, settings: Settings) -> None:
                     await UserTokenRepository(session).purge_expired(now)
                     + await AppTokenRepository(session).purge_expired(now)
                     + await CodeRepository(session).purge_expired(now)
+                    # a nonce is kept while its Timestamp could still be accepted: at most
+                    # the window after it was used, plus the window it may lie ahead
+                    + await NonceRepository(session).purge_before(
+                        now - timedelta(seconds=2 * settings.tencent_signature_window)
+                    )
                     + await TelemetryRepository(session).purge_before(
                         now - timedelta(days=settings.history_retention_days),
                         now - timedelta(days=settings.frame_log_retention_days),

@@ -1,5 +1,17 @@
 """Remote control: app commands validated against the product's data points and sent to the
-device through the gateway (spec §1.4 control, §3.4 command words)."""
+device through the gateway (spec §1.4 control, §3.4 command words), for devices of either
+protocol.
+
+A Gizwits device is written with a P0 control built by its product's codec. A data-template
+(Tencent) device is written with the JSON object of the properties to set, checked against its
+template (`DataTemplate.check_control`): the gateway sends it as a ``control`` carrying exactly
+those properties, nothing filled in from the last report. `encode_attrs` takes each device's
+own dialect (Tencent values for a data-template device); `write_attrs`, the Gizwits app path
+(``/app/control`` and WebSocket ``c2s_write``), converts Gizwits-form values (enum labels,
+true/false) for a data-template device first. Raw P0 (``raw``, ``c2s_raw``, ``c2s_ack``) has no
+meaning for a data-template device and is refused (9015); a P0 read of one is answered from its
+latest reported values instead (`read`).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +23,28 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from iotcloud.codecs import CodecError, DatapointError, DataType, Frame, P0Codec, decode_frame
+import msgspec
+
+from iotcloud.codecs import (
+    CodecError,
+    DatapointError,
+    DataTemplate,
+    DataType,
+    Frame,
+    P0Codec,
+    decode_frame,
+    gizwits_to_template,
+    template_to_datapoints,
+    template_to_gizwits,
+)
 from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL, CMD_CONTROL_SN
+from iotcloud.codecs.template import DATA_TEMPLATE_PROTOCOL
 from iotcloud.errors import AttrInvalid, DeviceDisabled, DeviceNotFound, DeviceOffline, FormInvalid
 from iotcloud.gateway.service import CLOUD_CLIENT_ID, DeviceGateway, SendResult
 from iotcloud.services.bindings import AppUser, BindingChange, BindingService
+from iotcloud.services.products import ProductService
 from iotcloud.services.telemetry import TelemetryService
+from iotcloud.storage.devices import DeviceRepository
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +112,8 @@ class ControlService:
 
     ``usable_cache_seconds`` > 0 keeps passed binding checks for that long (see `UsableCache`);
     whoever enables it must route binding changes to `binding_changed` and device changes
-    (disable, delete) to `devices_changed`.
+    (disable, delete) to `devices_changed`. ``products`` parses and caches data templates (one
+    is made on the bindings' database when not given).
     """
 
     def __init__(
@@ -93,11 +122,13 @@ class ControlService:
         telemetry: TelemetryService,
         gateway: DeviceGateway,
         *,
+        products: ProductService | None = None,
         usable_cache_seconds: float = 0.0,
     ) -> None:
         self.bindings = bindings
         self.telemetry = telemetry
         self.gateway = gateway
+        self.products = products
         self.usable = UsableCache(usable_cache_seconds)
         self._checking: dict[tuple[int, str], asyncio.Event] = {}
 
@@ -125,17 +156,72 @@ class ControlService:
         ``byte_arrays`` also takes binary values as lists of byte values (the WebSocket form).
         Raises 9014 unknown did, 9017 not bound, 9023 disabled, 9025 naming the attr and why,
         9042 offline (without waiting).
+
+        For a data-template device ``attrs`` are Gizwits-form values (enum labels, true/false;
+        Tencent integers are taken too), converted and checked against its template, and sent
+        as a ``control`` (``sn`` and ``client_id`` do not apply: its ``control_reply`` is not
+        awaited).
         """
         await self.require_usable(user, did)
+        codec = await self.gateway.codec_of(did)
+        if codec is None:
+            template = await self.template_of(did)
+            if template is not None:
+                payload = encode_template_control(template, attrs, gizwits_form=True)
+                await self._sent(did, payload, client_id, None)
+                return
         payload = await self.encode_attrs(did, attrs, byte_arrays=byte_arrays)
         await self._sent(did, payload, client_id, sn)
+
+    async def write_values(self, user: AppUser, did: str, values: Mapping[str, Any]) -> None:
+        """Write Tencent-form ``values`` (bool 0/1, enum integers: what a Tencent app sends) to
+        a device of either protocol, without waiting for its reply: a data-template device gets
+        a ``control`` with exactly these properties, checked against its template; a Gizwits
+        device's values are converted to display values (`template_to_datapoints`) and sent as
+        a P0 control. Errors as :meth:`write_attrs`: the values are checked before anything is
+        sent, so a refused write sends nothing."""
+        await self.require_usable(user, did)
+        codec = await self.gateway.codec_of(did)
+        if codec is None:
+            template = await self.template_of(did)
+            if template is None:
+                raise DeviceNotFound(f"no device with did {did!r}")
+            payload = encode_template_control(template, values, gizwits_form=False)
+        else:
+            if not values:
+                raise AttrInvalid("attrs: at least one data point is needed")
+            try:
+                display = template_to_datapoints(codec.product, values)
+            except CodecError as exc:
+                raise AttrInvalid(str(exc)) from exc
+            payload = await self.encode_attrs(did, display)
+        await self._sent(did, payload, CLOUD_CLIENT_ID, None)
+
+    async def call_action(
+        self,
+        user: AppUser,
+        did: str,
+        action_id: str,
+        params: dict[str, Any],
+        timeout: float,  # noqa: ASYNC109 (the wait is the caller's parameter)
+    ) -> tuple[int, str, dict[str, Any]]:
+        """Call an action of a data-template device ``user`` may command and wait up to
+        ``timeout`` seconds for its reply: ``(code, status, response)`` as the device answered.
+        Raises 9014/9017/9023 as :meth:`write_attrs`, `TemplateValueError` for an unknown
+        action or bad input (nothing sent), `DeviceOffline`, ``TimeoutError`` (no reply) and
+        ``ConnectionError`` (see `DeviceGateway.call_action`)."""
+        await self.require_usable(user, did)
+        return await self.gateway.call_action(did, action_id, params, timeout)
 
     async def write_raw(
         self, user: AppUser, did: str, raw: Sequence[int], *, client_id: str = CLOUD_CLIENT_ID
     ) -> None:
-        """Send ``raw`` bytes as the P0 of a 0x0090 frame."""
+        """Send ``raw`` bytes as the P0 of a 0x0090 frame; 9015 naming ``raw`` for a
+        data-template device, which has no P0."""
         await self.require_usable(user, did)
-        await self._sent(did, raw_bytes(raw), client_id, None)
+        data = raw_bytes(raw)
+        await self._refuse_template(did, "raw")
+        await self._sent(did, data, client_id, None)
 
     async def read(
         self,
@@ -145,26 +231,47 @@ class ControlService:
         *,
         client_id: str = CLOUD_CLIENT_ID,
         sn: int | None = None,
-    ) -> None:
+    ) -> dict[str, Any] | None:
         """Ask the device for its status (P0 read: var_len products flag ``names``, every attr
-        when None), as a 0x0090 or, with ``sn``, a 0x0093. Errors as :meth:`write_attrs`; an
-        unknown name is 9025."""
+        when None), as a 0x0090 or, with ``sn``, a 0x0093; None is returned, the device answers
+        through the gateway. Errors as :meth:`write_attrs`; an unknown name is 9025.
+
+        A data-template device is not asked (``get_status`` is the device's to send): its
+        latest reported values of ``names`` (all when None) are returned in Gizwits form, and
+        nothing is sent, so an offline device answers too."""
         await self.require_usable(user, did)
         codec = await self.gateway.codec_of(did)
         if codec is None:
-            raise DeviceNotFound(f"no device with did {did!r}")
+            template = await self.template_of(did)
+            if template is None:
+                raise DeviceNotFound(f"no device with did {did!r}")
+            return await self._latest_of_template(did, template, names)
         try:
             payload = codec.encode_read(names)
         except CodecError as exc:
             raise AttrInvalid(str(exc)) from exc
         await self._sent(did, payload, client_id, sn)
+        return None
+
+    async def _latest_of_template(
+        self, did: str, template: DataTemplate, names: Sequence[str] | None
+    ) -> dict[str, Any]:
+        for name in names or ():
+            if name not in template.properties:
+                raise AttrInvalid(f"{name}: unknown property of product {template.product_id}")
+        latest = (await self.telemetry.latest(did)).attrs
+        if names:
+            latest = {name: latest[name] for name in names if name in latest}
+        return template_to_gizwits(template, latest)
 
     async def write_frame(
         self, user: AppUser, did: str, frame: Frame, *, client_id: str = CLOUD_CLIENT_ID
     ) -> None:
         """Send a whole frame an app built (see :func:`app_frame`) or a 0x0094 acknowledging a
-        device's 0x0093, as it is. Errors as :meth:`write_attrs` (but no 9025)."""
+        device's 0x0093, as it is. Errors as :meth:`write_attrs` (but no 9025); 9015 for a
+        data-template device, which takes no frames."""
         await self.require_usable(user, did)
+        await self._refuse_template(did, "raw" if frame.payload else "did")
         try:
             result = await self.gateway.publish_frame(did, frame, client_id)
         except ConnectionError as exc:
@@ -175,10 +282,16 @@ class ControlService:
     async def encode_attrs(
         self, did: str, attrs: Mapping[str, Any], *, byte_arrays: bool = False
     ) -> bytes:
-        """The P0 of a control writing ``attrs``; raises `AttrInvalid` (9025) naming the attr."""
+        """The payload of a control writing ``attrs`` in the device's own dialect: the P0 of a
+        Gizwits device (display values), the UTF-8 JSON object of the checked properties of a
+        data-template device (Tencent values). Raises `AttrInvalid` (9025) naming the attr or
+        property, `DeviceNotFound` (9014) for an unknown did."""
         codec = await self.gateway.codec_of(did)
         if codec is None:
-            raise DeviceNotFound(f"no device with did {did!r}")
+            template = await self.template_of(did)
+            if template is None:
+                raise DeviceNotFound(f"no device with did {did!r}")
+            return encode_template_control(template, attrs, gizwits_form=False)
         if not attrs:
             raise AttrInvalid("attrs: at least one data point is needed")
         latest = await self.telemetry.latest(did)
@@ -199,6 +312,33 @@ class ControlService:
         return await self.gateway.send(
             did, payload, require_ack=require_ack, ack_timeout=ack_timeout
         )
+
+    async def template_of(self, did: str) -> DataTemplate | None:
+        """The data template of the data-template device ``did``; None for a Gizwits device or
+        an unknown did (one indexed read; templates are parsed once per product version)."""
+        async with self.bindings.db.session() as session:
+            found = await DeviceRepository(session).with_product(did)
+        if found is None or found[1].protocol_type != DATA_TEMPLATE_PROTOCOL:
+            return None
+        if self.products is None:
+            self.products = ProductService(self.bindings.db, self.bindings.clock)
+        return self.products.template_of(found[1])
+
+    async def in_gizwits_form(self, did: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Stored values of ``did`` as a Gizwits app reads them: a data-template device's
+        Tencent values converted (`template_to_gizwits`), a Gizwits device's kept."""
+        if not values or await self.gateway.codec_of(did) is not None:
+            return values
+        template = await self.template_of(did)
+        return values if template is None else template_to_gizwits(template, values)
+
+    async def _refuse_template(self, did: str, field: str) -> None:
+        """9015 naming ``field`` when ``did`` is a data-template device (it has no P0)."""
+        if await self.gateway.codec_of(did) is None and await self.template_of(did) is not None:
+            raise FormInvalid(
+                f"{field}: device {did} speaks the Tencent data template: it takes no raw P0 "
+                "(write its properties with attrs)"
+            )
 
     async def require_usable(self, user: AppUser, did: str) -> None:
         """Raise 9014, 9017 or 9023 unless ``user`` may command ``did`` now. A pass is cached
@@ -287,6 +427,23 @@ def transport_values(
         else:
             out[name] = value
     return out
+
+
+def encode_template_control(
+    template: DataTemplate, attrs: Mapping[str, Any], *, gizwits_form: bool
+) -> bytes:
+    """The UTF-8 JSON object a data-template device's ``control`` carries: exactly ``attrs``,
+    checked against ``template`` (unknown, read-only or bad values refused) and in canonical
+    Tencent form. ``gizwits_form``: ``attrs`` come from a Gizwits app (enum labels, true/false)
+    and are converted first. Raises `AttrInvalid` (9025) naming the property and why."""
+    if not attrs:
+        raise AttrInvalid("attrs: at least one data point is needed")
+    try:
+        values = gizwits_to_template(template, attrs) if gizwits_form else dict(attrs)
+        checked = template.check_control(values)
+    except CodecError as exc:
+        raise AttrInvalid(str(exc)) from exc
+    return msgspec.json.encode(checked)
 
 
 def raw_bytes(raw: Sequence[int]) -> bytes:

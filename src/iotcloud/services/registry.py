@@ -15,6 +15,7 @@ from iotcloud.services.products import ProductService
 from iotcloud.services.realtime import RealtimeHub
 from iotcloud.services.scheduler import SchedulerService
 from iotcloud.services.telemetry import TelemetryService
+from iotcloud.services.things import ThingService
 from iotcloud.services.verification import VerificationService
 
 
@@ -32,3 +33,4 @@ class Services:
     control: ControlService
     realtime: RealtimeHub
     scheduler: SchedulerService
+    things: ThingService

@@ -49,12 +49,15 @@ async def latest(request: AnyRequest, did: str) -> Response[bytes]:
     """Needs only ``X-Gizwits-Application-Id`` (as the Open API's swagger says).
 
     ``updated_at`` is Unix seconds (0 before the first report); ``attr`` holds display values:
-    enums as labels, bools as true/false, numbers scaled, binary as hex.
+    enums as labels, bools as true/false, numbers scaled, binary as hex. A data-template
+    (Tencent) device's values are shown the same way (its enum integers as labels, 0/1 as
+    false/true).
     """
     await current_app(request)
     state = await services(request).telemetry.latest(did)
+    attrs = await services(request).control.in_gizwits_form(did, state.attrs)
     updated = int(state.updated_at.timestamp()) if state.updated_at else 0
-    return json_response({"did": state.did, "updated_at": updated, "attr": state.attrs})
+    return json_response({"did": state.did, "updated_at": updated, "attr": attrs})
 
 
 @get("/app/devdata/{did:str}")

@@ -331,13 +331,22 @@ class Connection:
         self._need_attrs("c2s_read")
         user = self._user()
         did = form.data.did
-        await self.hub.commanded(
-            self.session,
-            did,
-            lambda: self.services.control.read(
+        answers: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            latest = await self.services.control.read(
                 user, did, form.data.names, client_id=self.client_id, sn=form.req_sn
-            ),
-        )
+            )
+            if latest is not None:
+                answers.append(latest)
+
+        await self.hub.commanded(self.session, did, read)
+        for latest in answers:  # a data-template device: answered from its latest values
+            body: dict[str, Any] = {"cmd": "s2c_noti"}
+            if form.req_sn is not None:
+                body["res_sn"] = form.req_sn
+            body["data"] = {"did": did, "attrs": latest}
+            self._answer(body)
 
     async def _raw(self, message: dict[str, Any]) -> None:
         form = convert(message, RawReq)

@@ -2,16 +2,21 @@
 ``AppModifyTimer``, ``AppModifyTimerStatus`` and ``AppDeleteTimer``, stored as ``tencent``
 schedules of `SchedulerService` and fired by the shared engine.
 
-* ``ProductId`` is the product_key (32 hex digits) and ``DeviceName`` the device's MAC (12 hex
-  digits in either case, ``:``/``-`` separated pairs accepted as everywhere else); the device
-  must be bound to the caller. A timer belongs to the device it was made for: any other
-  device's, user's or dialect's ``TimerId`` is not found.
+* ``ProductId`` + ``DeviceName`` name a device of either protocol: a Gizwits product_key (32
+  hex digits) and the device's MAC (12 hex digits in either case, ``:``/``-`` separated pairs
+  accepted as everywhere else), or a data-template ProductId and DeviceName. The device must be
+  bound to the caller. A timer belongs to the device it was made for: any other device's,
+  user's or dialect's ``TimerId`` is not found.
 * ``Data`` is a string holding a JSON object of writable data points (at most `DATA_MAX`
-  characters), checked as a real control would be; it fires as that write. Lists answer the
-  string as it was sent (kept in the schedule's ``remark``), so clients that match timers by
-  their ``Data`` find them.
+  characters), checked as a real control would be; it fires as that write. For a
+  data-template device the values are Tencent's (checked against its template) and the timer
+  sends a ``control`` with exactly them; for a Gizwits device Tencent values (bool 0/1, enum
+  index) and Gizwits display values (true/false, enum label) are both taken, converted to
+  display values. Lists answer the string as it was sent (kept in the schedule's ``remark``),
+  so clients that match timers by their ``Data`` find them.
 * ``Days``/``TimePoint``/``Repeat`` follow ``parse_tencent_timer``. ``TimeZone`` (an IANA
-  name) is an extension: when absent, a new timer takes ``IOTCLOUD_TIMEZONE`` and a modified
+  name) is an extension: when absent, a new timer takes the user's zone (their
+  ``AppUpdateUserSetting`` ``TimeZone``), else ``IOTCLOUD_TIMEZONE``, and a modified
   one keeps its own.
 * ``Status`` is the schedule's on/off state: a ``Repeat`` 0 timer is switched off once it has
   fired. ``AppModifyTimer`` keeps it; ``AppModifyTimerStatus`` without ``Status`` changes
@@ -31,23 +36,16 @@ from typing import Any, Final
 import msgspec
 
 from iotcloud.api.tencent.actions import Action, Call
+from iotcloud.api.tencent.devices import DeviceTarget, bound_device, device_target
 from iotcloud.api.tencent.wire import (
     JsonInvalid,
     optional_int,
     required,
     required_str,
 )
-from iotcloud.domain import devices as device_rules
+from iotcloud.codecs import CodecError, template_to_datapoints
 from iotcloud.domain.schedules import TencentTimerRule, parse_tencent_timer
-from iotcloud.errors import (
-    AttrInvalid,
-    DeviceDisabled,
-    DeviceNotBound,
-    DeviceNotFound,
-    FormInvalid,
-    ProductKeyInvalid,
-    ScheduleNotFound,
-)
+from iotcloud.errors import AttrInvalid, FormInvalid, ScheduleNotFound
 from iotcloud.scheduler.policy import Task
 from iotcloud.services.bindings import BoundDevice
 from iotcloud.services.scheduler import NAME_MAX, REMARK_MAX, Schedule, ScheduleSpec
@@ -64,18 +62,10 @@ _TASK_ATTRS: Final = "task[0].attrs: "
 
 
 @dataclasses.dataclass(frozen=True)
-class _Target:
-    """``ProductId`` and ``DeviceName``, normalised (both lower case)."""
-
-    product_key: str
-    mac: str
-
-
-@dataclasses.dataclass(frozen=True)
 class _TimerForm:
     """The fields ``AppCreateTimer`` and ``AppModifyTimer`` share."""
 
-    target: _Target
+    target: DeviceTarget
     name: str
     timing: TencentTimerRule
     zone_given: bool
@@ -90,6 +80,10 @@ async def create_timer(call: Call) -> Mapping[str, Any]:
     """``AppCreateTimer`` -> ``{"Data": {"TimerId", "TimerName"}}``; the timer is on."""
     form = _timer_form(call)
     device = await _device(call, form.target, writing=True)
+    form = await _device_values(call, form, device)
+    if not form.zone_given:  # the user's zone (AppUpdateUserSetting), else IOTCLOUD_TIMEZONE
+        zone = await call.services.accounts.time_zone(call.user)
+        form = dataclasses.replace(form, timing=dataclasses.replace(form.timing, zone=zone))
     with _named_errors():
         timer_id = await call.services.scheduler.create(call.user, _spec(form, device))
     return {"Data": {"TimerId": timer_id, "TimerName": form.name}}
@@ -98,7 +92,7 @@ async def create_timer(call: Call) -> Mapping[str, Any]:
 async def list_timers(call: Call) -> Mapping[str, Any]:
     """``AppGetTimerList`` -> ``{"Total", "TimerList"}``: the caller's timers of the device,
     oldest first, ``Offset`` (default 0) skipped, at most ``Limit`` (1-50, default 20)."""
-    target = _target(call.params)
+    target = device_target(call.params)
     offset = optional_int(call.params, "Offset", 0, 0, OFFSET_MAX)
     limit = optional_int(call.params, "Limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
     device = await _device(call, target)
@@ -115,6 +109,7 @@ async def modify_timer(call: Call) -> Mapping[str, Any]:
     form = _timer_form(call)
     timer_id = required_str(call.params, "TimerId")
     device = await _device(call, form.target, writing=True)
+    form = await _device_values(call, form, device)
     scheduler = call.services.scheduler
     with _named_errors(timer_id):
         current = await scheduler.get(call.user, timer_id, device=device.did, dialect=_DIALECT)
@@ -131,7 +126,7 @@ async def modify_timer(call: Call) -> Mapping[str, Any]:
 async def modify_timer_status(call: Call) -> Mapping[str, Any]:
     """``AppModifyTimerStatus`` -> ``{}``: ``Status`` 1 switches the timer on (a ``Repeat`` 0
     timer is armed for its next matching day), 0 off; without ``Status`` nothing changes."""
-    target = _target(call.params)
+    target = device_target(call.params)
     timer_id = required_str(call.params, "TimerId")
     keep = call.params.get("Status") is None
     status = optional_int(call.params, "Status", 0, 0, 1)
@@ -149,7 +144,7 @@ async def modify_timer_status(call: Call) -> Mapping[str, Any]:
 
 async def delete_timer(call: Call) -> Mapping[str, Any]:
     """``AppDeleteTimer`` -> ``{}``: the timer and its run log are gone."""
-    target = _target(call.params)
+    target = device_target(call.params)
     timer_id = required_str(call.params, "TimerId")
     device = await _device(call, target)
     with _named_errors(timer_id):
@@ -171,18 +166,9 @@ ACTIONS: Final[Mapping[str, Action]] = {
 # -- parameters ------------------------------------------------------------------------------
 
 
-def _target(params: Mapping[str, Any]) -> _Target:
-    product_id = required_str(params, "ProductId")
-    device_name = required_str(params, "DeviceName")
-    return _Target(
-        product_key=device_rules.check_product_key(product_id, "ProductId"),
-        mac=device_rules.check_mac(device_name, "DeviceName"),
-    )
-
-
 def _timer_form(call: Call) -> _TimerForm:
     params = call.params
-    target = _target(params)
+    target = device_target(params)
     name = required_str(params, "TimerName")
     if not 1 <= len(name) <= NAME_MAX:
         raise FormInvalid(f"TimerName: must be 1 to {NAME_MAX} characters")
@@ -220,25 +206,23 @@ def _data(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 # -- translation -----------------------------------------------------------------------------
 
 
-async def _device(call: Call, target: _Target, *, writing: bool = False) -> BoundDevice:
-    """The caller's bound device named by ``target``; ``writing``: it must not be disabled.
+async def _device(call: Call, target: DeviceTarget, *, writing: bool = False) -> BoundDevice:
+    """The caller's bound device named by ``target`` (see `bound_device`)."""
+    return await bound_device(call, target, writing=writing)
 
-    Raises `ProductKeyInvalid`, `DeviceNotFound`, `DeviceNotBound` or `DeviceDisabled` with
-    messages in the Tencent field names (and without the did of a device not bound).
-    """
+
+async def _device_values(call: Call, form: _TimerForm, device: BoundDevice) -> _TimerForm:
+    """``form`` with its data points in the device's own dialect: a Gizwits device's Tencent
+    values (bool 0/1, enum index) become display values; a data-template device's are kept
+    (the scheduler checks them against its template)."""
+    if not device.mac:
+        return form
+    definition = await call.services.products.definition(device.product_key)
     try:
-        device = await call.services.bindings.find_bound(call.user, target.product_key, target.mac)
-    except ProductKeyInvalid as exc:
-        raise ProductKeyInvalid(f"ProductId: no product {target.product_key}") from exc
-    except DeviceNotFound as exc:
-        raise DeviceNotFound(
-            f"DeviceName: product {target.product_key} has no device {target.mac}"
-        ) from exc
-    except DeviceNotBound as exc:
-        raise DeviceNotBound(f"DeviceName: device {target.mac} is not bound to this user") from exc
-    if writing and device.is_disabled:
-        raise DeviceDisabled(f"DeviceName: device {target.mac} is disabled")
-    return device
+        attrs = template_to_datapoints(definition, form.attrs)
+    except CodecError as exc:
+        raise AttrInvalid(f"Data: {exc}") from exc
+    return dataclasses.replace(form, attrs=attrs)
 
 
 @contextmanager
@@ -276,7 +260,7 @@ def _timer_view(timer: Schedule, device: BoundDevice) -> dict[str, Any]:
         "TimerId": timer.id,
         "TimerName": timer.name,
         "ProductId": task.product_key,
-        "DeviceName": device.mac,
+        "DeviceName": device.name,
         "Days": rule.days,
         "TimePoint": rule.time_point,
         "Repeat": 1 if rule.repeat else 0,

@@ -14,16 +14,14 @@ from typing import Any, Final
 
 from litestar import Request, Response, Router, post
 
-from iotcloud.api.tencent import timers
+from iotcloud.api.tencent import appapi, devices, families, timers, users
 from iotcloud.api.tencent.actions import Action, Call
-from iotcloud.api.tencent.errors import PATH_PREFIX, remember_request_id
+from iotcloud.api.tencent.errors import PATH_PREFIX, answer, remember_request_id
 from iotcloud.api.tencent.wire import (
     ActionUnknown,
-    json_response,
     parse_body,
     read_request_id,
     required_str,
-    success_body,
 )
 from iotcloud.errors import TokenExpired, TokenInvalid
 from iotcloud.services.registry import Services
@@ -32,7 +30,12 @@ __all__ = ["ACTIONS", "ROUTER"]
 
 AnyRequest = Request[Any, Any, Any]
 
-ACTIONS: Final[Mapping[str, Action]] = {**timers.ACTIONS}
+ACTIONS: Final[Mapping[str, Action]] = {
+    **timers.ACTIONS,
+    **users.ACTIONS,
+    **families.ACTIONS,
+    **devices.ACTIONS,
+}
 
 
 @post("/tokenapi", status_code=200)
@@ -58,7 +61,8 @@ async def tokenapi(request: AnyRequest) -> Response[bytes]:
     except TokenInvalid as exc:
         raise TokenInvalid(f"AccessToken: {exc.detail or exc.message}") from exc
     content = await action(Call(services, user, params))
-    return json_response(success_body(request_id, content))
+    return answer(request, request_id, content)
 
 
-ROUTER: Final = Router(path=PATH_PREFIX, route_handlers=[tokenapi])
+ROUTER: Final = Router(path=PATH_PREFIX, route_handlers=[tokenapi, appapi.appapi])
+"""Both tiers of the Tencent app API: ``/tokenapi`` here, the signed ``/appapi`` in `appapi`."""
