@@ -236,7 +236,6 @@ class DeviceRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-
 class DeviceLatestRow(Base):
     """The newest value of every data point a device reported (merged across partial reports)."""
 
