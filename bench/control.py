@@ -21,6 +21,13 @@ one sent as one completes: the maximum sustained throughput):
 * HTTP ceiling: ``GET /status`` on the real server (no I/O), with the same client.
 * control: ``POST /app/control/{did}`` with ``{"raw": [...]}`` on the real server: app and token
   check, binding check, publish through the embedded broker, frame log write (batched).
+* Tencent control: ``POST /api/exploreropen/tokenapi`` ``AppControlDeviceData`` to as many
+  data-template devices (the light template, created with ``iotcloud device import`` and bound
+  to the same user by did + passcode), ``Data`` setting the ``name`` property to the sequence
+  number: token check, device lookup by ProductId + DeviceName, binding check, ``Data`` checked
+  against the template, ``control`` published on ``$thing/down/property/{PID}/{NAME}``. Each
+  device answers with a ``control_reply``, which the server reads too. Latency runs to the
+  ``control`` at the device. ``--dialect`` picks which control paths run (default both).
 
 Each step: ``--warmup`` seconds, ``--window`` seconds measured, then up to ``--drain`` seconds
 for the stragglers (a command not delivered by then is lost). Before each step the load process
@@ -28,7 +35,7 @@ waits (up to ``--quiet-wait`` seconds) for other processes on this shared machin
 what they used during the window is reported.
 
 Usage: ``uv run --frozen python -m bench.control [--devices 50] [--rates 500,1000,1500,2000]
-[--postgres] [--write]``.
+[--dialect gizwits|tencent|both] [--postgres] [--write]``.
 """
 
 from __future__ import annotations
@@ -44,11 +51,16 @@ from typing import Any
 import httpx
 
 from bench.harness import (
+    TEMPLATE,
     Child,
     add_run_options,
     bench_account,
     bench_server,
+    bind_devices,
+    create_thing_devices,
+    database_query,
     import_product,
+    import_template,
     load_average,
     pid_of,
     register_and_bind,
@@ -116,21 +128,35 @@ def measure_ceiling(figures: Figures, args: argparse.Namespace) -> None:
 
 def measure_server(figures: Figures, args: argparse.Namespace, database_url: str | None) -> None:
     print(f"iotcloud serve, {figures.backend}", file=sys.stderr)
+    gizwits = args.dialect in ("gizwits", "both")
+    tencent = args.dialect in ("tencent", "both")
     with bench_server(database_url, notes=figures.notes) as server:
         pid = pid_of(server)
-        product_key = import_product(server)
+        port = int(server.env["IOTCLOUD_MQTT_PORT"])
         load = Child("bench.control_load")
         try:
             with httpx.Client(base_url=server.base_url, timeout=30) as http:
                 account = bench_account(server, http)
-                devices = register_and_bind(http, product_key, args.devices, account.headers)
-                load.call(
-                    cmd="devices",
-                    host="127.0.0.1",
-                    port=int(server.env["IOTCLOUD_MQTT_PORT"]),
-                    devices=devices,
-                )
-                wait_online(http, account.headers, args.devices)
+                if gizwits:
+                    devices = register_and_bind(
+                        http, import_product(server), args.devices, account.headers
+                    )
+                    load.call(cmd="devices", host="127.0.0.1", port=port, devices=devices)
+                if tencent:
+                    query = database_query(server, database_url)
+                    things = create_thing_devices(
+                        server, query, import_template(server), args.devices
+                    )
+                    bind_devices(http, [thing[3] for thing in things], account.headers)
+                    load.call(
+                        cmd="devices",
+                        host="127.0.0.1",
+                        port=port,
+                        devices=things,
+                        dialect="tencent",
+                        template=str(TEMPLATE),
+                    )
+                wait_online(http, account.headers, args.devices * (gizwits + tencent))
             load.call(
                 cmd="http",
                 host="127.0.0.1",
@@ -140,7 +166,10 @@ def measure_server(figures: Figures, args: argparse.Namespace, database_url: str
                 token=account.token,
             )
             run_steps(load, "status", pid, args, figures)
-            run_steps(load, "control", pid, args, figures)
+            if gizwits:
+                run_steps(load, "control", pid, args, figures)
+            if tencent:
+                run_steps(load, "tencent", pid, args, figures)
         finally:
             load.close()
 
@@ -149,6 +178,7 @@ PATHS = {
     "mqtt": "MQTT PUBLISH → device (broker ceiling)",
     "status": "GET /status (HTTP ceiling)",
     "control": "POST /app/control → device",
+    "tencent": "tokenapi AppControlDeviceData → data-template device",
 }
 
 
@@ -180,6 +210,8 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
         if step["shed"]:
             errors += f" (+{step['shed']:,} not sent)"
         lost = "-" if kind == "status" else f"{step['lost']:,}"
+        if step["reasons"]:
+            errors += " (" + ", ".join(f"{n:,} {why}" for why, n in step["reasons"].items()) + ")"
         mark = "" if kept_up(step) or not step["offered"] else " †"
         rows.append(
             f"| {PATHS[kind]} | {load} | {step['sent']:,.0f} | {step['completed']:,.0f}{mark} "
@@ -204,46 +236,63 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
         )
         return closed, kept
 
-    control_closed, control_kept = best("control")
     mqtt_closed, _ = best("mqtt")
     status_closed, _ = best("status")
-    of_mqtt = control_closed / mqtt_closed if mqtt_closed else 0.0
-    of_status = control_closed / status_closed if status_closed else 0.0
-    at_500 = next(
-        (s for s in figures.steps if s["kind"] == "control" and s["offered"] == 500), None
-    )
     lines = [
         f"Measured {stamp} on {os.cpu_count()} cores ({platform.machine()}, load average "
         f"{figures.load_average} at the start): one `iotcloud serve` process ({figures.backend}, "
         f"uvloop, embedded broker), one load process (`bench.control_load`: {figures.devices} "
-        f"MQTT 3.1 device connections subscribed to `app2dev/{{did}}/#`, a pool of {args.pool} "
+        "MQTT 3.1 device connections per device protocol, Gizwits ones subscribed to "
+        "`app2dev/{did}/#`, data-template ones to `$thing/down/property/{PID}/{NAME}` and "
+        f"answering each `control` with a `control_reply`; a pool of {args.pool} "
         "keep-alive HTTP/1.1 connections) and, for the MQTT ceiling, one `bench.control_broker` "
         "process instead of the server; all on the same machine, sharing its cores. Each row: "
         f"{args.warmup:g} s warm-up, {args.window:g} s measured, up to {args.drain:g} s drain. "
-        "Latency: command released → frame at the device (`GET /status`: → answer). "
-        "Server CPU is the broker process's on the MQTT rows; other CPU is every other process "
-        "on the machine during the window (in cores).",
+        "Latency: command released → frame (or `control` message) at the device "
+        "(`GET /status`: → answer). Server CPU is the broker process's on the MQTT rows; other "
+        "CPU is every other process on the machine during the window (in cores).",
         "",
         *rows,
         "",
         "† fell behind: fewer done than sent, or errors, lost or shed commands.",
         "",
-        f"- control, sustained (closed loop, {args.concurrency} in flight): "
-        f"**{control_closed:,.0f} commands/s** delivered (target ≥ 1,500) — "
-        f"{of_mqtt:.0%} of the broker's own {mqtt_closed:,.0f} messages/s, {of_status:.0%} of "
-        f"`GET /status`'s {status_closed:,.0f} requests/s; highest fixed rate kept up with: "
-        f"{control_kept:,.0f}/s",
     ]
-    if at_500 is not None:
+    for kind, name in (("control", "control"), ("tencent", "AppControlDeviceData")):
+        closed, kept = best(kind)
+        if not any(s["kind"] == kind for s in figures.steps):
+            continue
+        of_mqtt = closed / mqtt_closed if mqtt_closed else 0.0
+        of_status = closed / status_closed if status_closed else 0.0
         lines.append(
-            f"- control at 500 commands/s: p50 {at_500['p50']:.1f} ms, **p99 {at_500['p99']:.1f} "
-            f"ms** (target ≤ 50 ms), HTTP answer p99 {at_500['http_p99']:.1f} ms"
+            f"- {name}, sustained (closed loop, {args.concurrency} in flight): "
+            f"**{closed:,.0f} commands/s** delivered (target ≥ 1,500) — "
+            f"{of_mqtt:.0%} of the broker's own {mqtt_closed:,.0f} messages/s, {of_status:.0%} "
+            f"of `GET /status`'s {status_closed:,.0f} requests/s; highest fixed rate kept up "
+            f"with: {kept:,.0f}/s"
+        )
+        at_500 = next((s for s in figures.steps if s["kind"] == kind and s["offered"] == 500), None)
+        if at_500 is not None:
+            lines.append(
+                f"- {name} at 500 commands/s: p50 {at_500['p50']:.1f} ms, **p99 "
+                f"{at_500['p99']:.1f} ms** (target ≤ 50 ms), HTTP answer p99 "
+                f"{at_500['http_p99']:.1f} ms"
+            )
+    gizwits_closed, gizwits_kept = best("control")
+    tencent_closed, tencent_kept = best("tencent")
+    if gizwits_closed and tencent_closed:
+        ratio = tencent_closed / gizwits_closed
+        verdict = "met" if ratio >= 0.8 and tencent_kept >= 0.8 * gizwits_kept else "missed"
+        lines.append(
+            f"- AppControlDeviceData / `POST /app/control`: **{ratio:.0%}** closed loop, "
+            f"highest fixed rate kept up with {tencent_kept:,.0f}/s vs {gizwits_kept:,.0f}/s "
+            f"(target: within 20 %: {verdict})"
         )
     lines += [f"- {note}" for note in figures.notes]
+    dialect = "" if args.dialect == "both" else f" --dialect {args.dialect}"
     lines += [
         "",
         f"Command: `uv run --frozen python -m bench.control --devices {figures.devices} --rates "
-        f"{args.rates}{' --postgres' if args.postgres else ''} --write`",
+        f"{args.rates}{dialect}{' --postgres' if args.postgres else ''} --write`",
     ]
     return "\n".join(lines)
 
@@ -273,6 +322,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--drain", type=float, default=3.0)
+    parser.add_argument(
+        "--dialect",
+        choices=["gizwits", "tencent", "both"],
+        default="both",
+        help="control paths: POST /app/control, tokenapi AppControlDeviceData, or both",
+    )
     add_run_options(
         parser, ceiling_skips="measure the server only", quiet_before="before each step"
     )

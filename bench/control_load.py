@@ -14,10 +14,15 @@ Controlled by JSON lines on stdin, one JSON line answered per command:
 
 * ``{"cmd": "devices", "host", "port", "devices": [[did, passcode], ...]}``: one MQTT 3.1
   connection per device, each subscribed to ``app2dev/{did}/#`` (waits for every SUBACK);
+  with ``"dialect": "tencent"``, data-template devices ``[[product_id, name, psk, ...], ...]``
+  signed as Tencent's SDKs sign, each subscribed to ``$thing/down/property/{PID}/{NAME}``;
+  such a device reads the sequence number from the ``name`` property of every ``control`` it
+  receives and answers it with a ``control_reply`` (code 0, its clientToken), as devices do;
 * ``{"cmd": "publisher", "host", "port", "client_id"}``: the MQTT connection the broker
   ceiling publishes from (``app2dev/{did}/bench``);
 * ``{"cmd": "http", "host", "port", "pool", "appid", "token"}``: a pool of keep-alive HTTP/1.1
-  connections, one request in flight on each;
+  connections, one request in flight on each (a ``tokenapi`` answer holding ``"Error"`` counts
+  as an error, whatever its HTTP 200);
 * ``{"cmd": "step", "kind", "rate", "concurrency", "warmup", "window", "drain", "server_pid",
   "quiet_wait"}``: one measured run, see `Generator.step`;
 * ``{"cmd": "close"}``.
@@ -28,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -50,12 +57,16 @@ from bench.mqtt_wire import (
     connect_packet,
     publish_packet,
     subscribe_packet,
+    thing_connect_packet,
 )
 from iotcloud.codecs import Frame, encode_frame
 from iotcloud.codecs.frame import CMD_CONTROL
+from iotcloud.codecs.thing import thing_topic
 
 KEEPALIVE = 300
 TICK = 0.001
+TOKENAPI = "/api/exploreropen/tokenapi"
+ERROR_CODE = re.compile(rb'"Error":\s*\{[^}]*"Code":\s*"([^"]*)"')
 
 
 def p0_of(seq: int) -> bytes:
@@ -124,10 +135,14 @@ class Device(asyncio.Protocol):
     """One device's MQTT connection: hands the sequence number of every 0x0090 it receives to
     the tracker."""
 
-    def __init__(self, hello: bytes, topic_filter: str, tracker: Tracker) -> None:
+    def __init__(
+        self, hello: bytes, topic_filter: str, tracker: Tracker, reply_topic: str = ""
+    ) -> None:
         self.hello = hello
         self.topic_filter = topic_filter
         self.tracker = tracker
+        self.reply_topic = reply_topic
+        """Set for a data-template device: where its ``control_reply`` goes."""
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.accepted: asyncio.Future[int] = loop.create_future()
@@ -144,7 +159,9 @@ class Device(asyncio.Protocol):
         now = time.monotonic()
         buffer = self._packets.buffer
         for kind, start, end in self._packets.feed(data):
-            if kind == PUBLISH:
+            if kind == PUBLISH and self.reply_topic:
+                self._control(buffer, start, end, now)
+            elif kind == PUBLISH:
                 self._publish(buffer, start, end, now)
             elif kind == CONNACK and not self.accepted.done():
                 self.accepted.set_result(buffer[start + 1])
@@ -166,6 +183,24 @@ class Device(asyncio.Protocol):
             return
         p0 = frame + 8
         self.tracker.completed(int.from_bytes(buffer[p0 + 1 : p0 + 5], "big"), now)
+
+    def _control(self, buffer: bytearray, start: int, end: int, now: float) -> None:
+        """A QoS 0 PUBLISH to a data-template device: a ``control`` whose ``name`` property is
+        the sequence number, answered with a ``control_reply``."""
+        topic_length = int.from_bytes(buffer[start : start + 2], "big")
+        message = json.loads(buffer[start + 2 + topic_length : end])
+        if message.get("method") != "control":
+            self.other_frames += 1
+            return
+        self.tracker.completed(int(message["params"]["name"]), now)
+        reply = {
+            "method": "control_reply",
+            "clientToken": message["clientToken"],
+            "code": 0,
+            "status": "ok",
+        }
+        assert self.transport is not None
+        self.transport.write(publish_packet(self.reply_topic, json.dumps(reply).encode()))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -233,10 +268,12 @@ class HttpConnection(asyncio.Protocol):
             if len(buffer) < end:
                 return
             status = int(buffer[9:12])
+            refusal = ERROR_CODE.search(buffer, head_end, end) if self.pool.read_errors else None
             del buffer[:end]
             in_flight, self.in_flight = self.in_flight, None
             if in_flight is not None:
-                self.pool.answered(self, status, *in_flight)
+                reason = refusal.group(1).decode() if refusal is not None else ""
+                self.pool.answered(self, status, *in_flight, refusal=reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -261,6 +298,8 @@ class HttpPool:
         self.waited = 0
         self.shed = 0
         self.reasons: collections.Counter[str] = collections.Counter()
+        self.read_errors = False
+        """Look for a Tencent ``"Error"`` in answers (tokenapi answers HTTP 200 either way)."""
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -284,11 +323,18 @@ class HttpPool:
         self.backlog.append((seq, t0))
         return True
 
-    def answered(self, conn: HttpConnection, status: int, seq: int, t0: float) -> None:
+    def answered(
+        self, conn: HttpConnection, status: int, seq: int, t0: float, *, refusal: str = ""
+    ) -> None:
+        """Request ``seq`` was answered; a ``refusal`` (a Tencent error code) makes it fail."""
         now = time.monotonic()
         if status != 200:
             self.errors += 1
             self.reasons[f"HTTP {status}"] += 1
+        elif refusal:
+            self.errors += 1
+            self.reasons[refusal] += 1
+            status = 0
         assert self.on_answer is not None
         self.on_answer(conn, status, seq, t0, now)
 
@@ -320,6 +366,10 @@ class Generator:
         self.tracker = Tracker()
         self.devices: list[Device] = []
         self.dids: list[str] = []
+        self.things: list[tuple[str, str]] = []
+        """The data-template devices, ``(product_id, name)``."""
+        self.thing_head = b""
+        self.thing_bodies: list[bytes] = []
         self.publisher: Publisher | None = None
         self.publish_templates: list[bytes] = []
         self.pool: HttpPool | None = None
@@ -331,17 +381,34 @@ class Generator:
     async def connect_devices(self, cmd: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        for did, passcode in cmd["devices"]:
-            device = Device(
-                connect_packet(did, passcode, keepalive=KEEPALIVE), f"app2dev/{did}/#", self.tracker
-            )
+        thing = cmd.get("dialect", "gizwits") == "tencent"
+        for entry in cmd["devices"]:
+            if thing:
+                product_id, name, psk = entry[:3]
+                device = Device(
+                    thing_connect_packet(product_id, name, psk, keepalive=KEEPALIVE),
+                    thing_topic("down", "property", product_id, name),
+                    self.tracker,
+                    reply_topic=thing_topic("up", "property", product_id, name),
+                )
+                label = product_id + name
+            else:
+                label, passcode = entry[:2]
+                device = Device(
+                    connect_packet(label, passcode, keepalive=KEEPALIVE),
+                    f"app2dev/{label}/#",
+                    self.tracker,
+                )
             await loop.create_connection(functools.partial(_same, device), cmd["host"], cmd["port"])
             code = await asyncio.wait_for(device.accepted, 30)
             if code != 0:
-                raise RuntimeError(f"device {did} refused with CONNACK {code}")
+                raise RuntimeError(f"device {label} refused with CONNACK {code}")
             await asyncio.wait_for(device.subscribed, 30)
             self.devices.append(device)
-            self.dids.append(did)
+            if thing:
+                self.things.append((product_id, name))
+            else:
+                self.dids.append(label)
         if self._pinger is None:
             self._pinger = asyncio.create_task(self._ping())
         return {"connected": len(self.devices), "seconds": time.monotonic() - started}
@@ -378,6 +445,25 @@ class Generator:
             for did in self.dids
         ]
         self.status_request = f"GET /status HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        self.thing_head = (
+            f"POST {TOKENAPI} HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Type: application/json\r\nContent-Length: "
+        ).encode()
+        self.thing_bodies = [
+            json.dumps(
+                {
+                    "Action": "AppControlDeviceData",
+                    "AccessToken": cmd["token"],
+                    "ProductId": product_id,
+                    "DeviceName": name,
+                    "RequestId": "",
+                    "Data": "",
+                }
+            )
+            .encode()
+            .split(b'"RequestId": ""')[0]
+            for product_id, name in self.things
+        ]
         return {"connections": len(self.pool.connections)}
 
     def control_request(self, seq: int) -> bytes:
@@ -385,11 +471,19 @@ class Generator:
         head = self.control_heads[seq % len(self.control_heads)]
         return head + b"%d\r\n\r\n" % len(body) + body
 
+    def thing_request(self, seq: int) -> bytes:
+        """``AppControlDeviceData`` setting the ``name`` property to the sequence number."""
+        body = self.thing_bodies[seq % len(self.thing_bodies)] + (
+            b'"RequestId": "bench-%d", "Data": "{\\"name\\": \\"%d\\"}"}' % (seq, seq)
+        )
+        return self.thing_head + b"%d\r\n\r\n" % len(body) + body
+
     def mqtt_publish(self, seq: int) -> bytes:
         return self.publish_templates[seq % len(self.publish_templates)] + p0_of(seq)
 
     async def step(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """One run of ``kind`` (``control``: POST /app/control -> frame at the device;
+        ``tencent``: tokenapi ``AppControlDeviceData`` -> ``control`` at the device;
         ``status``: GET /status -> response; ``mqtt``: PUBLISH from the ceiling's publisher ->
         frame at the device), open loop at ``rate`` commands/s, or closed loop with
         ``concurrency`` in flight when ``rate`` is 0. ``warmup`` seconds unmeasured, then
@@ -406,9 +500,14 @@ class Generator:
         running = True
         http_latencies: list[float] = []
         pool = self.pool
-        if kind in ("control", "status"):
+        if kind in ("control", "status", "tencent"):
             assert pool is not None
-            pool.build = self.control_request if kind == "control" else self._status
+            pool.build = {
+                "control": self.control_request,
+                "status": self._status,
+                "tencent": self.thing_request,
+            }[kind]
+            pool.read_errors = kind == "tencent"
             pool.errors = pool.waited = pool.shed = 0
             pool.reasons.clear()
         closed = rate <= 0

@@ -9,6 +9,9 @@ and the sections of ``BENCHMARKS.md``.
   throwaway PostgreSQL when asked.
 * `bench_account` and `register_and_bind` make an app user with bound devices the way an app
   and its devices would (HTTP sign-up, ``POST /dev/devices``, ``POST /app/bindings``).
+* `import_template` and `create_thing_devices` make a data-template (Tencent) product and its
+  devices with the operator CLI (``product import``, ``device import``); `bind_devices` binds
+  any device by did + passcode.
 * The machine is shared with other jobs: `machine_busy_seconds` against the CPU of our own
   processes tells what the others used, and `wait_for_quiet` waits for them to stop.
 """
@@ -17,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import inspect
 import json
 import os
 import resource
+import secrets
 import shutil
 import sqlite3
+import string
 import subprocess
 import sys
 import tempfile
@@ -40,6 +46,8 @@ from tests.server import RunningServer, make_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DATAPOINTS = ROOT / "tests" / "fixtures" / "datapoints" / "pet_house.json"
+TEMPLATE = ROOT / "tests" / "fixtures" / "templates" / "light.json"
+"""The data template the benchmarks' data-template (Tencent) devices speak."""
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PASSCODE = "BENCHPASSX"
@@ -338,17 +346,62 @@ def register_and_bind(
         if reply.status_code != 201:
             raise RuntimeError(f"registering a device: {reply.status_code} {reply.text}")
         devices.append([reply.text.split("did=", 1)[1][:22], PASSCODE])
-    for start in range(0, count, BIND_BATCH):
-        chunk = devices[start : start + BIND_BATCH]
+    bind_devices(http, [did for did, _ in devices], headers)
+    return devices
+
+
+def bind_devices(http: httpx.Client, dids: list[str], headers: dict[str, str]) -> None:
+    """``POST /app/bindings`` of ``dids`` (every one with passcode `PASSCODE`), in batches."""
+    for start in range(0, len(dids), BIND_BATCH):
+        chunk = dids[start : start + BIND_BATCH]
         reply = http.post(
             "/app/bindings",
-            json={"devices": [{"did": did, "passcode": code} for did, code in chunk]},
+            json={"devices": [{"did": did, "passcode": PASSCODE} for did in chunk]},
             headers=headers,
         )
         reply.raise_for_status()
         if reply.json()["failed"]:
             raise RuntimeError(f"binding failed for {reply.json()['failed']}")
-    return devices
+
+
+def import_template(server: RunningServer) -> str:
+    """``iotcloud product import`` of the light data template under a fresh ProductId (ten
+    characters ``[A-Z0-9]``); returns it."""
+    data = json.loads(TEMPLATE.read_text())
+    product_id = "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(10))
+    data["profile"]["ProductId"] = product_id
+    path = server.data_dir / f"template-{product_id}.json"
+    path.write_text(json.dumps(data))
+    made = json.loads(server.cli("product", "import", str(path), "--json").stdout)
+    if made["product_key"] != product_id:
+        raise RuntimeError(f"the template was imported as {made['product_key']!r}")
+    return product_id
+
+
+def create_thing_devices(
+    server: RunningServer, query: Any, product_id: str, count: int
+) -> list[list[str]]:
+    """``iotcloud device import`` of ``count`` data-template devices named ``bench{n}``, each
+    with a fresh psk and passcode `PASSCODE`, then their dids read back from the database:
+    ``[[product_id, name, psk, did], ...]``."""
+    names = [f"bench{index:06d}" for index in range(count)]
+    psks = [base64.b64encode(secrets.token_bytes(16)).decode() for _ in names]
+    csv = server.data_dir / f"things-{product_id}.csv"
+    csv.write_text(
+        "product_key,name,psk,passcode\n"
+        + "".join(
+            f"{product_id},{name},{psk},{PASSCODE}\n" for name, psk in zip(names, psks, strict=True)
+        )
+    )
+    server.cli("device", "import", str(csv), "--json")
+    rows = query(
+        "SELECT products.product_key, devices.name, devices.did FROM devices "
+        "JOIN products ON products.id = devices.product_id"
+    )
+    dids = {str(name): str(did) for key, name, did in rows if key == product_id}
+    if len(dids) != count:
+        raise RuntimeError(f"only {len(dids)} of {count} data-template devices were created")
+    return [[product_id, name, psk, dids[name]] for name, psk in zip(names, psks, strict=True)]
 
 
 def wait_online(http: httpx.Client, headers: dict[str, str], count: int) -> None:

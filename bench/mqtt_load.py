@@ -1,18 +1,29 @@
 """A lean MQTT load generator for the ingest benchmark, run as its own process.
 
 Plain asyncio protocols writing pre-encoded MQTT 3.1 packets (`bench.mqtt_wire`: CONNECT, QoS 0
-PUBLISH of a Gizwits 0x0091 report built with the project's P0 codec, PINGREQ): a few
-microseconds of CPU per message, so the server, not the generator, is what is measured.
-aiomqtt/paho cost far more per connection and per message.
+PUBLISH, PINGREQ): a few microseconds of CPU per message, so the server, not the generator, is
+what is measured. aiomqtt/paho cost far more per connection and per message. Two kinds of
+device:
+
+* Gizwits (``dialect`` ``gizwits``): client id = did, password = passcode; a report is a 0x0091
+  frame built with the project's P0 codec, on ``dev2app/{did}``;
+* data template (``dialect`` ``tencent``): signed as Tencent's device SDKs sign
+  (`thing_connect_packet`), subscribed to ``$thing/down/property/{PID}/{NAME}`` (where the
+  server's ``report_reply`` arrives: counted in ``received``); a report is
+  ``{"method": "report", "clientToken", "timestamp", "params"}`` with a random valid value for
+  every property of the template, on ``$thing/up/property/{PID}/{NAME}``.
 
 Controlled by JSON lines on stdin, answering one JSON line per command on stdout:
 
 * ``{"cmd": "connect", "host", "port", "devices": [[did, passcode], ...], "datapoints": path}``
   opens one connection per device (``concurrency`` handshakes at a time) and waits for CONNACK;
+  with ``"dialect": "tencent"``, ``devices`` is ``[[product_id, name, psk, ...], ...]`` and
+  ``template`` the data template's path;
 * ``{"cmd": "subscribe", "host", "port", "client_id", "passcode", "filter"}`` adds one
   subscriber that counts the PUBLISH packets it receives;
 * ``{"cmd": "rate", "rate": R}`` publishes R reports/s spread over every device (0: stop);
-* ``{"cmd": "stats"}`` counters, CPU seconds of this process, monotonic time;
+* ``{"cmd": "stats"}`` counters (``received``: PUBLISH packets every connection received),
+  CPU seconds of this process, monotonic time;
 * ``{"cmd": "close"}`` closes everything and exits.
 
 A PUBLISH is skipped (and counted) while the connection's send buffer holds over 64 KiB: the
@@ -22,9 +33,12 @@ broker is not reading, and an open-loop generator must not buffer without bound.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import resource
+import string
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,9 +51,12 @@ from bench.mqtt_wire import (
     connect_packet,
     publish_packet,
     subscribe_packet,
+    thing_connect_packet,
 )
 from iotcloud.codecs import Frame, P0Codec, encode_frame, load_product_definition
 from iotcloud.codecs.frame import CMD_REPORT
+from iotcloud.codecs.template import DataTemplate, TemplateField, parse_data_template
+from iotcloud.codecs.thing import thing_topic
 from iotcloud.simulator import random_status
 
 KEEPALIVE = 300
@@ -51,8 +68,9 @@ VARIANTS = 4  # reports per device with different values, sent in turn
 class Connection(asyncio.Protocol):
     """One MQTT client connection; counts the PUBLISH packets it receives."""
 
-    def __init__(self, hello: bytes) -> None:
+    def __init__(self, hello: bytes, subscribe: bytes = b"") -> None:
         self.hello = hello
+        self.subscribe = subscribe
         self.transport: asyncio.Transport | None = None
         self.accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.closed = False
@@ -66,7 +84,11 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for kind, start, _end in self._packets.feed(data):
             if kind == CONNACK and not self.accepted.done():
-                self.accepted.set_result(self._packets.buffer[start + 1])
+                code = self._packets.buffer[start + 1]
+                if code == 0 and self.subscribe:
+                    assert self.transport is not None
+                    self.transport.write(self.subscribe)
+                self.accepted.set_result(code)
             elif kind == PUBLISH:
                 self.received += 1
 
@@ -74,6 +96,78 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if not self.accepted.done():
             self.accepted.set_exception(ConnectionError(f"closed before CONNACK ({exc})"))
+
+
+class GizwitsReports:
+    """A Gizwits device: its CONNECT, and 0x0091 reports of random pet_house values."""
+
+    def __init__(self, codec: P0Codec, did: str, passcode: str) -> None:
+        self.codec, self.did, self.passcode = codec, did, passcode
+
+    def hello(self) -> bytes:
+        return connect_packet(self.did, self.passcode, keepalive=KEEPALIVE)
+
+    def subscription(self) -> bytes:
+        return b""
+
+    def report(self, rng: random.Random, variant: int) -> bytes:
+        status = self.codec.encode_status(random_status(self.codec.product, rng))
+        return publish_packet(f"dev2app/{self.did}", encode_frame(Frame(CMD_REPORT, status)))
+
+
+class ThingReports:
+    """A data-template device: its signed CONNECT, its ``$thing/down/property`` subscription,
+    and ``report`` messages with a random valid value for every property of its template."""
+
+    def __init__(self, template: DataTemplate, product_id: str, name: str, psk: str) -> None:
+        self.template, self.product_id, self.name, self.psk = template, product_id, name, psk
+
+    def hello(self) -> bytes:
+        return thing_connect_packet(self.product_id, self.name, self.psk, keepalive=KEEPALIVE)
+
+    def subscription(self) -> bytes:
+        return subscribe_packet(thing_topic("down", "property", self.product_id, self.name))
+
+    def report(self, rng: random.Random, variant: int) -> bytes:
+        params = {prop.id: random_value(prop, rng) for prop in self.template.properties.values()}
+        self.template.check_report(params)  # a report the server would refuse measures nothing
+        body = {
+            "method": "report",
+            "clientToken": f"{self.name}-{variant}",
+            "timestamp": int(time.time()),
+            "params": params,
+        }
+        return publish_packet(
+            thing_topic("up", "property", self.product_id, self.name),
+            json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        )
+
+
+DeviceReports = GizwitsReports | ThingReports
+
+
+def random_value(field: TemplateField, rng: random.Random) -> Any:
+    """A random value ``field`` accepts, in Tencent form (bool 0/1, enum integer key)."""
+    kind = field.kind
+    if kind == "bool":
+        return rng.randint(0, 1)
+    if kind == "enum":
+        return rng.choice(list(field.mapping))
+    if kind in ("int", "float"):
+        low = field.min if field.min is not None else Decimal(0)
+        high = field.max if field.max is not None else low + 1000
+        if kind == "float":
+            value = round(float(low) + rng.random() * float(high - low), 1)
+            return min(max(value, float(low)), float(high))
+        step = field.step if field.step is not None and field.step > 0 else Decimal(1)
+        return int(low + step * rng.randint(0, int((high - low) // step)))
+    if kind == "string":
+        limit = min(field.max_length or 16, 16)
+        shortest = min(int(field.min) if field.min is not None else 0, limit)
+        return "".join(rng.choices(string.ascii_letters, k=rng.randint(shortest, limit)))
+    if kind == "timestamp":
+        return int(time.time()) - rng.randint(0, 86_400)
+    return {member.id: random_value(member, rng) for member in field.members}
 
 
 class Generator:
@@ -88,22 +182,34 @@ class Generator:
         self._pinger: asyncio.Task[None] | None = None
 
     async def connect(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        definition = await asyncio.to_thread(Path(cmd["datapoints"]).read_bytes)
-        codec = P0Codec(load_product_definition(definition))
-        product = codec.product
+        """Connect ``cmd["devices"]`` of ``cmd["dialect"]`` and pre-encode their reports."""
         rng = random.Random(cmd.get("seed", 1))
+        devices: list[DeviceReports]
+        if cmd.get("dialect", "gizwits") == "tencent":
+            text = await asyncio.to_thread(Path(cmd["template"]).read_text)
+            template = parse_data_template(json.loads(text))
+            devices = [
+                ThingReports(template, str(pid), str(name), str(psk))
+                for pid, name, psk, *_ in cmd["devices"]
+            ]
+        else:
+            definition = await asyncio.to_thread(Path(cmd["datapoints"]).read_bytes)
+            codec = P0Codec(load_product_definition(definition))
+            devices = [
+                GizwitsReports(codec, str(did), str(code)) for did, code, *_ in cmd["devices"]
+            ]
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(int(cmd.get("concurrency", 100)))
         started = time.monotonic()
         refused = 0
 
-        async def one(did: str, passcode: str) -> Connection | None:
+        async def one(device: DeviceReports) -> Connection | None:
             nonlocal refused
             async with gate:
                 for attempt in range(5):
                     try:
                         _, conn = await loop.create_connection(
-                            lambda: Connection(connect_packet(did, passcode, keepalive=KEEPALIVE)),
+                            lambda: Connection(device.hello(), device.subscription()),
                             cmd["host"],
                             cmd["port"],
                         )
@@ -118,23 +224,12 @@ class Generator:
             refused += 1
             return None
 
-        pairs = [(str(did), str(passcode)) for did, passcode in cmd["devices"]]
-        made = await asyncio.gather(*(one(did, passcode) for did, passcode in pairs))
-        for (did, _), conn in zip(pairs, made, strict=True):
+        made = await asyncio.gather(*(one(device) for device in devices))
+        for device, conn in zip(devices, made, strict=True):
             if conn is None:
                 continue
             self.devices.append(conn)
-            self.packets.append(
-                [
-                    publish_packet(
-                        f"dev2app/{did}",
-                        encode_frame(
-                            Frame(CMD_REPORT, codec.encode_status(random_status(product, rng)))
-                        ),
-                    )
-                    for _ in range(VARIANTS)
-                ]
-            )
+            self.packets.append([device.report(rng, variant) for variant in range(VARIANTS)])
         if self._pinger is None:
             self._pinger = asyncio.create_task(self._ping())
         return {
@@ -212,7 +307,7 @@ class Generator:
             "cpu": usage.ru_utime + usage.ru_stime,
             "sent": self.sent,
             "skipped": self.skipped,
-            "received": sum(s.received for s in self.subscribers),
+            "received": sum(c.received for c in self.subscribers + self.devices),
             "connected": sum(1 for d in self.devices if not d.closed),
             "rss_kib": usage.ru_maxrss,
         }

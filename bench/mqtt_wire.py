@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from iotcloud.codecs import encode_varint
+from iotcloud.domain.thing_auth import device_password
 
 CONNACK: Final = 2
 PUBLISH: Final = 3
@@ -37,6 +38,22 @@ def connect_packet(
     body += encode_string(client_id) + encode_string(username or client_id)
     body += encode_string(password)
     return b"\x10" + encode_varint(len(body)) + body
+
+
+THING_SDK_APPID: Final = "12010126"
+THING_EXPIRY: Final = 4_102_444_800
+"""The expiry in the benchmark devices' user names: 2100-01-01, in Unix seconds."""
+
+
+def thing_connect_packet(product_id: str, name: str, psk: str, *, keepalive: int) -> bytes:
+    """The MQTT 3.1 CONNECT of a data-template (Tencent) device, signed as the stock SDKs sign
+    it: client id ``{PID}{NAME}``, user name ``{PID}{NAME};{sdkappid};{connid};{expiry}``,
+    password ``hex(HMAC-SHA1(base64decode(psk), username));hmacsha1``."""
+    client_id = product_id + name
+    username = f"{client_id};{THING_SDK_APPID};bench;{THING_EXPIRY}"
+    return connect_packet(
+        client_id, device_password(psk, username), keepalive=keepalive, username=username
+    )
 
 
 def publish_packet(topic: str, payload: bytes) -> bytes:
