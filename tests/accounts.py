@@ -1,17 +1,20 @@
 """App users against a real ``iotcloud serve``: sign one up over HTTP, and bind devices to them
-through ``BindingService`` on the database the server runs on."""
+through ``BindingService`` on the database the server runs on (or expire their tokens there)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from iotcloud.config import Settings
+from sqlalchemy import update
+
 from iotcloud.domain.clock import SystemClock
 from iotcloud.services.bindings import BindingService
 from iotcloud.services.credentials import digest
 from iotcloud.storage.accounts import UserTokenRepository
 from iotcloud.storage.database import Database
+from iotcloud.storage.models import UserTokenRow
 from tests.server import RunningServer
 
 APP_ID = "X-Gizwits-Application-Id"
@@ -51,10 +54,20 @@ def sign_up(server: RunningServer, appid: str) -> User:
 
 async def bind(server: RunningServer, user: User, did: str, **texts: str) -> None:
     """Bind through the service layer, on the database the server runs on."""
-    settings = Settings.load(server.env)
-    async with Database(settings.resolved_database_url) as db:
+    async with Database(server.database_url) as db:
         async with db.session() as session:
             found = await UserTokenRepository(session).user_for(digest(user.token))
         assert found is not None
         row = found[1]
         await BindingService(db, SystemClock()).bind(Member(row.app_id, row.id), did, **texts)
+
+
+async def expire_token(server: RunningServer, token: str) -> None:
+    """Make the user token ``token`` expired a second ago, in the server's database (a token
+    the server has not used yet, so not in its cache)."""
+    async with Database(server.database_url) as db, db.session() as session:
+        await session.execute(
+            update(UserTokenRow)
+            .where(UserTokenRow.digest == digest(token))
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )

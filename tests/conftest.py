@@ -67,6 +67,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("database_url", BACKENDS, indirect=True)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backend(name): runs against the session's server on that backend only (HTTP-edge "
+        "tests whose storage is covered on both backends elsewhere)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the runs of a ``backend(name)`` test on the session ``server`` of the other
+    backend."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("server") if callspec is not None else None
+        marker = item.get_closest_marker("backend")
+        if backend is not None and marker is not None and backend not in marker.args:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """One running ``iotcloud serve`` per backend for the whole session."""

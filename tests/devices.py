@@ -72,10 +72,10 @@ def mqtt_port(server: RunningServer) -> int:
     return int(server.env["IOTCLOUD_MQTT_PORT"])
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]]) -> T:
+async def eventually(probe: Callable[[], Awaitable[T | None]], wait: float = 15.0) -> T:
     """Poll ``probe`` until it returns something truthy (reports and state are stored in
-    batches); fails after 15 s."""
-    async with asyncio.timeout(15):
+    batches); fails after ``wait`` seconds."""
+    async with asyncio.timeout(wait):
         while True:
             value = await probe()
             if value:
@@ -92,6 +92,29 @@ async def until_online(http: httpx.AsyncClient, user: User, did: str) -> None:
             if reply.status_code == 200 and reply.json()["is_online"]:
                 return
             await asyncio.sleep(0.05)
+
+
+async def connect_seen(
+    gateway: DeviceGateway | None, did: str, connect: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``connect``; with an in-process ``gateway``, return only once it has seen device
+    ``did`` online (10 s at most)."""
+    if gateway is None:
+        await connect()
+        return
+    online = asyncio.Event()
+
+    def seen(event: GatewayEvent) -> None:
+        if isinstance(event, PresenceEvent) and event.did == did and event.online:
+            online.set()
+
+    gateway.add_listener(seen)
+    try:
+        await connect()
+        async with asyncio.timeout(10):
+            await online.wait()
+    finally:
+        gateway.remove_listener(seen)
 
 
 class Online:
@@ -178,22 +201,7 @@ class MqttDevice:
         return [decode_frame(payload) for _, payload in self.messages]
 
     async def __aenter__(self) -> MqttDevice:
-        if self.gateway is None:
-            await self._connect()
-            return self
-        online = asyncio.Event()
-
-        def seen(event: GatewayEvent) -> None:
-            if isinstance(event, PresenceEvent) and event.did == self.did and event.online:
-                online.set()
-
-        self.gateway.add_listener(seen)
-        try:
-            await self._connect()
-            async with asyncio.timeout(10):
-                await online.wait()
-        finally:
-            self.gateway.remove_listener(seen)
+        await connect_seen(self.gateway, self.did, self._connect)
         return self
 
     async def _connect(self) -> None:

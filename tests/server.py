@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from iotcloud.config import Settings
 from tests.pg import free_port
 
 IOTCLOUD = [sys.executable, "-m", "iotcloud.cli"]
@@ -39,6 +40,11 @@ class RunningServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def database_url(self) -> str:
+        """The database URL the server runs on (its data directory's SQLite file by default)."""
+        return Settings.load(self.env).resolved_database_url
 
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +92,10 @@ class RunningServer:
     def client(self, appid: str | None = None, **headers: str) -> httpx.Client:
         base = {"X-Gizwits-Application-Id": appid} if appid else {}
         return httpx.Client(base_url=self.base_url, headers={**base, **headers}, timeout=30)
+
+    def operator(self) -> httpx.Client:
+        """A client of the operator API (``/admin/v1``) holding the admin token."""
+        return self.client(Authorization=f"Bearer {ADMIN_TOKEN}")
 
 
 def server_env(data_dir: Path, database_url: str | None, **settings: Any) -> dict[str, str]:

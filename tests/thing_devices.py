@@ -18,21 +18,21 @@ import itertools
 import json
 import secrets
 import string
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiomqtt
+import httpx
 from sqlalchemy import select
 
-from iotcloud.config import Settings
 from iotcloud.domain.devices import new_did
 from iotcloud.domain.thing_auth import SignMethod, device_password
-from iotcloud.gateway.service import DeviceGateway, GatewayEvent, PresenceEvent
+from iotcloud.gateway.service import DeviceGateway
 from iotcloud.storage.database import Database
 from iotcloud.storage.models import DeviceRow, ProductRow
-from tests.server import RunningServer
+from tests.devices import connect_seen, eventually
+from tests.server import ADMIN_TOKEN, RunningServer
 
 TEMPLATES = Path(__file__).resolve().parent / "fixtures" / "templates"
 LIGHT = TEMPLATES / "light.json"
@@ -62,14 +62,20 @@ def new_psk() -> str:
     return base64.b64encode(secrets.token_bytes(16)).decode()
 
 
+def template_doc(template: Path = LIGHT, product_id: str | None = None) -> dict[str, Any]:
+    """The data template ``template`` under ProductId ``product_id`` (fresh when None)."""
+    doc: dict[str, Any] = json.loads(template.read_text())
+    doc["profile"]["ProductId"] = product_id or new_product_id()
+    return doc
+
+
 async def add_thing_product(database_url: str, template: Path = LIGHT) -> str:
     """A data-template product from ``template`` under a fresh ProductId; returns it.
 
-    Written through the storage layer on the server's database (the product import of data
-    templates belongs to the product registry; this makes the same row)."""
-    doc = json.loads(await asyncio.to_thread(template.read_text))
-    product_id = new_product_id()
-    doc["profile"]["ProductId"] = product_id
+    Written as a row on the database at ``database_url``, for in-process services; against a
+    running server, ``import_thing_product`` imports it as an operator does."""
+    doc = await asyncio.to_thread(template_doc, template)
+    product_id = str(doc["profile"]["ProductId"])
     now = datetime.now(UTC)
     async with Database(database_url) as db, db.session() as session:
         session.add(
@@ -90,8 +96,9 @@ async def add_thing_device(
     database_url: str, product_id: str, name: str | None = None, *, disabled: bool = False
 ) -> ThingIdentity:
     """A device ``name`` (fresh when None) of data-template product ``product_id``, with a
-    fresh psk."""
-    name = name or "light_device_" + secrets.token_hex(4)
+    fresh psk, written as a row on the database at ``database_url`` (against a running server,
+    ``create_thing_device`` registers it as an operator does)."""
+    name = name or new_device_name()
     psk = new_psk()
     did = new_did()
     now = datetime.now(UTC)
@@ -116,9 +123,46 @@ async def add_thing_device(
     return ThingIdentity(product_id, name, psk, did)
 
 
+def new_device_name() -> str:
+    return "light_device_" + secrets.token_hex(4)
+
+
+async def import_thing_product(server: RunningServer, template: Path = LIGHT) -> str:
+    """Import ``template`` under a fresh ProductId through ``server``'s operator API (``POST
+    /admin/v1/products``); returns the ProductId."""
+    doc = await asyncio.to_thread(template_doc, template)
+    async with operator(server) as http:
+        made = await http.post("/admin/v1/products", json=doc)
+    assert made.status_code == 201, made.text
+    assert made.json()["product_key"] == doc["profile"]["ProductId"]
+    return str(doc["profile"]["ProductId"])
+
+
+async def create_thing_device(
+    server: RunningServer, product_id: str, name: str | None = None, *, disabled: bool = False
+) -> ThingIdentity:
+    """Create device ``name`` (fresh when None) of ``product_id`` through ``server``'s operator
+    API (``POST /admin/v1/devices``, then ``PUT`` to disable it when asked)."""
+    name = name or new_device_name()
+    async with operator(server) as http:
+        made = await http.post("/admin/v1/devices", json={"product_key": product_id, "name": name})
+        assert made.status_code == 201, made.text
+        did = made.json()["did"]
+        if disabled:
+            changed = await http.put(f"/admin/v1/devices/{did}", json={"is_disabled": True})
+            assert changed.status_code == 200, changed.text
+    return ThingIdentity(product_id, name, made.json()["psk"], did)
+
+
+def operator(server: RunningServer) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+    )
+
+
 def server_database_url(server: RunningServer) -> str:
     """The database URL ``server`` runs on."""
-    return Settings.load(server.env).resolved_database_url
+    return server.database_url
 
 
 class ThingReplyMissing(AssertionError):
@@ -206,22 +250,7 @@ class ThingDevice:
         )
 
     async def __aenter__(self) -> ThingDevice:
-        if self.gateway is None:
-            await self._connect()
-            return self
-        online = asyncio.Event()
-
-        def seen(event: GatewayEvent) -> None:
-            if isinstance(event, PresenceEvent) and event.did == self.identity.did and event.online:
-                online.set()
-
-        self.gateway.add_listener(seen)
-        try:
-            await self._connect()
-            async with asyncio.timeout(10):
-                await online.wait()
-        finally:
-            self.gateway.remove_listener(seen)
+        await connect_seen(self.gateway, self.identity.did, self._connect)
         return self
 
     async def _connect(self) -> None:
@@ -344,11 +373,5 @@ class ThingDevice:
             return await self.unread.get()
 
 
-async def until(probe: Callable[[], Awaitable[Any]], wait: float = 15.0) -> Any:
-    """Poll ``probe`` until it returns something truthy (state is stored in batches)."""
-    async with asyncio.timeout(wait):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await asyncio.sleep(0.05)
+until = eventually
+"""Poll a probe until it returns something truthy (state is stored in batches)."""

@@ -8,14 +8,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from iotcloud.app import running_services
-from iotcloud.config import Settings
 from iotcloud.domain.clock import FrozenClock
 from iotcloud.errors import (
     CodeExpired,
@@ -29,31 +25,17 @@ from iotcloud.services.apps import App
 from iotcloud.services.registry import Services
 from iotcloud.storage.accounts import CodeRepository, UserTokenRepository
 from iotcloud.storage.database import Database
-
-START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(START)
+from tests.contract.conftest import START
 
 
 @pytest.fixture
-async def services(
-    database_url: str, tmp_path: Path, clock: FrozenClock
-) -> AsyncIterator[Services]:
-    settings = Settings.load(
-        {},
-        data_dir=tmp_path,
-        mqtt_port=0,
-        http_host="127.0.0.1",
-        database_url=database_url,
-        argon2_time_cost=1,
-        argon2_memory_kib=1024,
-        user_tokens_per_user=3,
-    )
-    async with running_services(settings, clock) as svc:
-        yield svc
+def settings_options() -> dict[str, Any]:
+    return {
+        "mqtt_port": 0,
+        "argon2_time_cost": 1,
+        "argon2_memory_kib": 1024,
+        "user_tokens_per_user": 3,
+    }
 
 
 @pytest.fixture

@@ -9,16 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from iotcloud.app import running_services
-from iotcloud.config import Settings
 from iotcloud.domain.clock import FrozenClock
 from iotcloud.errors import (
     DeviceAuthInvalid,
@@ -32,8 +28,8 @@ from iotcloud.errors import (
 from iotcloud.services.devices import DeviceImportRow, read_device_csv
 from iotcloud.services.registry import Services
 from iotcloud.storage.models import DeviceRow
+from tests.contract.conftest import START
 
-START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "datapoints"
 PET_HOUSE_KEY = "de9e8d18d9394cce9081b25a531e552b"
 OTHER_KEY = "0123456789abcdef0123456789abcdef"
@@ -50,24 +46,8 @@ def var_len() -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(START)
-
-
-@pytest.fixture
-async def services(
-    database_url: str, tmp_path: Path, clock: FrozenClock
-) -> AsyncIterator[Services]:
-    settings = Settings.load(
-        {},
-        data_dir=tmp_path,
-        http_host="127.0.0.1",
-        database_url=database_url,
-        public_host="m2m.example.org",
-        mqtt_port=1884,
-    )
-    async with running_services(settings, clock) as svc:
-        yield svc
+def settings_options() -> dict[str, Any]:
+    return {"public_host": "m2m.example.org"}
 
 
 @pytest.fixture

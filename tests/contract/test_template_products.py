@@ -10,17 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from iotcloud.app import running_services
 from iotcloud.codecs import DATA_TEMPLATE_PROTOCOL
-from iotcloud.config import Settings
 from iotcloud.domain.clock import FrozenClock
 from iotcloud.errors import (
     DeviceNotBound,
@@ -38,8 +35,8 @@ from iotcloud.services.registry import Services
 from iotcloud.services.telemetry import Aggregator, BucketUnit
 from iotcloud.storage.devices import DeviceRepository
 from iotcloud.storage.models import DeviceRow
+from tests.contract.conftest import START
 
-START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 PID = "LIGHT0TPL1"
 
@@ -52,22 +49,6 @@ def light() -> dict[str, Any]:
 def pet_house() -> dict[str, Any]:
     data: dict[str, Any] = json.loads((FIXTURES / "datapoints" / "pet_house.json").read_text())
     return data
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(START)
-
-
-@pytest.fixture
-async def services(
-    database_url: str, tmp_path: Path, clock: FrozenClock
-) -> AsyncIterator[Services]:
-    settings = Settings.load(
-        {}, data_dir=tmp_path, http_host="127.0.0.1", database_url=database_url, mqtt_port=1884
-    )
-    async with running_services(settings, clock) as svc:
-        yield svc
 
 
 @pytest.fixture

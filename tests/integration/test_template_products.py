@@ -1,32 +1,25 @@
 """Data-template (Tencent) products and devices through a real ``iotcloud serve``: the CLI, the
-operator API, ``GET /app/datapoint`` and the refusal of GAgent self-registration."""
+operator API, ``GET /app/datapoint`` and the refusal of GAgent self-registration.
+
+On the SQLite server only: the services behind them are the contract tests' (both backends)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import secrets
-import string
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.server import ADMIN_TOKEN, RunningServer
+from tests.errors import assert_error
+from tests.server import RunningServer
+from tests.thing_devices import import_thing_product, new_product_id, template_doc
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-
-
-def new_pid() -> str:
-    """A fresh ProductId (the session's server is shared between tests)."""
-    return "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(10))
-
-
-def template(pid: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / "templates" / "light.json").read_text())
-    data["profile"]["ProductId"] = pid or new_pid()
-    return data
+pytestmark = pytest.mark.backend("sqlite")
 
 
 def gizwits_definition() -> dict[str, Any]:
@@ -41,31 +34,22 @@ def write(tmp_path: Path, data: Any, name: str = "template.json") -> Path:
     return path
 
 
-def admin(server: RunningServer) -> httpx.Client:
-    return server.client(Authorization=f"Bearer {ADMIN_TOKEN}")
-
-
 def gizwits_error(response: httpx.Response, status: int, code: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error_code"] == code, body
-    return str(body["detail_message"])
+    """``response`` is the Gizwits error ``code`` with HTTP ``status``: its detail message."""
+    assert_error(response, code, status)
+    return str(response.json()["detail_message"])
 
 
 @pytest.fixture
-def pid(server: RunningServer) -> str:
+async def pid(server: RunningServer) -> str:
     """A fresh data-template product imported through the operator API."""
-    data = template()
-    with admin(server) as client:
-        response = client.post("/admin/v1/products", json=data)
-    assert response.status_code == 201, response.text
-    return str(data["profile"]["ProductId"])
+    return await import_thing_product(server)
 
 
 @pytest.fixture
 def gizwits_key(server: RunningServer) -> str:
     data = gizwits_definition()
-    with admin(server) as client:
+    with server.operator() as client:
         assert client.post("/admin/v1/products", json=data).status_code == 201
     return str(data["product_key"])
 
@@ -76,7 +60,7 @@ def gizwits_key(server: RunningServer) -> str:
 def test_cli_imports_a_template_keyed_by_its_product_id(
     server: RunningServer, app: dict[str, str], tmp_path: Path
 ) -> None:
-    data = template()
+    data = template_doc()
     product_id = data["profile"]["ProductId"]
     out = server.cli("product", "import", str(write(tmp_path, data)), "--json").stdout
     made = json.loads(out)
@@ -113,7 +97,7 @@ def test_cli_imports_a_template_keyed_by_its_product_id(
 def test_cli_refuses_an_invalid_template_naming_the_json_path(
     server: RunningServer, tmp_path: Path
 ) -> None:
-    data = template()
+    data = template_doc()
     data["properties"][4]["define"]["start"] = "500"
     result = server.cli("product", "import", str(write(tmp_path, data)), check=False)
     assert result.returncode != 0
@@ -124,9 +108,9 @@ def test_cli_refuses_an_invalid_template_naming_the_json_path(
 
 
 def test_operator_api_imports_and_shows_templates(server: RunningServer) -> None:
-    data = template()
+    data = template_doc()
     product_id = data["profile"]["ProductId"]
-    with admin(server) as client:
+    with server.operator() as client:
         made = client.post("/admin/v1/products", json=data)
         assert made.status_code == 201, made.text
         assert made.json()["product_key"] == product_id
@@ -136,7 +120,7 @@ def test_operator_api_imports_and_shows_templates(server: RunningServer) -> None
         replaced = client.post("/admin/v1/products", params={"replace": "true"}, json=data)
         assert replaced.status_code == 200
         assert replaced.json() == made.json()
-        bad = template()
+        bad = template_doc()
         bad["profile"]["ProductId"] = "lower12345"
         detail = gizwits_error(client.post("/admin/v1/products", json=bad), 400, 9015)
         assert detail.startswith("profile.ProductId: ")
@@ -169,25 +153,15 @@ def test_cli_creates_named_devices(server: RunningServer, pid: str) -> None:
 def test_cli_device_create_refuses_the_wrong_identity(
     server: RunningServer, pid: str, gizwits_key: str
 ) -> None:
-    by_mac = server.cli(
-        "device", "create", "--product-key", pid, "--mac", "aabbccddeeff", check=False
-    )
-    assert by_mac.returncode != 0
-    assert "data-template product" in by_mac.stderr
-    by_name = server.cli(
-        "device", "create", "--product-key", gizwits_key, "--name", "lamp", check=False
-    )
-    assert by_name.returncode != 0
-    assert "Gizwits product" in by_name.stderr
-    neither = server.cli("device", "create", "--product-key", pid, check=False)
-    assert neither.returncode != 0
-    assert "exactly one of --mac" in neither.stderr
-    bad_name = server.cli(
-        "device", "create", "--product-key", pid, "--name", "no spaces", check=False
-    )
-    assert bad_name.returncode != 0
-    assert "name:" in bad_name.stderr
-    for result in (by_mac, by_name, neither, bad_name):
+    for options, said in [
+        (["--product-key", pid, "--mac", "aabbccddeeff"], "data-template product"),
+        (["--product-key", gizwits_key, "--name", "lamp"], "Gizwits product"),
+        (["--product-key", pid], "exactly one of --mac"),
+        (["--product-key", pid, "--name", "no spaces"], "name:"),
+    ]:
+        result = server.cli("device", "create", *options, check=False)
+        assert result.returncode != 0, options
+        assert said in result.stderr, (options, result.stderr)
         assert "Traceback" not in result.stderr
 
 
@@ -218,7 +192,7 @@ def test_cli_imports_named_devices_from_csv(
 def test_operator_api_creates_named_devices_and_refuses_mixed_forms(
     server: RunningServer, pid: str, gizwits_key: str
 ) -> None:
-    with admin(server) as client:
+    with server.operator() as client:
         made = client.post("/admin/v1/devices", json={"product_key": pid, "name": "lamp-9"})
         assert made.status_code == 201, made.text
         assert set(made.json()) == {"did", "device_name", "psk"}
@@ -239,7 +213,9 @@ def test_operator_api_creates_named_devices_and_refuses_mixed_forms(
         for body, prefix in refusals:
             detail = gizwits_error(client.post("/admin/v1/devices", json=body), 400, 9015)
             assert detail.startswith(prefix), (body, detail)
-        unknown = client.post("/admin/v1/devices", json={"product_key": new_pid(), "name": "x"})
+        unknown = client.post(
+            "/admin/v1/devices", json={"product_key": new_product_id(), "name": "x"}
+        )
         gizwits_error(unknown, 400, 9002)
 
 

@@ -3,14 +3,13 @@ serve``: sign-up, sign-in and password reset by phone and by e-mail with codes r
 SMS and mail outboxes; users of the Gizwits API signing in here, and tokens from here working on
 ``tokenapi`` and the Gizwits API. Every refusal of the signed tier answers its code and leaves
 no user, code or nonce behind. Calls are signed in this file, independently of the server's
-code, as Tencent's Node SDK signs them. A second server answers in the ``sdk`` envelope.
+code, as Tencent's Node SDK signs them (``tests.tencent``). A second server answers in the
+``sdk`` envelope. Malformed calls, refused before any storage, run on the SQLite server only.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import secrets
 import time
@@ -26,40 +25,26 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from iotcloud.config import Settings
 from iotcloud.storage.database import Database
 from iotcloud.storage.models import ApiNonceRow, AppRow, SmsCodeRow, UserRow
 from tests.conftest import unique, unique_phone
 from tests.server import RunningServer, serving
+from tests.tencent import (
+    ABSENT,
+    APPAPI,
+    TOKENAPI,
+    assert_error,
+    assert_ok,
+    call_tokenapi,
+    resign,
+    signature,
+    without_absent,
+)
 
-APPAPI = "/api/exploreropen/appapi"
-TOKENAPI = "/api/exploreropen/tokenapi"
 PASSWORD = "pw-123456"
 
 
-# -- signing and calling -----------------------------------------------------------------------
-
-
-def js_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def signature(secret: str, params: dict[str, Any]) -> str:
-    """What the Node SDK computes: sorted ``k=v`` joined by ``&``, HMAC-SHA1, Base64."""
-    text = "&".join(f"{key}={js_text(params[key])}" for key in sorted(params))
-    digest = hmac.new(secret.encode(), text.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
-
-
-def resign(secret: str, body: dict[str, Any]) -> str:
-    """The signature of ``body`` (its own ``Signature`` left out) with ``secret``."""
-    return signature(secret, {key: value for key, value in body.items() if key != "Signature"})
-
-
-ABSENT = object()
-"""As a parameter value: leave the parameter out (of the signed text as well)."""
+# -- calling -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -84,7 +69,7 @@ class AppClient:
             "Platform": "android",  # Tencent's apps sign extra keys too
             **params,
         }
-        body = {key: value for key, value in body.items() if value is not ABSENT}
+        body = without_absent(body)
         if forced is None:
             body["Signature"] = signature(self.secret, body)
         elif forced is not ABSENT:
@@ -111,16 +96,7 @@ class AppClient:
         return response
 
     def ok(self, action: str, **params: Any) -> dict[str, Any]:
-        response = self.call(action, **params)
-        assert "Error" not in response, response
-        return response
-
-
-def assert_error(response: dict[str, Any], code: str, *named: str) -> None:
-    assert set(response) == {"Error", "RequestId"}, response
-    assert response["Error"]["Code"] == code, response
-    for text in named:
-        assert text in response["Error"]["Message"], response
+        return assert_ok(self.call(action, **params))
 
 
 def sms_codes(data_dir: Path, phone: str) -> list[dict[str, str]]:
@@ -156,8 +132,7 @@ class Stored:
 
 async def stored(server: RunningServer, appid: str) -> Stored:
     """How many users, spent nonces and codes the app has in the server's database."""
-    settings = Settings.load(server.env)
-    async with Database(settings.resolved_database_url) as db, db.session() as session:
+    async with Database(server.database_url) as db, db.session() as session:
         app_id = await session.scalar(select(AppRow.id).where(AppRow.appid == appid))
 
         async def count(model: Any) -> int:
@@ -210,12 +185,7 @@ def gizwits_me(client: AppClient, token: str) -> httpx.Response:
 
 
 def tokenapi_user(client: AppClient, token: str) -> dict[str, Any]:
-    reply = client.http.post(
-        TOKENAPI, json={"Action": "AppGetUser", "RequestId": "r-user", "AccessToken": token}
-    )
-    assert reply.status_code == 200, reply.text
-    response: dict[str, Any] = reply.json()["Response"]
-    return response
+    return call_tokenapi(client.http, "AppGetUser", token)
 
 
 # -- happy paths -------------------------------------------------------------------------------
@@ -390,6 +360,7 @@ async def test_signature_timestamp_nonce_and_appkey_refusals_store_nothing(
     assert checked.get("Error", {}).get("Code") != "AuthFailure.NonceReplayed", checked
 
 
+@pytest.mark.backend("sqlite")
 async def test_malformed_calls_are_refused_naming_the_problem(
     client: AppClient, server: RunningServer
 ) -> None:

@@ -2,16 +2,14 @@
 Tencent's device scheme over MQTT 3.1 and 3.1.1 sign in (and are refused), report, ask for their
 status, post events, receive controls, and misbehave without losing their connection.
 
-One server on PostgreSQL with the embedded broker (the in-process contract test runs the same
-device on SQLite; the storage statements are the per-backend part).
+The session's server on PostgreSQL with the embedded broker only (the in-process contract test
+runs the same device on SQLite; the storage statements are the per-backend part).
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -22,17 +20,16 @@ from iotcloud.storage.database import Database
 from iotcloud.storage.devices import DeviceRepository
 from iotcloud.storage.telemetry import TelemetryRepository
 from tests.accounts import bind, sign_up
-from tests.conftest import new_database_url
-from tests.server import RunningServer, serving
+from tests.server import RunningServer
 from tests.thing_devices import (
     ThingDevice,
     ThingIdentity,
-    add_thing_device,
-    add_thing_product,
-    server_database_url,
+    create_thing_device,
+    import_thing_product,
     until,
 )
 
+pytestmark = pytest.mark.backend("postgres")
 PROTOCOLS = [
     pytest.param(aiomqtt.ProtocolVersion.V31, id="mqtt3.1"),
     pytest.param(aiomqtt.ProtocolVersion.V311, id="mqtt3.1.1"),
@@ -40,25 +37,17 @@ PROTOCOLS = [
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    data_dir = Path(tempfile.mkdtemp(prefix="iotcloud-tencent-devices-"))
-    url = new_database_url(request.getfixturevalue("postgres"), "postgres", data_dir)
-    with serving(data_dir, url, rate_limit_per_address=0, rate_limit_per_app=0) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 async def product(server: RunningServer) -> str:
-    return await add_thing_product(server_database_url(server))
+    return await import_thing_product(server)
 
 
 async def new_device(server: RunningServer, product: str, **options: Any) -> ThingIdentity:
-    return await add_thing_device(server_database_url(server), product, **options)
+    return await create_thing_device(server, product, **options)
 
 
 @pytest.fixture
 async def db(server: RunningServer) -> AsyncIterator[Database]:
-    async with Database(server_database_url(server)) as database:
+    async with Database(server.database_url) as database:
         yield database
 
 
