@@ -458,3 +458,31 @@ async def test_the_frame_log_keeps_to_gizwits_windows(world: World) -> None:
     stranger = await new_user(world)
     with pytest.raises(DeviceNotBound):
         await frame_log(user=stranger, did=world.did, log_type=cmd, start=at(-1), end=at(0))
+
+
+# -- latest state merge ----------------------------------------------------------------------------
+
+
+async def test_the_latest_state_merges_points_and_replaces_struct_values_whole(
+    world: World,
+) -> None:
+    """A data-template struct value is one data point: a newer report replaces it whole (no
+    member of the older value survives), within one batch and across batches, while other
+    points merge and each keeps the time it was last reported."""
+    async with world.services.devices.db.session() as session:
+        await TelemetryRepository(session).apply_states(
+            [
+                StateChange(world.device_id, at(0), {"a": 1, "s": {"x": 1, "y": 2}}),
+                StateChange(world.device_id, at(1), {"s": {"x": 3, "z": 4}}),
+            ],
+            history=False,
+        )
+    await report(world, at(2), b=True)
+    await report(world, at(3), s={"y": 5})
+    latest = await world.services.telemetry.latest(world.did)
+    assert latest.attrs == {"a": 1, "b": True, "s": {"y": 5}}
+    async with world.services.devices.db.session() as session:
+        row = await TelemetryRepository(session).latest(world.device_id)
+    assert row is not None
+    ms = {name: int(at(hours).timestamp() * 1000) for name, hours in (("a", 0), ("b", 2), ("s", 3))}
+    assert row.attr_times == ms

@@ -7,7 +7,8 @@ nothing), ``AppGetDeviceData``, ``AppGetDeviceStatuses``, ``AppListEventHistory`
 ``AppSigBindDeviceInFamily``, ``AppCallDeviceAction``, a Gizwits app controlling and reading a
 data-template device (``/app/control``, ``/app/devdata/{did}/latest``), a Tencent app controlling
 and reading a Gizwits device, and ``AppCreateTimer`` timers firing on data-template devices at
-their minute (one answered with code 0, one refused by its device). The timers are created when
+their minute (one answered with code 0, one with a ``control_reply`` without ``method``, one
+refused by its device). The timers are created when
 the module starts and checked by its last test, so the wait for their minute overlaps the others.
 """
 
@@ -46,6 +47,7 @@ INVALID = "InvalidParameterValue"
 MISSING = "ErrorRequiredParamNotFound"
 NOT_BOUND = "UnauthorizedOperation.DeviceNotBound"
 OFFLINE = "ResourceUnavailable.DeviceOffline"
+MISMATCH = "InvalidParameterValue.ProductProtocolMismatch"
 SETTINGS = {
     "rate_limit_per_address": 0,
     "rate_limit_per_app": 0,
@@ -151,8 +153,9 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
 
 @dataclass
 class Timers:
-    """Two timers due at ``due``: ``ok`` on a device that accepts its control, ``refused`` on
-    one that answers code 1."""
+    """Three timers due at ``due``: ``ok`` on a device that accepts its control, ``bare`` on
+    one that accepts it with a ``control_reply`` without ``method`` (as some SDKs send it),
+    ``refused`` on one that answers code 1."""
 
     due: datetime
     ids: dict[str, str]
@@ -163,6 +166,7 @@ class Timers:
 async def timers(world: World) -> Timers:
     devices = {
         "ok": await world.online(await world.thing()),
+        "bare": await world.online(await world.thing(), reply_method=False),
         "refused": await world.online(await world.thing(), control_code=1),
     }
     start = datetime.now(UTC) + timedelta(seconds=SETUP_MARGIN)
@@ -315,6 +319,12 @@ async def test_device_statuses_say_online_with_1(world: World) -> None:
     for bad in ([], "x/y", ["no-slash"], [5], ["a/b/c"], ["x/y"] * 101):
         assert_error(await world.call("AppGetDeviceStatuses", DeviceIds=bad), INVALID, "DeviceIds")
     assert_error(await world.call("AppGetDeviceStatuses"), MISSING, "DeviceIds")
+    # each item is checked as ProductId + DeviceName are, before anything is looked up
+    for bad, named in (("nope/x", "ProductId"), (f"{online.product_id}/bad name", "DeviceName")):
+        response = await world.call("AppGetDeviceStatuses", DeviceIds=[ids[0], bad])
+        assert_error(response, INVALID, "DeviceIds[1]", named)
+    unknown = await world.call("AppGetDeviceStatuses", DeviceIds=[f"{online.product_id}/nobody"])
+    assert_error(unknown, "ResourceNotFound.DeviceNotExist", "DeviceName", "nobody")
 
 
 # -- AppListEventHistory -----------------------------------------------------------------------
@@ -469,7 +479,7 @@ async def test_a_device_signed_binding_refuses_bad_requests(world: World) -> Non
     await gizwits.register(world.http)
     params = {**good, "ProductId": world.pet_house.product_key, "DeviceName": gizwits.mac}
     response = await world.call("AppSigBindDeviceInFamily", user, FamilyId=family, **params)
-    assert_error(response, INVALID, "ProductId", "psk")
+    assert_error(response, MISMATCH, "ProductId", "psk")
     assert (await world.ok("AppGetFamilyDeviceList", user, FamilyId=family))["Total"] == 0
 
 
@@ -559,7 +569,31 @@ async def test_a_gizwits_app_controls_and_reads_a_data_template_device(world: Wo
         attrs: dict[str, Any] = got.json()["attr"]
         return attrs if attrs.get("brightness") == 7 else None
 
-    assert await eventually(latest) == {"color": "Green", "power_switch": False, "brightness": 7}
+    gizwits_form = {"color": "Green", "power_switch": False, "brightness": 7}
+    assert await eventually(latest) == gizwits_form
+
+    # the history shows the values as /latest does; aggregates stay numbers
+    history = await world.http.get(f"/app/devdata/{did}", headers=user.headers())
+    assert history.status_code == 200, history.text
+    assert [entry["attrs"] for entry in history.json()["objects"]] == [gizwits_form]
+    one = await world.http.get(
+        f"/app/devdata/{did}", headers=user.headers(), params={"attr": "color"}
+    )
+    assert [entry["attrs"] for entry in one.json()["objects"]] == [{"color": "Green"}]
+    now_ms = int(time.time() * 1000)
+    aggregated = await world.http.get(
+        f"/app/devdata/{did}/agg_data",
+        headers=user.headers(),
+        params={
+            "start_ts": now_ms - 3_600_000,
+            "end_ts": now_ms + 60_000,
+            "attrs": "brightness",
+            "aggregator": "max",
+            "unit": "hours",
+        },
+    )
+    assert aggregated.status_code == 200, aggregated.text
+    assert [bucket["attrs"] for bucket in aggregated.json()["data"]] == [{"brightness": 7}]
 
 
 async def test_a_tencent_app_controls_and_reads_a_gizwits_device(world: World) -> None:
@@ -583,6 +617,9 @@ async def test_a_tencent_app_controls_and_reads_a_gizwits_device(world: World) -
         for bad, named in (('{"LED_Color": 9}', "LED_Color"), ('{"Infrared": 1}', "Infrared")):
             response = await world.call("AppControlDeviceData", **target, Data=bad)
             assert_error(response, INVALID, "Data", named)
+        # a Gizwits device has no template actions
+        response = await world.call("AppCallDeviceAction", **target, ActionId="blink")
+        assert_error(response, MISMATCH, "ProductId", product.product_key, "no actions")
 
         async def read() -> dict[str, Any] | None:
             response = await world.ok("AppGetDeviceData", **target)
@@ -638,11 +675,13 @@ async def test_timers_fire_a_control_at_their_minute(world: World, timers: Timer
             if all(runs.values()):
                 break
             await asyncio.sleep(0.2)
-    ok, refused = runs["ok"], runs["refused"]
+    ok, bare, refused = runs["ok"], runs["bare"], runs["refused"]
     assert ok is not None
+    assert bare is not None
     assert refused is not None
-    assert ok.scheduled_at == timers.due
+    assert ok.scheduled_at == bare.scheduled_at == timers.due
     assert ok.status == "succeed"
+    assert bare.status == "succeed"  # a control_reply without method still counts
     assert refused.status == "failed"
     for key, device in timers.devices.items():
         assert [c["params"] for c in device.controls] == [{"power_switch": 1, "color": 2}], key

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -22,17 +23,26 @@ from iotcloud.codecs import Frame, P0Codec, decode_frame, encode_frame
 from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL_SN, CMD_REPORT
 from iotcloud.gateway.service import json_values
 from iotcloud.simulator import VirtualDevice
+from iotcloud.storage.database import Database
+from iotcloud.storage.models import DeviceRow
 from tests.accounts import User, sign_up
 from tests.devices import (
     PASSCODE,
     MqttDevice,
     Online,
     Product,
+    eventually,
     import_product,
     register,
     until_online,
 )
 from tests.server import RunningServer
+from tests.thing_devices import (
+    ThingDevice,
+    add_thing_device,
+    add_thing_product,
+    server_database_url,
+)
 
 Message = dict[str, Any]
 WAIT = 10.0
@@ -705,3 +715,61 @@ async def test_a_client_that_stops_reading_is_dropped_without_slowing_the_others
         # the fast client is still served
         await fast.send("ping")
         assert await fast.expect("pong") == {"cmd": "pong"}
+
+
+# -- data-template devices -------------------------------------------------------------------------
+
+
+@pytest.mark.backend("sqlite")
+async def test_c2s_write_and_read_reach_a_data_template_device_in_gizwits_form(
+    server: RunningServer, http: httpx.AsyncClient, user: User
+) -> None:
+    """A Gizwits app bound to a data-template device by did + passcode writes enum labels and
+    booleans (the device gets a ``control`` with the enum integer and 0/1) and reads its latest
+    values as labels and booleans; a bad attr is 9025 naming it, and nothing is sent."""
+    database_url = server_database_url(server)
+    identity = await add_thing_device(database_url, await add_thing_product(database_url))
+    did = identity.did
+    async with Database(database_url) as db, db.session() as session:
+        passcode = await session.scalar(select(DeviceRow.passcode).where(DeviceRow.did == did))
+    assert passcode is not None
+    await bind(http, user, did, passcode)
+    async with ThingDevice.on_server(server, identity) as device:
+        await until_online(http, user, did)
+        async with app_socket(server, user) as client:
+            await client.send(
+                "c2s_write", {"did": did, "attrs": {"color": "Blue", "power_switch": True}}
+            )
+            _, control = await device.next_message()
+            assert control["method"] == "control"
+            assert control["params"] == {"color": 2, "power_switch": 1}
+
+            assert (await device.report({"color": 1, "power_switch": 0, "brightness": 7}))[
+                "code"
+            ] == 0
+            latest = {"color": "Green", "power_switch": False, "brightness": 7}
+            assert await client.until(lambda m: m["cmd"] == "s2c_noti") == noti(did, latest)
+
+            async def stored() -> bool:  # the push precedes the (batched) write of the report
+                reply = await http.get(f"/app/devdata/{did}/latest", headers=user.headers())
+                return bool(reply.json()["attr"] == latest)
+
+            await eventually(stored)
+            await client.send("c2s_read", {"did": did})
+            assert await client.until(lambda m: m["cmd"] == "s2c_noti") == noti(did, latest)
+            await client.send("c2s_read", {"did": did, "names": ["color"]}, req_sn=5)
+            answer = await client.until(lambda m: m["cmd"] == "s2c_noti")
+            assert answer == {**noti(did, {"color": "Green"}), "res_sn": 5}
+
+            for cmd, data, named in (
+                ("c2s_write", {"attrs": {"color": "Purple"}}, "color"),
+                ("c2s_write", {"attrs": {"color": 7}}, "color"),
+                ("c2s_write", {"attrs": {"temperature": 20}}, "temperature"),  # read only
+                ("c2s_write", {"attrs": {"volume": 1}}, "volume"),
+                ("c2s_read", {"names": ["volume"]}, "volume"),
+            ):
+                await client.send(cmd, {"did": did, **data})
+                code, msg = await client.invalid()
+                assert (code, named in msg) == (9025, True), (cmd, data, msg)
+            assert len(device.controls) == 1
+            assert device.unread.empty()

@@ -17,12 +17,14 @@ or parameter (``brightness: 120 is above max 100``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any, Final, Literal
 
 from iotcloud.codecs.errors import CodecError
@@ -124,10 +126,12 @@ class TemplateField:
         """Check ``value`` against this field and return it in canonical form.
 
         bool: 0/1 or JSON true/false -> 0/1; int: an integral number within [min, max] on the
-        step grid counted from min; float: a finite number within [min, max]; enum: an integer
-        key of ``mapping``; string: length within [min, max]; timestamp: a non-negative integer
-        (seconds or milliseconds); struct: an object of known members, each checked. Raises
-        `TemplateValueError` naming ``name`` (default: this field's id).
+        step grid counted from min; float: a finite number within [min, max] whose shortest
+        repr is exactly on that grid (``(Decimal(repr(v)) - min) / step`` integral; a float
+        step of 0 means no grid); enum: an integer key of ``mapping``; string: length within
+        [min, max]; timestamp: a non-negative integer (seconds or milliseconds); struct: an
+        object of known members, each checked. Raises `TemplateValueError` naming ``name``
+        (default: this field's id).
         """
         label = self.id if name is None else name
         kind = self.kind
@@ -190,17 +194,27 @@ class TemplateField:
         if isinstance(value, float):
             raise TemplateValueError(label, f"expected an integer, got {value!r}")
         number = self._number(value, label)
-        step, base = self.step, self.min
-        if step is not None and step > 0 and base is not None and (number - base) % step != 0:
-            raise TemplateValueError(
-                label, f"{value!r} is not on the step {_plain(step)} grid from {_plain(base)}"
-            )
+        self._check_step(number, value, label)
         return int(number)
 
     def _check_float(self, value: Any, label: str) -> int | float:
-        self._number(value, label)
+        self._check_step(self._number(value, label), value, label)
         result: int | float = value
         return result
+
+    def _check_step(self, number: Decimal, value: Any, label: str) -> None:
+        """Refuse ``number`` (the exact decimal of ``value``) when it is off the step grid.
+
+        The grid is ``min + k * step`` for integral k; a field without a positive step has none.
+        The quotient is taken over `Fraction` so no Decimal context precision can round it.
+        """
+        step, base = self.step, self.min
+        if step is None or step <= 0 or base is None:
+            return
+        if (Fraction(number) - Fraction(base)) / Fraction(step) % 1 != 0:
+            raise TemplateValueError(
+                label, f"{value!r} is not on the step {_plain(step)} grid from {_plain(base)}"
+            )
 
     def _check_struct(self, value: Any, label: str) -> dict[str, Any]:
         if not isinstance(value, Mapping):
@@ -442,20 +456,9 @@ def _parse_property(raw: Any, path: str) -> TemplateProperty:
     if not isinstance(required, bool):
         raise TemplateDefinitionError(f"{path}.required", "must be true or false")
     spec = _parse_define(obj.get("define"), f"{path}.define", nested=False)
+    slot = {f.name: getattr(spec, f.name) for f in dataclasses.fields(TemplateField)}
     return TemplateProperty(
-        id=ident,
-        name=name,
-        kind=spec.kind,
-        mapping=spec.mapping,
-        min=spec.min,
-        max=spec.max,
-        step=spec.step,
-        start=spec.start,
-        unit=spec.unit,
-        members=spec.members,
-        mode=mode,
-        required=required,
-        desc=desc,
+        **{**slot, "id": ident, "name": name}, mode=mode, required=required, desc=desc
     )
 
 
@@ -496,18 +499,7 @@ def _parse_action(raw: Any, path: str) -> TemplateAction:
 
 
 def _named(spec: TemplateField, ident: str, name: str) -> TemplateField:
-    return TemplateField(
-        id=ident,
-        name=name,
-        kind=spec.kind,
-        mapping=spec.mapping,
-        min=spec.min,
-        max=spec.max,
-        step=spec.step,
-        start=spec.start,
-        unit=spec.unit,
-        members=spec.members,
-    )
+    return dataclasses.replace(spec, id=ident, name=name)
 
 
 def _limit(define: Mapping[str, Any], key: str, path: str) -> Decimal | None:

@@ -35,6 +35,7 @@ __all__ = [
     "PRODUCT_ID_LENGTH",
     "PSK_BYTES",
     "check_device_name",
+    "check_device_named",
     "check_did",
     "check_mac",
     "check_passcode",
@@ -110,6 +111,17 @@ def check_device_name(value: str, field: str = "name") -> str:
             field, f"must be 1 to {DEVICE_NAME_MAX} letters, digits or any of _ - . : @"
         )
     return value
+
+
+def check_device_named(product_id: str, device_name: str) -> tuple[str, str]:
+    """A device as Tencent names it, ``ProductId`` + ``DeviceName``, as stored: a Gizwits
+    product_key lower case with its MAC as 12 lower-case hex digits, or a data-template
+    ProductId with its device name, both exact. Both are trimmed first; `FieldInvalid` names
+    ``ProductId`` or ``DeviceName``."""
+    key = check_product_key(product_id.strip(), "ProductId")
+    if is_product_id(key):
+        return key, check_device_name(device_name.strip(), "DeviceName")
+    return key, check_mac(device_name, "DeviceName")
 
 
 def is_product_id(value: str) -> bool:

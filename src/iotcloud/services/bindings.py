@@ -24,7 +24,6 @@ from typing import Final, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from iotcloud.codecs.template import DATA_TEMPLATE_PROTOCOL
 from iotcloud.domain import devices as rules
 from iotcloud.domain.accounts import FieldInvalid
 from iotcloud.domain.clock import Clock
@@ -42,7 +41,7 @@ from iotcloud.services.validation import checked
 from iotcloud.storage.bindings import AlreadyBound, BindingRepository, BoundUser, DeviceRecord
 from iotcloud.storage.database import Database
 from iotcloud.storage.devices import DeviceRepository, ProductRepository
-from iotcloud.storage.models import BindingRow
+from iotcloud.storage.models import BindingRow, DeviceRow, ProductRow
 
 log = logging.getLogger(__name__)
 
@@ -421,33 +420,35 @@ class BindingService:
     ) -> BoundDevice:
         """The device Tencent names ``product_id`` + ``device_name``, as ``user`` sees it.
 
-        For a Gizwits product ``device_name`` is a MAC, normalised as `find_bound` does (so
-        ``AA:BB:...`` finds ``aabb...``); for a data-template product it is the exact name.
-        Raises ``ProductKeyInvalid`` (9002) for a malformed or unknown ProductId,
-        ``FormInvalid`` (9015) naming ``DeviceName`` when it cannot be a name of that product,
-        ``DeviceNotFound`` (9014) when the product has no such device, ``DeviceNotBound``
-        (9017) when it is not bound to ``user`` (named by what the caller sent, never the did).
+        Named as `named_device` finds it; also raises ``DeviceNotBound`` (9017) when it is not
+        bound to ``user``. Every message names the Tencent field (``ProductId: ...``,
+        ``DeviceName: ...``) and what the caller sent, never the did.
         """
-        key = _product_key(product_id)
         async with self.db.session() as session:
-            product = await ProductRepository(session).by_key(key)
-            if product is None:
-                raise ProductKeyInvalid(f"unknown ProductId {key}")
-            if product.protocol_type == DATA_TEMPLATE_PROTOCOL:
-                name = checked(lambda v: rules.check_device_name(v, "DeviceName"), device_name)
-            else:
-                name = checked(lambda v: rules.check_mac(v, "DeviceName"), device_name)
-            device = await DeviceRepository(session).by_name(product.id, name)
-            record = (
-                await BindingRepository(session).device(device.did, user.user_id)
-                if device is not None
-                else None
+            device, product = await _named_device(session, product_id, device_name)
+            record = await BindingRepository(session).device(device.did, user.user_id)
+        if record is None:  # deleted between the two reads
+            raise DeviceNotFound(
+                f"DeviceName: product {product.product_key} has no device {device.name}"
             )
-        if record is None:
-            raise DeviceNotFound(f"product {key} has no device named {name}")
         if record.binding is None:
-            raise DeviceNotBound(f"the device {key}/{name} is not bound to this user")
+            raise DeviceNotBound(
+                f"DeviceName: device {product.product_key}/{device.name} is not bound to this user"
+            )
         return _bound(record, record.binding)
+
+    async def named_device(self, product_id: str, device_name: str) -> tuple[DeviceRow, ProductRow]:
+        """The device Tencent names ``product_id`` + ``device_name``, with its product, bound
+        or not (for a device proving itself, as a device-signed binding does).
+
+        ``product_id`` is a Gizwits product_key (any case; ``device_name`` then a MAC in any of
+        its accepted spellings) or a data-template ProductId (exact, as is the name). Raises
+        ``ProductKeyInvalid`` (9002) for a malformed or unknown ProductId, ``FormInvalid``
+        (9015) naming ``DeviceName`` when it cannot name a device of that kind of product,
+        ``DeviceNotFound`` (9014) when the product has no such device.
+        """
+        async with self.db.session() as session:
+            return await _named_device(session, product_id, device_name)
 
     async def is_bound(self, user: AppUser, did: str) -> bool:
         """Whether ``user`` is bound to ``did`` (False for an unknown did)."""
@@ -595,6 +596,24 @@ def mask_email(value: str | None) -> str | None:
 
 def _lock(did: str, user: AppUser) -> str:
     return f"binding:{did}:{user.app_id}"
+
+
+async def _named_device(
+    session: AsyncSession, product_id: str, device_name: str
+) -> tuple[DeviceRow, ProductRow]:
+    """See `BindingService.named_device`."""
+    try:
+        key, name = rules.check_device_named(product_id, device_name)
+    except FieldInvalid as exc:
+        if exc.field == "ProductId":
+            raise ProductKeyInvalid(str(exc)) from exc
+        raise FormInvalid(str(exc)) from exc
+    found = await DeviceRepository(session).with_product_by_name(key, name)
+    if found is not None:
+        return found
+    if await ProductRepository(session).by_key(key) is None:
+        raise ProductKeyInvalid(f"ProductId: no product {product_id.strip()}")
+    raise DeviceNotFound(f"DeviceName: product {key} has no device {name}")
 
 
 def _product_key(value: str) -> str:

@@ -163,14 +163,12 @@ class ControlService:
         awaited).
         """
         await self.require_usable(user, did)
-        codec = await self.gateway.codec_of(did)
-        if codec is None:
-            template = await self.template_of(did)
-            if template is not None:
-                payload = encode_template_control(template, attrs, gizwits_form=True)
-                await self._sent(did, payload, client_id, None)
-                return
-        payload = await self.encode_attrs(did, attrs, byte_arrays=byte_arrays)
+        dialect = await self._dialect(did)
+        if isinstance(dialect, DataTemplate):
+            payload = encode_template_control(dialect, attrs, gizwits_form=True)
+            await self._sent(did, payload, client_id, None)
+            return
+        payload = await self._encode_p0(did, dialect, attrs, byte_arrays=byte_arrays)
         await self._sent(did, payload, client_id, sn)
 
     async def write_values(self, user: AppUser, did: str, values: Mapping[str, Any]) -> None:
@@ -181,20 +179,15 @@ class ControlService:
         a P0 control. Errors as :meth:`write_attrs`: the values are checked before anything is
         sent, so a refused write sends nothing."""
         await self.require_usable(user, did)
-        codec = await self.gateway.codec_of(did)
-        if codec is None:
-            template = await self.template_of(did)
-            if template is None:
-                raise DeviceNotFound(f"no device with did {did!r}")
-            payload = encode_template_control(template, values, gizwits_form=False)
+        dialect = await self._dialect(did)
+        if isinstance(dialect, DataTemplate):
+            payload = encode_template_control(dialect, values, gizwits_form=False)
         else:
-            if not values:
-                raise AttrInvalid("attrs: at least one data point is needed")
             try:
-                display = template_to_datapoints(codec.product, values)
+                display = template_to_datapoints(dialect.product, values)
             except CodecError as exc:
                 raise AttrInvalid(str(exc)) from exc
-            payload = await self.encode_attrs(did, display)
+            payload = await self._encode_p0(did, dialect, display)
         await self._sent(did, payload, CLOUD_CLIENT_ID, None)
 
     async def call_action(
@@ -240,14 +233,11 @@ class ControlService:
         latest reported values of ``names`` (all when None) are returned in Gizwits form, and
         nothing is sent, so an offline device answers too."""
         await self.require_usable(user, did)
-        codec = await self.gateway.codec_of(did)
-        if codec is None:
-            template = await self.template_of(did)
-            if template is None:
-                raise DeviceNotFound(f"no device with did {did!r}")
-            return await self._latest_of_template(did, template, names)
+        dialect = await self._dialect(did)
+        if isinstance(dialect, DataTemplate):
+            return await self._latest_of_template(did, dialect, names)
         try:
-            payload = codec.encode_read(names)
+            payload = dialect.encode_read(names)
         except CodecError as exc:
             raise AttrInvalid(str(exc)) from exc
         await self._sent(did, payload, client_id, sn)
@@ -286,12 +276,16 @@ class ControlService:
         Gizwits device (display values), the UTF-8 JSON object of the checked properties of a
         data-template device (Tencent values). Raises `AttrInvalid` (9025) naming the attr or
         property, `DeviceNotFound` (9014) for an unknown did."""
-        codec = await self.gateway.codec_of(did)
-        if codec is None:
-            template = await self.template_of(did)
-            if template is None:
-                raise DeviceNotFound(f"no device with did {did!r}")
-            return encode_template_control(template, attrs, gizwits_form=False)
+        dialect = await self._dialect(did)
+        if isinstance(dialect, DataTemplate):
+            return encode_template_control(dialect, attrs, gizwits_form=False)
+        return await self._encode_p0(did, dialect, attrs, byte_arrays=byte_arrays)
+
+    async def _encode_p0(
+        self, did: str, codec: P0Codec, attrs: Mapping[str, Any], *, byte_arrays: bool = False
+    ) -> bytes:
+        """The P0 control of a Gizwits device writing ``attrs`` (display values) over its
+        latest known state; `AttrInvalid` naming the attr."""
         if not attrs:
             raise AttrInvalid("attrs: at least one data point is needed")
         latest = await self.telemetry.latest(did)
@@ -312,6 +306,17 @@ class ControlService:
         return await self.gateway.send(
             did, payload, require_ack=require_ack, ack_timeout=ack_timeout
         )
+
+    async def _dialect(self, did: str) -> P0Codec | DataTemplate:
+        """What ``did`` speaks: the P0 codec of a Gizwits device, the data template of a
+        data-template one. Raises `DeviceNotFound` (9014) for an unknown did."""
+        codec = await self.gateway.codec_of(did)
+        if codec is not None:
+            return codec
+        template = await self.template_of(did)
+        if template is None:
+            raise DeviceNotFound(f"no device with did {did!r}")
+        return template
 
     async def template_of(self, did: str) -> DataTemplate | None:
         """The data template of the data-template device ``did``; None for a Gizwits device or

@@ -18,7 +18,13 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, NoReturn
 
-from iotcloud.codecs import DATA_TEMPLATE_PROTOCOL, parse_data_template, parse_product_definition
+from iotcloud.codecs import (
+    DATA_TEMPLATE_PROTOCOL,
+    DataTemplate,
+    parse_data_template,
+    parse_product_definition,
+    template_to_gizwits,
+)
 from iotcloud.codecs.datapoints import NUMERIC_WIDTHS
 from iotcloud.config import Settings
 from iotcloud.domain.clock import Clock
@@ -130,8 +136,10 @@ class TelemetryService:
         self.db = db
         self.clock = clock
         self.settings = settings
-        # product_key -> (updated_at, {data point: (type name, numeric?)}), either dialect
-        self._points: dict[str, tuple[datetime, Mapping[str, tuple[str, bool]]]] = {}
+        # product_key -> (updated_at, {data point: (type name, numeric?)}, template or None)
+        self._products: dict[
+            str, tuple[datetime, Mapping[str, tuple[str, bool]], DataTemplate | None]
+        ] = {}
 
     async def latest(self, did: str) -> LatestState:
         """The merged latest values of ``did`` (empty before its first report); 9014 if unknown."""
@@ -157,7 +165,9 @@ class TelemetryService:
     ) -> HistoryPage:
         """The device's reports in ``[start, end]`` (either end open when None), newest first
         unless ``descending`` is False. With ``attr``, only reports carrying it, and only its
-        value. Raises ``FormInvalid`` naming ``start_ts``, ``attr``, ``limit`` or ``skip``."""
+        value. Values are in Gizwits form, as ``/latest`` serves them: a data-template device's
+        stored Tencent values converted (`template_to_gizwits`: enum integers as labels, 0/1 as
+        false/true). Raises ``FormInvalid`` naming ``start_ts``, ``attr``, ``limit`` or ``skip``."""
         _check_page(limit, skip, HISTORY_LIMIT_MAX)
         if start is not None and end is not None and start > end:
             raise FormInvalid("start_ts: must not be after end_ts")
@@ -171,13 +181,13 @@ class TelemetryService:
             rows = await repo.history_page(
                 device_id, start, end, attr, limit=limit, skip=skip, descending=descending
             )
-        entries = [
-            HistoryEntry(
-                at=row.at,
-                attrs={attr: row.attrs[attr]} if attr is not None else dict(row.attrs),
-            )
-            for row in rows
-        ]
+        template = self._template(record.product)
+        entries = []
+        for row in rows:
+            values = {attr: row.attrs[attr]} if attr is not None else dict(row.attrs)
+            if template is not None:
+                values = template_to_gizwits(template, values)
+            entries.append(HistoryEntry(at=row.at, attrs=values))
         return HistoryPage(total=total, entries=entries)
 
     async def aggregate(
@@ -279,10 +289,21 @@ class TelemetryService:
     def _point_types(self, product: ProductRow) -> Mapping[str, tuple[str, bool]]:
         """The product's data points -> (type name, numeric?): the attrs of a Gizwits product,
         the properties of a data-template one (int and float are numeric there)."""
-        cached = self._points.get(product.product_key)
+        return self._product(product)[0]
+
+    def _template(self, product: ProductRow) -> DataTemplate | None:
+        """The data template of a data-template product; None for a Gizwits one."""
+        return self._product(product)[1]
+
+    def _product(
+        self, product: ProductRow
+    ) -> tuple[Mapping[str, tuple[str, bool]], DataTemplate | None]:
+        """What reads need of a product's definition, parsed once per product version."""
+        cached = self._products.get(product.product_key)
         if cached is not None and cached[0] == product.updated_at:
-            return cached[1]
+            return cached[1], cached[2]
         points: dict[str, tuple[str, bool]]
+        template: DataTemplate | None = None
         if product.protocol_type == DATA_TEMPLATE_PROTOCOL:
             template = parse_data_template(json.loads(product.definition))
             points = {
@@ -295,8 +316,8 @@ class TelemetryService:
                 attr.name: (attr.data_type.value, attr.data_type in NUMERIC_WIDTHS)
                 for attr in definition.attrs
             }
-        self._points[product.product_key] = (product.updated_at, points)
-        return points
+        self._products[product.product_key] = (product.updated_at, points, template)
+        return points, template
 
 
 def aggregate_reports(

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import func, select
-
 from iotcloud.codecs import (
     DATA_TEMPLATE_PROTOCOL,
     DataTemplate,
@@ -27,23 +25,20 @@ from iotcloud.codecs import (
     datapoints_to_template,
     parse_product_definition,
 )
-from iotcloud.domain import devices as rules
-from iotcloud.domain.accounts import FieldInvalid
 from iotcloud.domain.clock import Clock
 from iotcloud.domain.thing_auth import SIGN_METHODS, sign
 from iotcloud.errors import (
-    DeviceNotBound,
     DeviceNotFound,
     DeviceSignatureInvalid,
     DeviceTimestampInvalid,
     FormInvalid,
-    ProductKeyInvalid,
+    ProductProtocolMismatch,
 )
 from iotcloud.services.bindings import AppUser, BindingService, BoundDevice
 from iotcloud.services.products import ProductService
 from iotcloud.storage.database import Database
 from iotcloud.storage.devices import DeviceRepository, ProductRepository
-from iotcloud.storage.models import DeviceRow, DeviceThingEventRow, ProductRow
+from iotcloud.storage.models import ProductRow
 from iotcloud.storage.telemetry import TelemetryRepository
 
 __all__ = [
@@ -100,8 +95,8 @@ def bind_message(product_id: str, device_name: str, timestamp: int, conn_id: str
 
 
 class ThingService:
-    """Tencent-named device lookups, latest values with report times, event history and
-    device-signed binding (see module docstring)."""
+    """Latest values with report times, event history and device-signed binding of devices
+    Tencent names (see module docstring; `BindingService.find_bound_named` finds them)."""
 
     def __init__(
         self, db: Database, clock: Clock, bindings: BindingService, products: ProductService
@@ -111,22 +106,6 @@ class ThingService:
         self.bindings = bindings
         self.products = products
         self._definitions: dict[str, tuple[datetime, ProductDefinition]] = {}
-
-    async def find_bound(self, user: AppUser, product_id: str, device_name: str) -> BoundDevice:
-        """The device ``device_name`` of the product ``product_id`` as ``user`` sees it.
-
-        ``product_id`` is a Gizwits product_key (any case; ``device_name`` then a MAC, in any
-        of its accepted spellings) or a data-template ProductId (exact, as is the name). Raises
-        ``ProductKeyInvalid`` (unknown product), ``DeviceNotFound`` (no such device) or
-        ``DeviceNotBound``, each naming the Tencent field, never a did.
-        """
-        device, product = await self._named(product_id, device_name)
-        try:
-            return await self.bindings.require_bound(user, device.did)
-        except DeviceNotBound as exc:
-            raise DeviceNotBound(
-                f"DeviceName: device {product.product_key}/{device.name} is not bound to this user"
-            ) from exc
 
     async def template(self, device: BoundDevice) -> DataTemplate | None:
         """The data template of a data-template device, None for a Gizwits one."""
@@ -176,31 +155,11 @@ class ThingService:
             found = await DeviceRepository(session).with_product(device.did)
             if found is None:
                 raise DeviceNotFound(f"DeviceName: no device {device.name}")
-            conditions = [
-                DeviceThingEventRow.device_id == found[0].id,
-                DeviceThingEventRow.at >= since,
-                DeviceThingEventRow.at <= until,
-            ]
-            if event_id is not None:
-                conditions.append(DeviceThingEventRow.event_id == event_id)
-            if event_type is not None:
-                conditions.append(DeviceThingEventRow.event_type == event_type)
-            # the event-type filter is not in TelemetryRepository.thing_events_page, so the
-            # page is read here with the same order (newest first, then the latest stored)
-            total = await session.scalar(
-                select(func.count()).select_from(DeviceThingEventRow).where(*conditions)
+            total, rows = await TelemetryRepository(session).thing_events_page(
+                found[0].id, since, until, event_id, event_type, limit=limit, offset=offset
             )
-            rows = (
-                await session.scalars(
-                    select(DeviceThingEventRow)
-                    .where(*conditions)
-                    .order_by(DeviceThingEventRow.at.desc(), DeviceThingEventRow.id.desc())
-                    .limit(limit)
-                    .offset(offset)
-                )
-            ).all()
         return EventPage(
-            int(total or 0),
+            total,
             [ThingEvent(r.at, r.event_id, r.event_type, dict(r.params)) for r in rows],
         )
 
@@ -234,9 +193,9 @@ class ThingService:
                 f"DeviceTimestamp: {timestamp} is more than {SIGNATURE_WINDOW_SECONDS} s from "
                 "the server's clock"
             )
-        device, product = await self._named(product_id, device_name)
+        device, product = await self.bindings.named_device(product_id, device_name)
         if product.protocol_type != DATA_TEMPLATE_PROTOCOL or not device.psk:
-            raise FormInvalid(
+            raise ProductProtocolMismatch(
                 f"ProductId: {product.product_key} is a Gizwits product: its devices have no "
                 "psk to sign with (bind them with /app/bindings or /app/bind_mac)"
             )
@@ -251,16 +210,6 @@ class ThingService:
             )
         return await self.bindings.bind(user, device.did)
 
-    async def _named(self, product_id: str, device_name: str) -> tuple[DeviceRow, ProductRow]:
-        key, name = _normalised(product_id, device_name)
-        async with self.db.session() as session:
-            found = await DeviceRepository(session).with_product_by_name(key, name)
-            if found is None and await ProductRepository(session).by_key(key) is None:
-                raise ProductKeyInvalid(f"ProductId: no product {product_id}")
-        if found is None:
-            raise DeviceNotFound(f"DeviceName: product {key} has no device {name}")
-        return found
-
     def _definition(self, product: ProductRow) -> ProductDefinition:
         cached = self._definitions.get(product.product_key)
         if cached is not None and cached[0] == product.updated_at:
@@ -268,21 +217,3 @@ class ThingService:
         definition = parse_product_definition(json.loads(product.definition))
         self._definitions[product.product_key] = (product.updated_at, definition)
         return definition
-
-
-def _normalised(product_id: str, device_name: str) -> tuple[str, str]:
-    """``(product_key, name)`` as stored: a Gizwits key lower case and its MAC as 12 lower-case
-    hex digits; a data-template ProductId and DeviceName exact. ``FormInvalid`` naming the
-    field when neither kind fits."""
-    product_id = product_id.strip()
-    device_name = device_name.strip()
-    if rules.is_product_id(product_id):
-        try:
-            return product_id, rules.check_device_name(device_name, "DeviceName")
-        except FieldInvalid as exc:
-            raise FormInvalid(str(exc)) from exc
-    try:
-        key = rules.check_product_key(product_id, "ProductId")
-        return key, rules.check_mac(device_name, "DeviceName")
-    except FieldInvalid as exc:
-        raise FormInvalid(str(exc)) from exc

@@ -15,6 +15,7 @@ import html
 import logging
 import secrets
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -190,24 +191,8 @@ class VerificationService:
         code = new_numeric_code(self.settings.sms_code_length)
         # Serialised per phone: concurrent sends must not slip past the hourly cap together.
         async with self.db.session(lock=f"sms-code:{app.id}:{phone}") as session:
-            codes = CodeRepository(session)
-            cap = self.settings.sms_sends_per_phone_per_hour
-            if cap and await codes.sms_sends_since(app.id, phone, now - timedelta(hours=1)) >= cap:
-                raise Throttled(f"at most {cap} codes per phone per hour", retry_after=600)
-            taken = await UserRepository(session).identity_taken(app.id, "phone", phone)
-            _require_registered(registered, taken, "phone", phone)
-            if purpose is None:
-                purpose = "verify" if taken else "register"
-            await codes.add_sms_code(
-                SmsCodeRow(
-                    app_id=app.id,
-                    phone=phone,
-                    digest=digest(code),
-                    purpose=purpose,
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=self.settings.sms_code_ttl),
-                    attempts=0,
-                )
+            purpose = await self._store_code(
+                session, app, "phone", phone, phone, code, now, purpose, registered
             )
             # Sent inside the unit of work: if delivery fails, the code is not stored either.
             await self.sms.send(
@@ -238,6 +223,44 @@ class VerificationService:
         async with self.db.session() as session:
             await self._match(session, app, phone, code, "phone")
 
+    async def _store_code(
+        self,
+        session: AsyncSession,
+        app: App,
+        kind: Literal["phone", "email"],
+        identity: str,
+        key: str,
+        code: str,
+        now: datetime,
+        purpose: str | None,
+        registered: bool | None,
+    ) -> str:
+        """Store a fresh ``code`` for the phone or e-mail ``identity`` (kept under ``key``) in
+        ``session``'s unit of work, after the hourly cap (`Throttled`) and the ``registered``
+        rule of `send_code`; returns its purpose (by default ``verify`` when a user has the
+        identity, else ``register``)."""
+        codes = CodeRepository(session)
+        cap = self.settings.sms_sends_per_phone_per_hour
+        if cap and await codes.sms_sends_since(app.id, key, now - timedelta(hours=1)) >= cap:
+            per = "phone" if kind == "phone" else "e-mail address"
+            raise Throttled(f"at most {cap} codes per {per} per hour", retry_after=600)
+        taken = await UserRepository(session).identity_taken(app.id, kind, identity)
+        _require_registered(registered, taken, kind, identity)
+        if purpose is None:
+            purpose = "verify" if taken else "register"
+        await codes.add_sms_code(
+            SmsCodeRow(
+                app_id=app.id,
+                phone=key,
+                digest=digest(code),
+                purpose=purpose,
+                created_at=now,
+                expires_at=now + timedelta(seconds=self.settings.sms_code_ttl),
+                attempts=0,
+            )
+        )
+        return purpose
+
     # -- e-mail codes -------------------------------------------------------------------------
 
     async def send_email_code(
@@ -253,25 +276,10 @@ class VerificationService:
         now = self.clock.now()
         code = new_numeric_code(self.settings.sms_code_length)
         async with self.db.session(lock=f"mail-code:{app.id}:{key}") as session:
-            codes = CodeRepository(session)
-            cap = self.settings.sms_sends_per_phone_per_hour
-            if cap and await codes.sms_sends_since(app.id, key, now - timedelta(hours=1)) >= cap:
-                raise Throttled(f"at most {cap} codes per e-mail address per hour", retry_after=600)
-            taken = await UserRepository(session).identity_taken(app.id, "email", email)
-            _require_registered(registered, taken, "email", email)
-            ttl = self.settings.sms_code_ttl
-            await codes.add_sms_code(
-                SmsCodeRow(
-                    app_id=app.id,
-                    phone=key,
-                    digest=digest(code),
-                    purpose=purpose,
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=ttl),
-                    attempts=0,
-                )
+            await self._store_code(
+                session, app, "email", email, key, code, now, purpose, registered
             )
-            minutes = max(1, ttl // 60)
+            minutes = max(1, self.settings.sms_code_ttl // 60)
             await self.mailer.send(
                 Mail(
                     to=email,

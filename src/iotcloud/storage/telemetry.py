@@ -63,9 +63,10 @@ class _BulkWrite:
 
 
 # Display values are never JSON null, so SQLite's json_patch (RFC 7396) and PostgreSQL's
-# jsonb || are both the plain "newer values win" merge of the reports, per data point (a struct
-# value of a data-template device is an object: json_patch would merge it member-wise, so
-# reports replace a struct whole before they reach the store, see `apply_states`). attr_times
+# jsonb || are both the plain "newer values win" merge of the reports, per data point. A struct
+# value of a data-template device is an object, which json_patch would merge member-wise while
+# jsonb || replaces it whole: on SQLite a fifth parameter, ``{struct: null, ...}`` for the
+# structs a row carries (``{}`` otherwise), first removes them, so both replace. attr_times
 # (data point -> Unix ms of its last report) is merged the same way; NULL (rows written before
 # the column existed) reads as empty.
 _UPSERT_LATEST = _BulkWrite(
@@ -73,7 +74,7 @@ _UPSERT_LATEST = _BulkWrite(
     ("device_id", "updated_at", "attrs", "attr_times"),
     sqlite_tail=" ON CONFLICT (device_id) DO UPDATE SET"
     " updated_at = max(device_latest.updated_at, excluded.updated_at),"
-    " attrs = json_patch(device_latest.attrs, excluded.attrs),"
+    " attrs = json_patch(json_patch(device_latest.attrs, ?), excluded.attrs),"
     " attr_times = json_patch(coalesce(device_latest.attr_times, '{}'), excluded.attr_times)",
     postgresql_tail=" ON CONFLICT (device_id) DO UPDATE SET"
     " updated_at = GREATEST(device_latest.updated_at, excluded.updated_at),"
@@ -173,15 +174,13 @@ class TelemetryRepository:
                 merged[change.device_id] = (max(previous[0], change.at), previous[1], previous[2])
         instant = self._instant
         dumps = json.dumps
-        upserts = []
+        upserts: list[tuple[Any, ...]] = []
+        sqlite = self.dialect != "postgresql"
         for device_id, (at, attrs, times) in merged.items():
-            if any(isinstance(value, dict) for value in attrs.values()):
-                # a struct value replaces the stored one whole: RFC 7396 would merge it, and
-                # jsonb || would not, so write it past both merges as null-then-value
-                await self._clear_structs(
-                    device_id, [k for k, v in attrs.items() if isinstance(v, dict)]
-                )
-            upserts.append((device_id, instant(at), dumps(attrs), dumps(times)))
+            row: tuple[Any, ...] = (device_id, instant(at), dumps(attrs), dumps(times))
+            if sqlite:  # see _UPSERT_LATEST: the structs to replace whole rather than merge
+                row += (dumps({k: None for k, v in attrs.items() if isinstance(v, dict)}),)
+            upserts.append(row)
         await self._write(_UPSERT_LATEST, upserts)
         if history:
             await self._write(
@@ -223,12 +222,14 @@ class TelemetryRepository:
         since: datetime | None,
         until: datetime | None,
         event_id: str | None = None,
+        event_type: str | None = None,
         *,
         limit: int,
         offset: int = 0,
     ) -> tuple[int, Sequence[DeviceThingEventRow]]:
         """``(total, page)`` of the events the device posted in ``[since, until]`` (of one
-        ``event_id`` when given), newest first."""
+        ``event_id`` and/or one ``event_type`` when given), newest first (the latest stored
+        first among events of the same instant), ``offset`` skipped, at most ``limit``."""
         conditions: list[ColumnElement[bool]] = [DeviceThingEventRow.device_id == device_id]
         if since is not None:
             conditions.append(DeviceThingEventRow.at >= since)
@@ -236,6 +237,8 @@ class TelemetryRepository:
             conditions.append(DeviceThingEventRow.at <= until)
         if event_id is not None:
             conditions.append(DeviceThingEventRow.event_id == event_id)
+        if event_type is not None:
+            conditions.append(DeviceThingEventRow.event_type == event_type)
         total = await self.session.scalar(
             select(func.count()).select_from(DeviceThingEventRow).where(*conditions)
         )
@@ -247,17 +250,6 @@ class TelemetryRepository:
             .offset(offset)
         )
         return int(total or 0), rows.all()
-
-    async def _clear_structs(self, device_id: int, names: Sequence[str]) -> None:
-        """Remove ``names`` from the device's stored latest values (before a struct value
-        replaces them whole)."""
-        latest = await self.session.get(DeviceLatestRow, device_id)
-        if latest is not None and any(name in latest.attrs for name in names):
-            await self.session.execute(
-                update(DeviceLatestRow)
-                .where(DeviceLatestRow.device_id == device_id)
-                .values(attrs={k: v for k, v in latest.attrs.items() if k not in names})
-            )
 
     async def _write(self, statement: _BulkWrite, rows: list[tuple[Any, ...]]) -> None:
         connection = await self.session.connection()

@@ -121,6 +121,7 @@ async def test_every_bad_value_refuses_the_whole_report(services: Services) -> N
             ({"brightness": "high"}, "brightness"),
             ({"brightness": 101}, "brightness"),
             ({"temperature": 200}, "temperature"),
+            ({"temperature": 20.15}, "temperature"),  # off the 0.1 step grid
             ({"name": "x" * 65}, "name"),
             ({"color": 7}, "color"),
             ({"colour": 1}, "colour"),

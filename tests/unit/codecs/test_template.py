@@ -240,6 +240,8 @@ def test_a_good_report_is_returned_in_canonical_form(light: DataTemplate) -> Non
         ({"name": 5}, "name", "expected a string"),
         ({"temperature": 125.6}, "temperature", "above max 125.5"),
         ({"temperature": float("nan")}, "temperature", "finite"),
+        ({"temperature": 21.55}, "temperature", "not on the step 0.1 grid from -40"),
+        ({"temperature": 0.1 + 0.2}, "temperature", "step 0.1 grid"),
         ({"last_seen": -1}, "last_seen", "non-negative integer"),
         ({"last_seen": 1.5}, "last_seen", "non-negative integer"),
         ({"schedule": [1]}, "schedule", "expected an object"),
@@ -270,6 +272,28 @@ def test_step_grid_counts_from_min() -> None:
     assert _value_error(template.check_report, {"brightness": 10}).name == "brightness"
 
 
+def test_float_step_grid_is_exact_on_the_shortest_repr() -> None:
+    doc = _doc()
+    doc["properties"][4].update(mode="rw")
+    doc["properties"][4]["define"].update(min="-0.25", max="1e30", step="0.5")
+    template = parse_data_template(doc)
+    for good in (-0.25, 0.25, 0.75, 12345678.25, 123456789012.75):
+        assert template.check_control({"temperature": good}) == {"temperature": good}
+    for bad in (0.0, 0.5, 0.3, 0.2500001, 1e29):
+        assert (
+            "step 0.5 grid from -0.25"
+            in _value_error(template.check_control, {"temperature": bad}).reason
+        )
+        assert _value_error(template.check_report, {"temperature": bad}).name == "temperature"
+
+
+def test_a_float_step_of_zero_is_no_grid() -> None:
+    doc = _doc()
+    doc["properties"][4]["define"]["step"] = "0"
+    template = parse_data_template(doc)
+    assert template.check_report({"temperature": 0.123456789}) == {"temperature": 0.123456789}
+
+
 def test_string_min_length_is_enforced() -> None:
     doc = _doc()
     doc["properties"][3]["define"]["min"] = "2"
@@ -288,7 +312,9 @@ def test_control_refuses_read_only_and_empty(light: DataTemplate) -> None:
 
 
 def test_events_are_checked_against_their_params(light: DataTemplate) -> None:
-    assert light.check_event("low_voltage", {"voltage": 3.3}) == {"voltage": 3.3}
+    assert light.check_event("low_voltage", {"voltage": 3.0}) == {"voltage": 3.0}
+    assert light.check_event("low_voltage", {"voltage": 3}) == {"voltage": 3}
+    assert "step 1 grid" in _value_error(light.check_event, "low_voltage", {"voltage": 3.3}).reason
     assert light.check_event("status_report", {"status": False, "message": "ok"}) == {
         "status": 0,
         "message": "ok",
@@ -323,10 +349,18 @@ def test_int_values_are_accepted_exactly_within_range(light_value: int) -> None:
             template.check_report({"brightness": light_value})
 
 
-@given(st.floats(allow_nan=True, allow_infinity=True))
-def test_float_values_are_accepted_exactly_within_range(value: float) -> None:
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-500, 1300).map(lambda tenths: tenths / 10),
+        st.floats(-40, 125.5).map(lambda value: round(value, 2)),
+    )
+)
+def test_float_values_are_accepted_within_range_on_the_step_grid(value: float) -> None:
+    # temperature: min -40, max 125.5, step 0.1; round(v, 1) == v exactly when the shortest
+    # repr of v has at most one decimal, i.e. when v is on the 0.1 grid counted from -40
     template = parse_data_template(LIGHT)
-    if -40 <= value <= 125.5:
+    if -40 <= value <= 125.5 and round(value, 1) == value:
         assert template.check_report({"temperature": value}) == {"temperature": value}
     else:
         with pytest.raises(TemplateValueError):

@@ -64,7 +64,9 @@ async def latest(request: AnyRequest, did: str) -> Response[bytes]:
 async def history(request: AnyRequest, did: str) -> Response[bytes]:
     """The device's reports: ``?start_ts&end_ts`` (Unix seconds, both included, either may be
     left out), ``attr`` (only reports carrying it, only its value), ``limit`` (1-1000, 20),
-    ``skip``, ``sort`` (``desc`` newest first, the default, or ``asc``).
+    ``skip``, ``sort`` (``desc`` newest first, the default, or ``asc``). Values are shown as
+    ``/latest`` shows them (a data-template device's enum integers as labels, 0/1 as
+    false/true); aggregates stay numeric.
 
     ``{"meta": {total, limit, skip, previous, next}, "objects": [{"ts", "attrs"}]}``.
     """

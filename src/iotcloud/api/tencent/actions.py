@@ -1,4 +1,11 @@
-"""What an Action handler of the Tencent API receives and returns."""
+"""What an Action handler of the Tencent API receives and returns, and how it names a device.
+
+A device of either protocol is named ``ProductId`` + ``DeviceName``: a Gizwits device by its
+product_key and MAC (12 hex digits, any accepted spelling), a data-template device by its
+ProductId and name (exact). `device_target` checks the two parameters before anything is
+looked up; `bound_device` finds the caller's device through `BindingService.find_bound_named`,
+the one lookup of a device by name.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from iotcloud.api.tencent.wire import required_str
+from iotcloud.domain import devices as device_rules
+from iotcloud.domain.accounts import FieldInvalid
+from iotcloud.errors import DeviceDisabled, FormInvalid
 from iotcloud.services.accounts import CurrentUser
+from iotcloud.services.bindings import BoundDevice
 from iotcloud.services.registry import Services
 
-__all__ = ["Action", "Call"]
+__all__ = ["Action", "Call", "DeviceTarget", "bound_device", "device_id", "device_target"]
 
 
 @dataclass(frozen=True)
@@ -26,3 +38,49 @@ class Call:
 Action = Callable[[Call], Awaitable[Mapping[str, Any]]]
 """An Action handler: the content of ``Response`` on success (``RequestId`` is added by the
 endpoint); raises an iotcloud error (rendered through ``wire.TENCENT_CODES``) on failure."""
+
+
+@dataclass(frozen=True)
+class DeviceTarget:
+    """``ProductId`` and ``DeviceName`` as stored: a Gizwits product_key lower case with its MAC
+    as 12 lower-case hex digits, or a data-template ProductId and name exactly as sent."""
+
+    product_id: str
+    device_name: str
+
+    @classmethod
+    def checked(cls, product_id: str, device_name: str) -> DeviceTarget:
+        """The target named by the two values; ``FormInvalid`` naming ``ProductId`` or
+        ``DeviceName`` when they cannot name a device."""
+        try:
+            return cls(*device_rules.check_device_named(product_id, device_name))
+        except FieldInvalid as exc:
+            raise FormInvalid(str(exc)) from exc
+
+
+def device_target(params: Mapping[str, Any]) -> DeviceTarget:
+    """The device the Action names by its ``ProductId`` and ``DeviceName`` parameters (both
+    required strings, checked)."""
+    return DeviceTarget.checked(
+        required_str(params, "ProductId"), required_str(params, "DeviceName")
+    )
+
+
+async def bound_device(call: Call, target: DeviceTarget, *, writing: bool = False) -> BoundDevice:
+    """The caller's bound device named by ``target``; ``writing``: it must not be disabled.
+
+    Raises ``ResourceNotFound.ProductNotExist``/``DeviceNotExist``,
+    ``UnauthorizedOperation.DeviceNotBound`` or ``ResourceUnavailable.DeviceDisabled``, with
+    messages in the Tencent field names (never a did).
+    """
+    device = await call.services.bindings.find_bound_named(
+        call.user, target.product_id, target.device_name
+    )
+    if writing and device.is_disabled:
+        raise DeviceDisabled(f"DeviceName: device {device_id(device)} is disabled")
+    return device
+
+
+def device_id(device: BoundDevice) -> str:
+    """The Tencent ``DeviceId`` of a device: ``"PID/NAME"``."""
+    return f"{device.product_key}/{device.name}"

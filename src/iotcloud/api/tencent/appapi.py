@@ -25,18 +25,15 @@ from typing import Any, Final
 
 from litestar import Request, Response, post
 
-from iotcloud.api.tencent.errors import answer, remember_request_id
+from iotcloud.api.tencent.errors import answer, read_call
 from iotcloud.api.tencent.signing import signature_matches, within_window
 from iotcloud.api.tencent.users import HOME_COUNTRY_CODE
 from iotcloud.api.tencent.wire import (
-    ActionUnknown,
     AppKeyUnknown,
     AppSignatureInvalid,
     AppTimestampInvalid,
     PhoneNumberInvalid,
     RequiredParamMissing,
-    parse_body,
-    read_request_id,
     required,
     required_str,
 )
@@ -257,15 +254,7 @@ ACTIONS: Final[Mapping[str, SignedAction]] = {
 async def appapi(request: AnyRequest) -> Response[bytes]:
     """Check the signed call, then dispatch its ``Action``; the result becomes ``Response``
     with ``RequestId``."""
-    params = parse_body(await request.body())
-    request_id, problem = read_request_id(params)
-    remember_request_id(request, request_id)
-    if problem is not None:
-        raise problem
-    name = required_str(params, "Action")
-    action = ACTIONS.get(name)
-    if action is None:
-        raise ActionUnknown(f"Action: {name!r} is not an action of appapi")
+    params, request_id, action = await read_call(request, ACTIONS, "appapi")
     services: Services = request.app.state.services
     app = await _signed_app(services, params)
     content = await action(SignedCall(services, app, params))

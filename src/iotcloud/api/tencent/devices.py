@@ -18,25 +18,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
 
 from iotcloud.api.tencent import families
-from iotcloud.api.tencent.actions import Action, Call
-from iotcloud.api.tencent.wire import JsonInvalid, optional_int, required, required_str
+from iotcloud.api.tencent.actions import (
+    Action,
+    Call,
+    DeviceTarget,
+    bound_device,
+    device_id,
+    device_target,
+)
+from iotcloud.api.tencent.wire import json_object_param, optional_int, required, required_str
 from iotcloud.codecs import CodecError
 from iotcloud.errors import (
     AttrInvalid,
-    DeviceDisabled,
     DeviceNoReply,
     DeviceNotBound,
     FamilyNotFound,
     FormInvalid,
+    ProductProtocolMismatch,
 )
-from iotcloud.services.bindings import BoundDevice
 
 __all__ = [
     "ACTIONS",
@@ -44,9 +49,6 @@ __all__ = [
     "EVENT_SIZE_DEFAULT",
     "EVENT_SIZE_MAX",
     "STATUS_IDS_MAX",
-    "DeviceTarget",
-    "bound_device",
-    "device_target",
 ]
 
 #: ``Data``/``InputParams`` may be at most this many characters.
@@ -63,38 +65,6 @@ ACTION_TIMEOUT: Final = 5.0
 EVENT_TYPES: Final = ("info", "alert", "fault")
 BIND_TYPES: Final = ("wifi_sign", "bluetooth_sign", "other_sign")
 _UNIX_MAX: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
-
-
-@dataclass(frozen=True)
-class DeviceTarget:
-    """``ProductId`` and ``DeviceName`` as sent (trimmed)."""
-
-    product_id: str
-    device_name: str
-
-
-def device_target(params: Mapping[str, Any]) -> DeviceTarget:
-    """The device the Action names (both parameters required strings)."""
-    product_id = required_str(params, "ProductId").strip()
-    device_name = required_str(params, "DeviceName").strip()
-    if not product_id:
-        raise FormInvalid("ProductId: must not be empty")
-    if not device_name:
-        raise FormInvalid("DeviceName: must not be empty")
-    return DeviceTarget(product_id, device_name)
-
-
-async def bound_device(call: Call, target: DeviceTarget, *, writing: bool = False) -> BoundDevice:
-    """The caller's bound device named by ``target``; ``writing``: it must not be disabled.
-
-    Raises ``ResourceNotFound.ProductNotExist``/``DeviceNotExist``,
-    ``UnauthorizedOperation.DeviceNotBound`` or ``ResourceUnavailable.DeviceDisabled``, with
-    messages in the Tencent field names (never a did).
-    """
-    device = await call.services.things.find_bound(call.user, *_named(target))
-    if writing and device.is_disabled:
-        raise DeviceDisabled(f"DeviceName: device {_device_id(device)} is disabled")
-    return device
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -116,7 +86,7 @@ async def control_device_data(call: Call) -> Mapping[str, Any]:
     """``AppControlDeviceData`` -> ``{"Data": ""}`` once the control is handed to the broker
     for the online device (its ``control_reply`` is not awaited, as on Tencent)."""
     target = device_target(call.params)
-    values = _json_object(call.params, "Data")
+    values = json_object_param(call.params, "Data", limit=DATA_MAX)
     device = await bound_device(call, target, writing=True)
     with _named_values("Data"):
         await call.services.control.write_values(call.user, device.did, values)
@@ -139,7 +109,7 @@ async def get_device_statuses(call: Call) -> Mapping[str, Any]:
             raise DeviceNotBound(f"DeviceIds[{index}]: {detail}") from exc
         statuses.append(
             {
-                "DeviceId": _device_id(device),
+                "DeviceId": device_id(device),
                 "ProductId": device.product_key,
                 "DeviceName": device.name,
                 "Online": 1 if device.is_online else 0,
@@ -226,7 +196,8 @@ async def sig_bind_device_in_family(call: Call) -> Mapping[str, Any]:
         raise FamilyNotFound(f"FamilyId: {family!r} is not a family of this user")
     device = await call.services.things.bind_signed(
         call.user,
-        *_named(target),
+        target.product_id,
+        target.device_name,
         timestamp=timestamp,
         conn_id=conn_id,
         signature=signature,
@@ -235,7 +206,7 @@ async def sig_bind_device_in_family(call: Call) -> Mapping[str, Any]:
     bound = int(device.binding.created_at.timestamp())
     return {
         "AppDeviceInfo": {
-            "DeviceId": _device_id(device),
+            "DeviceId": device_id(device),
             "ProductId": device.product_key,
             "DeviceName": device.name,
             "AliasName": device.binding.dev_alias,
@@ -259,14 +230,14 @@ async def call_device_action(call: Call) -> Mapping[str, Any]:
     target = device_target(params)
     action_id = required_str(params, "ActionId")
     inputs = (
-        _json_object(params, "InputParams", allow_empty=True)
+        json_object_param(params, "InputParams", limit=DATA_MAX, allow_empty=True)
         if params.get("InputParams") not in (None, "")
         else {}
     )
     device = await bound_device(call, target, writing=True)
     template = await call.services.things.template(device)
     if template is None:
-        raise FormInvalid(
+        raise ProductProtocolMismatch(
             f"ProductId: {device.product_key} is a Gizwits product: its devices have no actions"
         )
     try:
@@ -279,11 +250,11 @@ async def call_device_action(call: Call) -> Mapping[str, Any]:
         raise AttrInvalid(f"{field}: {exc}") from exc
     except TimeoutError as exc:
         raise DeviceNoReply(
-            f"DeviceName: device {_device_id(device)} did not answer action {action_id} within "
+            f"DeviceName: device {device_id(device)} did not answer action {action_id} within "
             f"{ACTION_TIMEOUT:g} s"
         ) from exc
     except ConnectionError as exc:
-        raise DeviceNoReply(f"DeviceName: device {_device_id(device)} cannot be reached") from exc
+        raise DeviceNoReply(f"DeviceName: device {device_id(device)} cannot be reached") from exc
     return {
         "Status": "succ" if code == 0 else (status or "failed"),
         "OutputParams": msgspec.json.encode(response).decode(),
@@ -305,41 +276,13 @@ ACTIONS: Final[Mapping[str, Action]] = {
 # -- parameters ------------------------------------------------------------------------------
 
 
-def _named(target: DeviceTarget) -> tuple[str, str]:
-    return target.product_id, target.device_name
-
-
-def _device_id(device: BoundDevice) -> str:
-    return f"{device.product_key}/{device.name}"
-
-
 def _device_id_target(index: int, value: object) -> DeviceTarget:
     if not isinstance(value, str) or value.count("/") != 1:
         raise FormInvalid(f'DeviceIds[{index}]: must be a string "ProductId/DeviceName"')
-    product_id, device_name = (part.strip() for part in value.split("/"))
-    if not product_id or not device_name:
-        raise FormInvalid(f'DeviceIds[{index}]: must be a string "ProductId/DeviceName"')
-    return DeviceTarget(product_id, device_name)
-
-
-def _json_object(
-    params: Mapping[str, Any], name: str, *, allow_empty: bool = False
-) -> dict[str, Any]:
-    """``params[name]``: a string holding a JSON object (at most `DATA_MAX` characters)."""
-    value = required(params, name)
-    if not isinstance(value, str):
-        raise FormInvalid(f'{name}: must be a string holding a JSON object, like "{{\\"a\\": 1}}"')
-    if len(value) > DATA_MAX:
-        raise FormInvalid(f"{name}: at most {DATA_MAX} characters")
     try:
-        decoded = msgspec.json.decode(value)
-    except msgspec.DecodeError as exc:
-        raise JsonInvalid(f"{name}: not JSON ({exc})") from exc
-    if not isinstance(decoded, dict):
-        raise FormInvalid(f"{name}: must hold a JSON object")
-    if not decoded and not allow_empty:
-        raise FormInvalid(f"{name}: at least one property is needed")
-    return decoded
+        return DeviceTarget.checked(*value.split("/"))
+    except FormInvalid as exc:
+        raise FormInvalid(f"DeviceIds[{index}]: {exc.detail or exc.message}") from exc
 
 
 def _optional_str(params: Mapping[str, Any], name: str) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
@@ -22,11 +22,15 @@ from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED
 
 from iotcloud.api.tencent.wire import (
     INTERNAL_ERROR,
+    ActionUnknown,
     Envelope,
     error_body,
     error_number,
     json_response,
     new_request_id,
+    parse_body,
+    read_request_id,
+    required_str,
     success_body,
     tencent_error,
 )
@@ -36,6 +40,7 @@ __all__ = [
     "PATH_PREFIX",
     "answer",
     "envelope_of",
+    "read_call",
     "remember_request_id",
     "render_tencent_error",
     "with_tencent_errors",
@@ -48,11 +53,34 @@ ExceptionHandler = Callable[[AnyRequest, Any], Response[Any]]
 
 PATH_PREFIX: Final = "/api/exploreropen"
 _REQUEST_ID: Final = "tencent_request_id"
+A = TypeVar("A")
 
 
 def remember_request_id(request: AnyRequest, request_id: str) -> None:
     """Keep the RequestId of ``request`` for the error answer, should one be needed."""
     request.scope.setdefault("state", {})[_REQUEST_ID] = request_id
+
+
+async def read_call(
+    request: AnyRequest, actions: Mapping[str, A], api: str
+) -> tuple[Mapping[str, Any], str, A]:
+    """The common part of every call to ``api`` (``"tokenapi"``, ``"appapi"``): the body's
+    parameters, its ``RequestId`` (remembered for the answer, an error's included) and the
+    handler of its ``Action`` in ``actions``.
+
+    Checks in this order: the body (`JsonInvalid`, `FormInvalid`), ``RequestId``, ``Action``
+    (``ErrorRequiredParamNotFound`` when missing, ``InvalidAction`` when unknown).
+    """
+    params = parse_body(await request.body())
+    request_id, problem = read_request_id(params)
+    remember_request_id(request, request_id)
+    if problem is not None:
+        raise problem
+    name = required_str(params, "Action")
+    action = actions.get(name)
+    if action is None:
+        raise ActionUnknown(f"Action: {name!r} is not an action of {api}")
+    return params, request_id, action
 
 
 def envelope_of(request: AnyRequest) -> Envelope:

@@ -18,18 +18,13 @@ Every parameter is checked before anything is looked up or written.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
-from iotcloud.api.tencent.actions import Action, Call
+from iotcloud.api.tencent.actions import Action, Call, bound_device, device_id, device_target
 from iotcloud.api.tencent.wire import optional_int, required_str
-from iotcloud.domain import devices as device_rules
 from iotcloud.errors import (
-    DeviceNotBound,
-    DeviceNotFound,
     FamilyNotFound,
     FormInvalid,
-    ProductKeyInvalid,
 )
 from iotcloud.services.bindings import DEV_ALIAS_MAX, LIST_LIMIT_MAX, BoundDevice
 
@@ -46,15 +41,6 @@ OFFSET_MAX: Final = 2**31 - 1
 def family_id(uid: str) -> str:
     """The ``FamilyId`` of the one family of the user ``uid``."""
     return FAMILY_PREFIX + uid
-
-
-@dataclass(frozen=True)
-class _Target:
-    """``ProductId`` and ``DeviceName``, checked: a Gizwits product_key lower case with its MAC
-    as 12 lower-case hex digits, or a data-template PID and name exactly as sent."""
-
-    product_id: str
-    device_name: str
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -99,8 +85,7 @@ async def delete_device_in_family(call: Call) -> Mapping[str, Any]:
     """``AppDeleteDeviceInFamily`` -> ``{}``: the caller's binding to the device is removed
     (an owner's guests in the app lose it too, as with ``DELETE /app/bindings``)."""
     _check_family(call, required=True)
-    target = _target(call.params)
-    device = await _bound_device(call, target)
+    device = await bound_device(call, device_target(call.params))
     await call.services.bindings.unbind(call.user, device.did)
     return {}
 
@@ -109,11 +94,11 @@ async def update_device_in_family(call: Call) -> Mapping[str, Any]:
     """``AppUpdateDeviceInFamily`` -> ``{}``: the device's ``AliasName`` (at most 128
     characters, trimmed; ``""`` removes it). ``FamilyId`` is optional, checked when sent."""
     _check_family(call, required=False)
-    target = _target(call.params)
+    target = device_target(call.params)
     alias = required_str(call.params, "AliasName").strip()
     if len(alias) > DEV_ALIAS_MAX:
         raise FormInvalid(f"AliasName: at most {DEV_ALIAS_MAX} characters")
-    device = await _bound_device(call, target)
+    device = await bound_device(call, target)
     await call.services.bindings.update(call.user, device.did, dev_alias=alias)
     return {}
 
@@ -138,40 +123,6 @@ def _check_family(call: Call, *, required: bool) -> None:
         raise FamilyNotFound(f"FamilyId: {given!r} is not a family of this user")
 
 
-def _target(params: Mapping[str, Any]) -> _Target:
-    """``ProductId`` (a product_key or a data-template PID) and ``DeviceName`` (a MAC, or a
-    data-template device's name), in the form the kind of product takes."""
-    product_id = device_rules.check_product_key(
-        required_str(params, "ProductId").strip(), "ProductId"
-    )
-    device_name = required_str(params, "DeviceName")
-    if device_rules.is_product_id(product_id):
-        return _Target(product_id, device_rules.check_device_name(device_name, "DeviceName"))
-    return _Target(product_id, device_rules.check_mac(device_name, "DeviceName"))
-
-
-# -- translation -----------------------------------------------------------------------------
-
-
-async def _bound_device(call: Call, target: _Target) -> BoundDevice:
-    """The caller's bound device named by ``target``. Raises `ProductKeyInvalid`,
-    `DeviceNotFound` or `DeviceNotBound` in the Tencent field names (never with a did)."""
-    try:
-        return await call.services.bindings.find_bound_named(
-            call.user, target.product_id, target.device_name
-        )
-    except ProductKeyInvalid as exc:
-        raise ProductKeyInvalid(f"ProductId: no product {target.product_id}") from exc
-    except DeviceNotFound as exc:
-        raise DeviceNotFound(
-            f"DeviceName: product {target.product_id} has no device {target.device_name}"
-        ) from exc
-    except DeviceNotBound as exc:
-        raise DeviceNotBound(
-            f"DeviceName: device {target.product_id}/{target.device_name} is not bound to this user"
-        ) from exc
-
-
 async def _all_bound(call: Call) -> list[BoundDevice]:
     """Every device bound to the caller, disabled ones included, oldest binding first."""
     devices: list[BoundDevice] = []
@@ -191,7 +142,7 @@ def _device_view(call: Call, device: BoundDevice) -> dict[str, Any]:
     return {
         "ProductId": device.product_key,
         "DeviceName": device.name,
-        "DeviceId": f"{device.product_key}/{device.name}",
+        "DeviceId": device_id(device),
         "AliasName": device.binding.dev_alias,
         "UserID": call.user.uid,
         "RoomId": DEFAULT_ROOM,

@@ -35,10 +35,9 @@ from typing import Any, Final
 
 import msgspec
 
-from iotcloud.api.tencent.actions import Action, Call
-from iotcloud.api.tencent.devices import DeviceTarget, bound_device, device_target
+from iotcloud.api.tencent.actions import Action, Call, DeviceTarget, bound_device, device_target
 from iotcloud.api.tencent.wire import (
-    JsonInvalid,
+    json_object_param,
     optional_int,
     required,
     required_str,
@@ -79,7 +78,7 @@ class _TimerForm:
 async def create_timer(call: Call) -> Mapping[str, Any]:
     """``AppCreateTimer`` -> ``{"Data": {"TimerId", "TimerName"}}``; the timer is on."""
     form = _timer_form(call)
-    device = await _device(call, form.target, writing=True)
+    device = await bound_device(call, form.target, writing=True)
     form = await _device_values(call, form, device)
     if not form.zone_given:  # the user's zone (AppUpdateUserSetting), else IOTCLOUD_TIMEZONE
         zone = await call.services.accounts.time_zone(call.user)
@@ -95,7 +94,7 @@ async def list_timers(call: Call) -> Mapping[str, Any]:
     target = device_target(call.params)
     offset = optional_int(call.params, "Offset", 0, 0, OFFSET_MAX)
     limit = optional_int(call.params, "Limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
-    device = await _device(call, target)
+    device = await bound_device(call, target)
     scheduler = call.services.scheduler
     total = await scheduler.count(call.user, dialect=_DIALECT, device=device.did)
     timers = await scheduler.list(
@@ -108,7 +107,7 @@ async def modify_timer(call: Call) -> Mapping[str, Any]:
     """``AppModifyTimer`` -> ``{}``: replaces name, timing and ``Data``; ``Status`` stays."""
     form = _timer_form(call)
     timer_id = required_str(call.params, "TimerId")
-    device = await _device(call, form.target, writing=True)
+    device = await bound_device(call, form.target, writing=True)
     form = await _device_values(call, form, device)
     scheduler = call.services.scheduler
     with _named_errors(timer_id):
@@ -130,7 +129,7 @@ async def modify_timer_status(call: Call) -> Mapping[str, Any]:
     timer_id = required_str(call.params, "TimerId")
     keep = call.params.get("Status") is None
     status = optional_int(call.params, "Status", 0, 0, 1)
-    device = await _device(call, target)
+    device = await bound_device(call, target)
     scheduler = call.services.scheduler
     with _named_errors(timer_id):
         if keep:
@@ -146,7 +145,7 @@ async def delete_timer(call: Call) -> Mapping[str, Any]:
     """``AppDeleteTimer`` -> ``{}``: the timer and its run log are gone."""
     target = device_target(call.params)
     timer_id = required_str(call.params, "TimerId")
-    device = await _device(call, target)
+    device = await bound_device(call, target)
     with _named_errors(timer_id):
         await call.services.scheduler.delete(
             call.user, timer_id, device=device.did, dialect=_DIALECT
@@ -187,28 +186,11 @@ def _timer_form(call: Call) -> _TimerForm:
 
 def _data(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """``Data``: the text as sent, and the data point values it holds."""
-    value = required(params, "Data")
-    if not isinstance(value, str):
-        raise FormInvalid('Data: must be a string holding a JSON object, like "{\\"power\\": 1}"')
-    if len(value) > DATA_MAX:
-        raise FormInvalid(f"Data: at most {DATA_MAX} characters")
-    try:
-        attrs = msgspec.json.decode(value)
-    except msgspec.DecodeError as exc:
-        raise JsonInvalid(f"Data: not JSON ({exc})") from exc
-    if not isinstance(attrs, dict):
-        raise FormInvalid("Data: must hold a JSON object of data point values")
-    if not attrs:
-        raise FormInvalid("Data: at least one data point is needed")
-    return value, attrs
+    attrs = json_object_param(params, "Data", limit=DATA_MAX)
+    return params["Data"], attrs
 
 
 # -- translation -----------------------------------------------------------------------------
-
-
-async def _device(call: Call, target: DeviceTarget, *, writing: bool = False) -> BoundDevice:
-    """The caller's bound device named by ``target`` (see `bound_device`)."""
-    return await bound_device(call, target, writing=writing)
 
 
 async def _device_values(call: Call, form: _TimerForm, device: BoundDevice) -> _TimerForm:

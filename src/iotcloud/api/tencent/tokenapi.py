@@ -16,13 +16,7 @@ from litestar import Request, Response, Router, post
 
 from iotcloud.api.tencent import appapi, devices, families, timers, users
 from iotcloud.api.tencent.actions import Action, Call
-from iotcloud.api.tencent.errors import PATH_PREFIX, answer, remember_request_id
-from iotcloud.api.tencent.wire import (
-    ActionUnknown,
-    parse_body,
-    read_request_id,
-    required_str,
-)
+from iotcloud.api.tencent.errors import PATH_PREFIX, answer, read_call
 from iotcloud.errors import TokenExpired, TokenInvalid
 from iotcloud.services.registry import Services
 
@@ -41,15 +35,7 @@ ACTIONS: Final[Mapping[str, Action]] = {
 @post("/tokenapi", status_code=200)
 async def tokenapi(request: AnyRequest) -> Response[bytes]:
     """Dispatch the body's ``Action``; its result becomes ``Response`` with ``RequestId``."""
-    params = parse_body(await request.body())
-    request_id, problem = read_request_id(params)
-    remember_request_id(request, request_id)
-    if problem is not None:
-        raise problem
-    name = required_str(params, "Action")
-    action = ACTIONS.get(name)
-    if action is None:
-        raise ActionUnknown(f"Action: {name!r} is not an action of tokenapi")
+    params, request_id, action = await read_call(request, ACTIONS, "tokenapi")
     token = params.get("AccessToken")
     if not isinstance(token, str) or not token:
         raise TokenInvalid("AccessToken: is required, a string")

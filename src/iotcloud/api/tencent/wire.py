@@ -42,6 +42,7 @@ from iotcloud.errors import (
     NonceReplayed,
     PhoneUnavailable,
     ProductKeyInvalid,
+    ProductProtocolMismatch,
     ScheduleNotFound,
     ServerError,
     SignatureInvalid,
@@ -67,6 +68,7 @@ __all__ = [
     "RequiredParamMissing",
     "error_body",
     "error_number",
+    "json_object_param",
     "json_response",
     "new_request_id",
     "optional_int",
@@ -152,6 +154,7 @@ TENCENT_CODES: Final[Mapping[type[Exception], str]] = {
     DeviceTimestampInvalid: "InvalidParameterValue.DeviceTimestampExpired",
     ScheduleNotFound: "ResourceNotFound.TimerNotExist",
     FamilyNotFound: "ResourceNotFound.FamilyNotExist",
+    ProductProtocolMismatch: "InvalidParameterValue.ProductProtocolMismatch",
     Throttled: "RequestLimitExceeded",
     ServerError: INTERNAL_ERROR,
 }
@@ -288,3 +291,26 @@ def optional_int(params: Mapping[str, Any], name: str, default: int, low: int, h
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise FormInvalid(f"{name}: must be an integer from {low} to {high}")
     return value
+
+
+def json_object_param(
+    params: Mapping[str, Any], name: str, *, limit: int, allow_empty: bool = False
+) -> dict[str, Any]:
+    """``params[name]``: a string of at most ``limit`` characters holding a JSON object (not an
+    empty one unless ``allow_empty``), as Tencent sends ``Data`` and ``InputParams``.
+    `RequiredParamMissing` when absent, `JsonInvalid` when not JSON, `FormInvalid` otherwise,
+    each naming the parameter."""
+    value = required(params, name)
+    if not isinstance(value, str):
+        raise FormInvalid(f'{name}: must be a string holding a JSON object, like "{{\\"a\\": 1}}"')
+    if len(value) > limit:
+        raise FormInvalid(f"{name}: at most {limit} characters")
+    try:
+        decoded = msgspec.json.decode(value)
+    except msgspec.DecodeError as exc:
+        raise JsonInvalid(f"{name}: not JSON ({exc})") from exc
+    if not isinstance(decoded, dict):
+        raise FormInvalid(f"{name}: must hold a JSON object")
+    if not decoded and not allow_empty:
+        raise FormInvalid(f"{name}: must not be an empty object")
+    return decoded
