@@ -107,6 +107,10 @@ class Gateway:
         """Every device here is a Gizwits one (it has a P0 codec)."""
         return SimpleNamespace()
 
+    def session_template(self, did: str) -> None:
+        """No device here speaks the data template."""
+        return None
+
 
 def control_with(bindings: SlowBindings, ttl: float = 5) -> tuple[ControlService, Gateway]:
     gateway = Gateway()

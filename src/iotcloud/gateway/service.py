@@ -575,6 +575,12 @@ class DeviceGateway:
         )
         return set(found.all())
 
+    def session_template(self, did: str) -> DataTemplate | None:
+        """The data template of a data-template device with a session now (no database read);
+        None otherwise (offline, unknown or a Gizwits device)."""
+        session = self._sessions.get(did)
+        return session.template if session is not None else None
+
     async def codec_of(self, did: str) -> P0Codec | None:
         """The P0 codec of the device's product (None for an unknown did or a data-template
         device)."""

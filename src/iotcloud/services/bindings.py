@@ -59,6 +59,10 @@ SIGNATURE_WINDOW_SECONDS: Final = 300
 _UNIX_SECONDS: Final = re.compile(r"[0-9]{1,15}")
 
 
+#: how many (ProductId, DeviceName) -> did answers `BindingService.did_named` keeps
+NAMED_DIDS_MAX = 100_000
+
+
 class AppUser(Protocol):
     """Whoever binds or reads: a signed-in user of an app (``CurrentUser`` is one)."""
 
@@ -183,6 +187,10 @@ class BindingService:
         self.db = db
         self.clock = clock
         self.on_change = on_change
+        # (ProductId, DeviceName) as checked -> did. A device keeps its did and its name for
+        # life (devices are disabled, never deleted or renamed), so a found pair is kept until
+        # the cache is full; misses are not kept.
+        self._named_dids: dict[tuple[str, str], str] = {}
 
     # -- binding --------------------------------------------------------------------------------
 
@@ -436,6 +444,20 @@ class BindingService:
                 f"DeviceName: device {product.product_key}/{device.name} is not bound to this user"
             )
         return _bound(record, record.binding)
+
+    async def did_named(self, product_id: str, device_name: str) -> str:
+        """The did of the device Tencent names ``product_id`` + ``device_name``, bound or not;
+        errors as `named_device`. Answered from memory after the first lookup (the hot path of
+        Tencent commands: whether the caller may use the device is checked apart, through the
+        control service's cache of passed binding checks)."""
+        key = (product_id, device_name)
+        did = self._named_dids.get(key)
+        if did is None:
+            device, _ = await self.named_device(product_id, device_name)
+            if len(self._named_dids) >= NAMED_DIDS_MAX:
+                self._named_dids.clear()
+            did = self._named_dids[key] = device.did
+        return did
 
     async def named_device(self, product_id: str, device_name: str) -> tuple[DeviceRow, ProductRow]:
         """The device Tencent names ``product_id`` + ``device_name``, with its product, bound

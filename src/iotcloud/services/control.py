@@ -320,7 +320,11 @@ class ControlService:
 
     async def template_of(self, did: str) -> DataTemplate | None:
         """The data template of the data-template device ``did``; None for a Gizwits device or
-        an unknown did (one indexed read; templates are parsed once per product version)."""
+        an unknown did (that of an online device from its gateway session; otherwise one
+        indexed read; templates are parsed once per product version)."""
+        template = self.gateway.session_template(did)
+        if template is not None:
+            return template
         async with self.bindings.db.session() as session:
             found = await DeviceRepository(session).with_product(did)
         if found is None or found[1].protocol_type != DATA_TEMPLATE_PROTOCOL:

@@ -31,6 +31,7 @@ from iotcloud.api.tencent.actions import (
     bound_device,
     device_id,
     device_target,
+    usable_did,
 )
 from iotcloud.api.tencent.wire import json_object_param, optional_int, required, required_str
 from iotcloud.codecs import CodecError
@@ -87,9 +88,9 @@ async def control_device_data(call: Call) -> Mapping[str, Any]:
     for the online device (its ``control_reply`` is not awaited, as on Tencent)."""
     target = device_target(call.params)
     values = json_object_param(call.params, "Data", limit=DATA_MAX)
-    device = await bound_device(call, target, writing=True)
+    did = await usable_did(call, target)
     with _named_values("Data"):
-        await call.services.control.write_values(call.user, device.did, values)
+        await call.services.control.write_values(call.user, did, values)
     return {"Data": ""}
 
 
