@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import (
+    Context,
+    Decimal,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    Rounded,
+    Underflow,
+)
 from fractions import Fraction
 from typing import Any, Final, Literal
 
@@ -84,6 +93,15 @@ class TemplateValueError(CodecError):
 def _decimal(number: int | float) -> Decimal:
     # repr() is the shortest round-tripping decimal, so 0.1 compares as exactly 0.1
     return Decimal(number) if isinstance(number, int) else Decimal(repr(number))
+
+
+_EXACT: Final = Context(prec=80, traps=[InvalidOperation, Inexact, Rounded, Overflow, Underflow])
+"""Decimal arithmetic that raises rather than rounds: a step check through it is exact when it
+returns (the quotient's integer part fits 80 digits), and falls back to `Fraction` otherwise."""
+
+
+def _integral_int(number: Decimal | None) -> int | None:
+    return int(number) if number is not None and number == number.to_integral_value() else None
 
 
 def _plain(number: Decimal) -> int | float:
@@ -188,7 +206,29 @@ class TemplateField:
             raise TemplateValueError(label, f"{value!r} is above max {_plain(self.max)}")
         return number
 
+    @functools.cached_property
+    def _int_grid(self) -> tuple[int | None, int | None, int] | None:
+        """``(min, max, step)`` as ints (step 0: no grid) when every limit is integral, so an
+        int value is checked without Decimal; None otherwise."""
+        low, high = _integral_int(self.min), _integral_int(self.max)
+        if (self.min is not None and low is None) or (self.max is not None and high is None):
+            return None
+        step = self.step
+        if step is None or step <= 0 or low is None:
+            return low, high, 0
+        whole = _integral_int(step)
+        return None if whole is None else (low, high, whole)
+
     def _check_int(self, value: Any, label: str) -> int:
+        grid = self._int_grid
+        if grid is not None and type(value) is int:  # the common case, exactly as below
+            low, high, step = grid
+            if (
+                (low is None or value >= low)
+                and (high is None or value <= high)
+                and (not step or (value - low) % step == 0)  # type: ignore[operator]
+            ):
+                return value
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, float):
@@ -206,12 +246,19 @@ class TemplateField:
         """Refuse ``number`` (the exact decimal of ``value``) when it is off the step grid.
 
         The grid is ``min + k * step`` for integral k; a field without a positive step has none.
-        The quotient is taken over `Fraction` so no Decimal context precision can round it.
+        The remainder is taken in `_EXACT`, which raises rather than rounds; when it does, over
+        `Fraction`, so no Decimal context precision can round it either way.
         """
         step, base = self.step, self.min
         if step is None or step <= 0 or base is None:
             return
-        if (Fraction(number) - Fraction(base)) / Fraction(step) % 1 != 0:
+        try:  # exact or raising (see _EXACT): cheaper than Fraction for every value
+            if not _EXACT.remainder(_EXACT.subtract(number, base), step):
+                return
+            off_grid = True
+        except ArithmeticError:
+            off_grid = (Fraction(number) - Fraction(base)) / Fraction(step) % 1 != 0
+        if off_grid:
             raise TemplateValueError(
                 label, f"{value!r} is not on the step {_plain(step)} grid from {_plain(base)}"
             )

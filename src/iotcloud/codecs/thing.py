@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import msgspec
+
 from iotcloud.codecs.errors import CodecError
 
 THING_KINDS: Final = ("property", "event", "action", "service")
@@ -86,12 +88,20 @@ class ThingMessage:
         return str(status).strip("\0").strip() if status is not None else ""
 
 
+_decode = msgspec.json.Decoder().decode
+"""JSON (RFC 8259) to Python objects, several times faster than `json.loads`."""
+
+
 def decode_message(payload: bytes) -> ThingMessage:
     """Decode a device's JSON message; raises `ThingMessageError` naming the problem."""
     try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ThingMessageError(f"not JSON: {exc}") from exc
+        body = _decode(payload)
+    except (msgspec.DecodeError, TypeError):
+        # the standard parser has the last word (NaN, huge integers) and its error messages
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ThingMessageError(f"not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ThingMessageError("not a JSON object")
     method = body.get("method", "")

@@ -69,6 +69,23 @@ _CONNECT, _CONNACK, _PUBLISH, _DISCONNECT = 1, 2, 3, 14
 _UNACCEPTABLE_PROTOCOL, _IDENTIFIER_REJECTED, _SERVER_UNAVAILABLE = 1, 2, 3
 _FORBIDDEN_AFTER_CONNECT = frozenset((0, _CONNECT, 15))  # a second CONNECT, reserved types
 _AT_TYPE, _IN_LENGTH, _IN_BODY = 0, 1, 2  # where the next byte a device sends falls in a packet
+_DIRECT_WRITE_LIMIT: Final = 64 * 1024
+"""A QoS 0 PUBLISH is written straight to a connection whose send buffer holds less than
+this; above it (a slow reader) it goes through amqtt, which waits for the buffer to drain."""
+
+
+def _publish_packet(topic: str, data: bytes) -> bytes:
+    """The bytes of a QoS 0 PUBLISH (no DUP, no RETAIN) of ``data`` on ``topic``, as amqtt
+    encodes it."""
+    name = topic.encode()
+    length = 2 + len(name) + len(data)
+    header = bytearray((_PUBLISH << 4,))
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        header.append(byte | 0x80 if length else byte)
+        if not length:
+            break
+    return b"".join((header, len(name).to_bytes(2, "big"), name, data))
 
 
 class _Refused(Exception):
@@ -134,6 +151,7 @@ class EmbeddedBroker:
         self._amqtt: Any = None
         self._server: asyncio.Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
+        self._delivering: dict[int, int] = {}  # id(handler) -> its deliveries through amqtt
         self._dispatcher: asyncio.Task[None] | None = None
         self._stack = AsyncExitStack()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -240,15 +258,40 @@ class EmbeddedBroker:
             await self._amqtt.internal_message_broadcast(topic, data, qos)
             return
         assert self._tasks is not None
+        packet = _publish_packet(topic, data) if qos == 0 else None
         for handler in handlers:
+            if packet is not None and self._write_now(handler, packet):
+                continue
+            key = id(handler)
+            self._delivering[key] = self._delivering.get(key, 0) + 1
             self._tasks.create_task(self._deliver(handler, topic, data, qos))
 
-    @staticmethod
-    async def _deliver(handler: Any, topic: str, data: bytes, qos: int) -> None:
+    def _write_now(self, handler: Any, packet: bytes) -> bool:
+        """Write a QoS 0 PUBLISH ``packet`` to the handler's connection at once, as amqtt would
+        (a QoS 0 PUBLISH has no flow): only when nothing is on its way to it through amqtt (so
+        messages keep their order) and its send buffer is short; False otherwise."""
+        connection = handler.writer
+        if (
+            not isinstance(connection, _Connection)
+            or id(handler) in self._delivering
+            or handler._write_lock.locked()
+            or connection.is_closing()
+            or connection.writer.transport.get_write_buffer_size() >= _DIRECT_WRITE_LIMIT
+        ):
+            return False
+        connection.write(packet)
+        return True
+
+    async def _deliver(self, handler: Any, topic: str, data: bytes, qos: int) -> None:
         try:
             await handler.mqtt_publish(topic, data, qos, False)
         except Exception as exc:  # the device went away or did not acknowledge in time
             log.debug("PUBLISH on %s not delivered: %r", topic, exc)
+        finally:
+            key = id(handler)
+            left = self._delivering.pop(key, 1) - 1
+            if left:
+                self._delivering[key] = left
 
     async def disconnect_device(self, did: str) -> bool:
         """Close the device's connection and wait for its session to end (see `BrokerAdapter`)."""
