@@ -98,6 +98,7 @@ from iotcloud.gateway.service import DeviceGateway
 from iotcloud.scheduler.engine import CLAIM_BATCH, SchedulerEngine
 from iotcloud.services.bindings import BindingService
 from iotcloud.services.control import ControlService
+from iotcloud.services.products import ProductService
 from iotcloud.services.scheduler import SchedulerService, ScheduleSpec, Task
 from iotcloud.services.telemetry import TelemetryService
 from iotcloud.storage.database import Database
@@ -237,7 +238,10 @@ async def seed(
         # not entered: nothing is connected or written; codec_of reads the product from the DB
         gateway = DeviceGateway(db, clock)
         control = ControlService(
-            bindings, TelemetryService(db, clock, Settings(env="development")), gateway
+            bindings,
+            TelemetryService(db, clock, Settings(env="development")),
+            gateway,
+            ProductService(db, clock),
         )
         # never run: `create` only wakes it
         service = SchedulerService(

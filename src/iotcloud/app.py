@@ -142,13 +142,13 @@ async def running_services(
         gateway.attach(broker)
         telemetry = TelemetryService(db, clock, settings)
         bindings = BindingService(db, clock)
-        # passed binding checks are kept as long as checked tokens, and dropped on any change
         products = ProductService(db, clock)
+        # passed binding checks are kept as long as checked tokens, and dropped on any change
         control = ControlService(
             bindings,
             telemetry,
             gateway,
-            products=products,
+            products,
             usable_cache_seconds=settings.auth_cache_seconds,
         )
         realtime = await stack.enter_async_context(RealtimeHub(gateway, bindings))

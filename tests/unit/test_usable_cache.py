@@ -115,7 +115,11 @@ class Gateway:
 def control_with(bindings: SlowBindings, ttl: float = 5) -> tuple[ControlService, Gateway]:
     gateway = Gateway()
     service = ControlService(
-        cast(Any, bindings), cast(Any, None), cast(Any, gateway), usable_cache_seconds=ttl
+        cast(Any, bindings),
+        cast(Any, None),
+        cast(Any, gateway),
+        cast(Any, None),  # no product is read: every device here has a P0 codec
+        usable_cache_seconds=ttl,
     )
     return service, gateway
 

@@ -121,8 +121,8 @@ class ControlService:
         bindings: BindingService,
         telemetry: TelemetryService,
         gateway: DeviceGateway,
+        products: ProductService,
         *,
-        products: ProductService | None = None,
         usable_cache_seconds: float = 0.0,
     ) -> None:
         self.bindings = bindings
@@ -329,8 +329,6 @@ class ControlService:
             found = await DeviceRepository(session).with_product(did)
         if found is None or found[1].protocol_type != DATA_TEMPLATE_PROTOCOL:
             return None
-        if self.products is None:
-            self.products = ProductService(self.bindings.db, self.bindings.clock)
         return self.products.template_of(found[1])
 
     async def in_gizwits_form(self, did: str, values: dict[str, Any]) -> dict[str, Any]:
