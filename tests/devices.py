@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -153,7 +154,8 @@ class MqttDevice:
     (waiting 10 s at most), ``unread`` holds those not taken yet, ``frames`` is every frame
     received so far. With ``answer`` set (it may change while connected) it acknowledges each
     0x0093 with a 0x0094 on the asking client's reply topic. With ``gateway`` given, entering
-    returns only once that in-process gateway has seen the session online (10 s at most).
+    returns only once that in-process gateway has seen the session online (10 s at most). With
+    ``tls`` (a client context) it connects over TLS.
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class MqttDevice:
         protocol: aiomqtt.ProtocolVersion | None = None,
         answer: bool = False,
         gateway: DeviceGateway | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.port = port
         self.did = did
@@ -172,6 +175,7 @@ class MqttDevice:
         self.protocol = protocol
         self.answer = answer
         self.gateway = gateway
+        self.tls = tls
         self.client: aiomqtt.Client | None = None
         self.messages: list[tuple[str, bytes]] = []
         self.unread: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
@@ -212,6 +216,7 @@ class MqttDevice:
             username=self.did,
             password=self.passcode,
             protocol=self.protocol,
+            tls_context=self.tls,
         )
         await self.client.__aenter__()
         await self.client.subscribe(f"app2dev/{self.did}/#")

@@ -17,6 +17,7 @@ import base64
 import itertools
 import json
 import secrets
+import ssl
 import string
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,7 +177,8 @@ class ThingDevice:
     (None: it does not answer); ``reply_method`` False sends ``control_reply`` without
     ``method`` (as some SDK versions do); ``action_response`` is the ``response`` of its
     ``action_reply``. With ``gateway`` given (an in-process gateway), entering returns only once
-    that gateway has seen the session online.
+    that gateway has seen the session online. With ``tls`` (a client context) it connects over
+    TLS.
     """
 
     def __init__(
@@ -194,8 +196,10 @@ class ThingDevice:
         action_response: dict[str, Any] | None = None,
         subscribe: bool = True,
         gateway: DeviceGateway | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.port = port
+        self.tls = tls
         self.identity = identity
         self.protocol = protocol
         self.sign_method = sign_method
@@ -247,6 +251,7 @@ class ThingDevice:
             password=device_password(self.psk, username, self.sign_method),
             protocol=self.protocol,
             keepalive=60,
+            tls_context=self.tls,
         )
 
     async def __aenter__(self) -> ThingDevice:

@@ -36,7 +36,7 @@ from iotcloud.notify.mail import Mailer, OutboxMailer, SmtpMailer, SmtpTarget
 from iotcloud.notify.oauth import ThirdPartyVerifier, parse_providers
 from iotcloud.notify.sms import OutboxSmsSender, SmsSender, WebhookSmsSender
 from iotcloud.scheduler.engine import EngineConfig, SchedulerEngine
-from iotcloud.services.accounts import AccountService, CurrentUser
+from iotcloud.services.accounts import AccountService, CurrentUser, TokensRevoked
 from iotcloud.services.apps import AppService
 from iotcloud.services.auth_cache import AuthCache
 from iotcloud.services.bindings import BindingChange, BindingService
@@ -83,9 +83,17 @@ def build_sms(settings: Settings, http: httpx.AsyncClient) -> SmsSender:
 
 
 def build_broker(settings: Settings, gateway: DeviceGateway) -> BrokerAdapter:
-    """The embedded broker, or the adapter for the external one at ``IOTCLOUD_MQTT_URL``."""
+    """The embedded broker (also serving MQTT over TLS when TLS is set), or the adapter for the
+    external one at ``IOTCLOUD_MQTT_URL``."""
     if not settings.mqtt_url:
-        return EmbeddedBroker(settings.http_host, settings.mqtt_port, gateway, gateway)
+        return EmbeddedBroker(
+            settings.http_host,
+            settings.mqtt_port,
+            gateway,
+            gateway,
+            tls=settings.tls_context(),
+            tls_port=settings.mqtts_port,
+        )
     try:
         target = BrokerTarget.parse(settings.mqtt_url)
     except ValueError as exc:
@@ -133,7 +141,15 @@ async def running_services(
             auth_cache,
         )
         resets = PasswordResetService(
-            db, clock, settings, hasher, verification, mailer, auth_cache.drop_user
+            db,
+            clock,
+            settings,
+            hasher,
+            verification,
+            mailer,
+            lambda user_id: accounts.tokens_revoked(
+                TokensRevoked(user_id, "the password was reset")
+            ),
         )
         gateway = await stack.enter_async_context(
             DeviceGateway(db, clock, keep_history=settings.history_retention_days > 0)
@@ -151,7 +167,18 @@ async def running_services(
             products,
             usable_cache_seconds=settings.auth_cache_seconds,
         )
-        realtime = await stack.enter_async_context(RealtimeHub(gateway, bindings))
+        # open WebSocket sessions hear of other processes' sign-outs as late as this process's
+        # auth cache does (with no caching: within a second)
+        realtime = await stack.enter_async_context(
+            RealtimeHub(
+                gateway,
+                bindings,
+                clock=clock,
+                token_expiries=accounts.token_expiries,
+                token_check_seconds=settings.auth_cache_seconds or 1.0,
+            )
+        )
+        accounts.on_tokens_revoked = realtime.tokens_revoked
 
         async def devices_changed(dids: Sequence[str] | None) -> None:
             control.devices_changed(dids)
@@ -163,6 +190,13 @@ async def running_services(
             await realtime.binding_changed(change)
 
         bindings.on_change = binding_changed
+
+        async def new_owner(did: str, ended: Sequence[BindingChange]) -> None:
+            # the session that signed in with the old passcode must not hear the new owner
+            await broker.disconnect_device(did)
+            for change in ended:
+                await binding_changed(change)
+
         engine = await stack.enter_async_context(
             SchedulerEngine(db, clock, control, EngineConfig.from_settings(settings))
         )
@@ -173,7 +207,7 @@ async def running_services(
             verification=verification,
             password_reset=resets,
             products=products,
-            devices=DeviceService(db, clock, settings, devices_changed),
+            devices=DeviceService(db, clock, settings, devices_changed, new_owner),
             telemetry=telemetry,
             bindings=bindings,
             control=control,

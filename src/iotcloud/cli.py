@@ -8,9 +8,10 @@ import csv
 import json
 import logging
 import signal
+import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from iotcloud.api.admin.views import (
 )
 from iotcloud.config import ConfigError, Settings
 from iotcloud.domain.clock import SystemClock
+from iotcloud.domain.registration import POLICIES
 from iotcloud.errors import FormInvalid, IotCloudError
 from iotcloud.services.apps import App, AppService
 from iotcloud.services.devices import DeviceService, ImportReport, read_device_csv
@@ -102,12 +104,37 @@ def main() -> None:
 
 def _graceful_server_class() -> type[Any]:
     import uvicorn
+    from uvicorn.lifespan.off import LifespanOff
 
     class GracefulServer(uvicorn.Server):
-        """SIGTERM/SIGINT finish in-flight requests, stop the components, then exit 0."""
+        """SIGTERM/SIGINT finish in-flight requests, stop the components, then exit 0.
+
+        ``followers`` (each a server and its bound sockets) serve the same app on more listeners
+        with their lifespan off: they start once this server's lifespan has started the
+        components, a signal to this server stops them too, every listener drains at once, and
+        the components stop after the last one has. ``failed`` tells a follower that did not
+        start.
+        """
+
+        def __init__(
+            self,
+            config: uvicorn.Config,
+            followers: Sequence[tuple[GracefulServer, list[socket.socket]]] = (),
+        ) -> None:
+            super().__init__(config)
+            self.followers = list(followers)
+            self.leads = True
+            self.failed = False
+            self.listening = asyncio.Event()
+            self._follower_tasks: list[asyncio.Task[None]] = []
+            for follower, _ in self.followers:
+                follower.leads = False
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
+            if not self.leads:  # the leading server's handler stops this one
+                yield
+                return
             previous = {
                 sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
             }
@@ -117,34 +144,111 @@ def _graceful_server_class() -> type[Any]:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            for follower, _ in self.followers:
+                follower.handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                self.listening.set()
+            for follower, bound in self.followers:
+                task = asyncio.create_task(follower.serve(bound), name="uvicorn listener")
+                self._follower_tasks.append(task)
+                listening = asyncio.create_task(follower.listening.wait())
+                await asyncio.wait({task, listening}, return_when=asyncio.FIRST_COMPLETED)
+                listening.cancel()
+                if not follower.started:
+                    self.failed = self.should_exit = True
+                    return
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for follower, _ in self.followers:
+                follower.should_exit = True
+            # drain every listener at once, then stop the components once
+            lifespan, self.lifespan = self.lifespan, LifespanOff(self.config)
+            ended = await asyncio.gather(
+                super().shutdown(sockets), *self._follower_tasks, return_exceptions=True
+            )
+            for result in ended:
+                if isinstance(result, BaseException):
+                    self.failed = True
+                    logging.getLogger(__name__).error(
+                        "a listener failed to shut down", exc_info=result
+                    )
+            if not self.force_exit:
+                await lifespan.shutdown()
+
     return GracefulServer
+
+
+def _uvicorn_config(app: Any, settings: Settings, *, tls: bool) -> Any:
+    """The uvicorn settings of one listener of ``app``: plain HTTP on ``http_port``, whose server
+    runs the app's lifespan, or with ``tls`` HTTPS and WSS on ``https_port`` (lifespan off: the
+    same app, already started). Both come from here so that they cannot drift apart."""
+    import uvicorn
+
+    from iotcloud.api.http_limits import http_protocol_class
+    from iotcloud.api.ws_transport import SOCKET_MAX_BYTES, WebSocketTransport
+
+    context = settings.tls_context() if tls else None
+    return uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.https_port if tls else settings.http_port,
+        loop="uvloop",
+        http=http_protocol_class(settings),
+        ws=WebSocketTransport,
+        ws_max_size=SOCKET_MAX_BYTES,
+        lifespan="off" if tls else "on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        ssl_context_factory=None if context is None else (lambda _config, _default: context),
+    )
+
+
+def _listen(host: str, port: int, setting: str) -> socket.socket:
+    """A listening TCP socket on ``host:port``; a port in use is an error naming ``setting``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise click.ClickException(
+            f"{setting}: cannot listen on {host}:{port} ({exc.strerror or exc})"
+        ) from exc
 
 
 @main.command()
 @settings_options
 def serve(**options: Any) -> None:
-    """Run the server (embedded mode: SQLite, in-process services; migrates the database)."""
-    import uvicorn
+    """Run the server (embedded mode: SQLite, in-process services; migrates the database).
 
-    from iotcloud.app import create_app
-
+    With ``IOTCLOUD_TLS_CERT`` and ``IOTCLOUD_TLS_KEY`` it also serves HTTPS and WSS on
+    ``IOTCLOUD_HTTPS_PORT`` (the same app) and MQTT over TLS on ``IOTCLOUD_MQTTS_PORT``."""
     settings = load_settings(options)
     configure_logging(settings.log_level)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
+    # bound before anything starts: a port in use stops the server before its components
+    bound = (
+        _listen(settings.http_host, settings.https_port, "IOTCLOUD_HTTPS_PORT")
+        if settings.tls_enabled
+        else None
     )
-    server = _graceful_server_class()(config)
+    from iotcloud.app import create_app  # after the checks: a bad setting is reported at once
+
+    app = create_app(settings)
+    server_class = _graceful_server_class()
+    followers: list[tuple[Any, list[socket.socket]]] = []
+    if bound is not None:
+        followers.append((server_class(_uvicorn_config(app, settings, tls=True)), [bound]))
+        logging.getLogger(__name__).info(
+            "HTTPS and WSS on %s:%d", settings.http_host, bound.getsockname()[1]
+        )
+    server = server_class(_uvicorn_config(app, settings, tls=False), followers)
     server.run()
-    if not server.started:
+    if not server.started or server.failed:
         sys.exit(1)
 
 
@@ -273,10 +377,22 @@ def product_group() -> None:
     "--product-secret", default=None, help="keep an existing product_secret (default: generated)"
 )
 @click.option("--replace", is_flag=True, help="swap the data points of an existing product_key")
+@click.option(
+    "--registration",
+    type=click.Choice(POLICIES),
+    default=None,
+    help="how its devices may register themselves (default: open; a replaced product keeps its "
+    "own)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @settings_options
 def product_import(
-    file: Path, product_secret: str | None, replace: bool, as_json: bool, **options: Any
+    file: Path,
+    product_secret: str | None,
+    replace: bool,
+    registration: str | None,
+    as_json: bool,
+    **options: Any,
 ) -> None:
     """Import a Gizwits datapoint JSON file or a Tencent data template; print its product_key
     and product_secret.
@@ -284,6 +400,11 @@ def product_import(
     The file's own product_key is kept (else one is generated); a data template's product_key
     is its profile.ProductId. An invalid file is refused with the attr (or JSON path) at fault
     named, and nothing is stored.
+
+    --registration: open (devices register themselves with POST /dev/devices; a new passcode
+    for a known MAC ends its bindings), signed (only the AES-encrypted registration, keyed with
+    the product secret), preprovisioned (only devices created with `device create`/`import`,
+    with their own passcode).
     """
     settings = load_settings(options)
     try:
@@ -293,9 +414,31 @@ def product_import(
     if not isinstance(data, dict):
         raise click.ClickException(f"{file}: must hold a JSON object")
     creds = with_catalog(
-        settings, lambda products, _: products.import_definition(data, product_secret, replace)
+        settings,
+        lambda products, _: products.import_definition(
+            data, product_secret, replace, registration=registration
+        ),
     )
     _emit(as_json, product_credentials_view(creds))
+
+
+@product_group.command("update")
+@click.argument("product_key")
+@click.option(
+    "--registration",
+    type=click.Choice(POLICIES),
+    required=True,
+    help="how its devices may register themselves",
+)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def product_update(product_key: str, registration: str, as_json: bool, **options: Any) -> None:
+    """Change a product's registration policy (devices keep their dids and passcodes)."""
+    settings = load_settings(options)
+    product = with_catalog(
+        settings, lambda products, _: products.set_registration(product_key, registration)
+    )
+    _emit(as_json, product_view(product))
 
 
 @product_group.command("list")
@@ -307,13 +450,14 @@ def product_list(as_json: bool, **options: Any) -> None:
     products = with_catalog(settings, lambda svc, _: svc.list())
     table = Table()
     table.add_column("product_key", no_wrap=True, min_width=32)
-    for heading in ("name", "protocol", "updated"):
+    for heading in ("name", "protocol", "registration", "updated"):
         table.add_column(heading)
     for product in products:
         table.add_row(
             product.product_key,
             product.name,
             product.protocol_type,
+            product.registration,
             product.updated_at.strftime("%Y-%m-%d %H:%M"),
         )
     _emit(as_json, [product_view(product) for product in products], table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,11 +55,16 @@ class Settings:
     # the operator API off (every call answers 403)
     admin_token: str = field(default="", repr=False)
 
+    # GET /app/devdata/{did}/latest: false (the seed's rule) answers anyone holding an appid
+    # and a did; true requires the token of a user bound to the device
+    devdata_require_binding: bool = False
+
     # accounts
     user_token_ttl: int = 7 * 86400
     user_tokens_per_user: int = 100
     # how long a checked token is trusted without a database read (revocations made by this
-    # process apply at once; other processes of a scale-out deployment follow within this)
+    # process apply at once; other processes of a scale-out deployment follow within this); also
+    # how often the tokens of open WebSocket sessions are looked up (0: every second)
     auth_cache_seconds: float = 5.0
     app_token_ttl: int = 2 * 3600
     password_min_length: int = 6
@@ -95,6 +101,13 @@ class Settings:
     history_retention_days: int = 90
     frame_log_retention_days: int = 7
 
+    # limits of an HTTP request head, enforced before the body is read (bytes of the request
+    # line's target; bytes of the whole head, request line included; header fields): beyond
+    # them the request is answered 414 or 431 and its connection closed
+    http_max_url_bytes: int = 8 * 1024
+    http_max_head_bytes: int = 64 * 1024
+    http_max_headers: int = 100
+
     # throttling (token buckets; 0 disables)
     rate_limit_per_app: float = 1000.0
     rate_limit_per_address: float = 100.0
@@ -113,6 +126,15 @@ class Settings:
     scheduler_max_sleep_seconds: float = 10.0
     scheduler_concurrency: int = 256
     scheduler_run_retention_days: int = 90
+
+    # TLS: PEM files of the certificate chain (server certificate first) and of its unencrypted
+    # private key; set both or neither. With them the server also serves HTTPS and WSS on
+    # https_port and, with the embedded broker, MQTT over TLS on mqtts_port (with an external
+    # broker the operator runs TLS there; mqtts_port is only handed to devices)
+    tls_cert: str = ""
+    tls_key: str = ""
+    https_port: int = 8443
+    mqtts_port: int = 8883
 
     @property
     def resolved_database_url(self) -> str:
@@ -135,6 +157,38 @@ class Settings:
     @property
     def is_development(self) -> bool:
         return self.env == "development"
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether HTTPS and MQTT over TLS are served (``tls_cert`` and ``tls_key`` are set)."""
+        return bool(self.tls_cert and self.tls_key)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A new server-side context (TLS 1.2 or later) holding ``tls_cert`` and ``tls_key``;
+        None when TLS is off. Raises ``ConfigError`` naming the file that cannot be used."""
+        if not self.tls_enabled:
+            return None
+        files = (("IOTCLOUD_TLS_CERT", self.tls_cert), ("IOTCLOUD_TLS_KEY", self.tls_key))
+        for name, path in files:
+            if not Path(path).is_file():
+                raise ConfigError(f"{name}: {path} is not a file")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            # a key that asks for a password would otherwise prompt on the terminal
+            context.load_cert_chain(self.tls_cert, self.tls_key, password=_refuse_password)
+        except _EncryptedKey as exc:
+            raise ConfigError(
+                f"IOTCLOUD_TLS_KEY: {self.tls_key} is encrypted; give an unencrypted key "
+                "(e.g. `openssl pkey -in KEY -out KEY.plain`) readable only by the server"
+            ) from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"IOTCLOUD_TLS_CERT / IOTCLOUD_TLS_KEY: cannot use the certificate chain "
+                f"{self.tls_cert} with the private key {self.tls_key}: both must be PEM and the "
+                f"key must belong to the first certificate ({exc})"
+            ) from exc
+        return context
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -193,6 +247,9 @@ class Settings:
             "captcha_length",
             "password_min_length",
             "user_tokens_per_user",
+            "http_max_url_bytes",
+            "http_max_head_bytes",
+            "http_max_headers",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -224,6 +281,35 @@ class Settings:
         if not isinstance(self.auth_providers, Mapping):
             raise ConfigError("IOTCLOUD_AUTH_PROVIDERS must be a JSON object")
         self._validate_scheduler()
+        self._validate_tls()
+
+    def _validate_tls(self) -> None:
+        for name in ("https_port", "mqtts_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"IOTCLOUD_{name.upper()} must be a TCP port, not {port}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            given, missing = (
+                ("IOTCLOUD_TLS_CERT", "IOTCLOUD_TLS_KEY")
+                if self.tls_cert
+                else ("IOTCLOUD_TLS_KEY", "IOTCLOUD_TLS_CERT")
+            )
+            raise ConfigError(
+                f"{given} is set but {missing} is not: TLS needs both the certificate chain "
+                "and its private key (PEM files), or neither"
+            )
+        if not self.tls_enabled:
+            return
+        clashes = [("https_port", "http_port")]
+        if not self.mqtt_url:
+            clashes.append(("mqtts_port", "mqtt_port"))
+        for tls, plain in clashes:
+            if getattr(self, tls) and getattr(self, tls) == getattr(self, plain):
+                raise ConfigError(
+                    f"IOTCLOUD_{tls.upper()} and IOTCLOUD_{plain.upper()} must differ "
+                    f"(both are {getattr(self, tls)})"
+                )
+        self.tls_context()
 
     def _validate_scheduler(self) -> None:
         for name in (
@@ -246,6 +332,14 @@ class Settings:
                 "IOTCLOUD_SCHEDULER_LEASE_SECONDS must be at least twice "
                 "IOTCLOUD_SCHEDULER_ACK_TIMEOUT_SECONDS"
             )
+
+
+class _EncryptedKey(Exception):
+    """The TLS private key asked for a password."""
+
+
+def _refuse_password() -> bytes:
+    raise _EncryptedKey
 
 
 def normalize_database_url(url: str) -> str:

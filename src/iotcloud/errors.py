@@ -61,6 +61,10 @@ GIZWITS_ERRORS: dict[int, ErrorSpec] = {
     9043: ErrorSpec(400, "X-Gizwits-Timestamp invalid!"),
     9044: ErrorSpec(400, "X-Gizwits-Signature invalid!"),
     9045: ErrorSpec(400, "API deprecated!"),
+    # not in the seed's table: the codes the device API answers when a product takes only
+    # encrypted registration (spec gizwits.md §3.2)
+    9047: ErrorSpec(403, "device must register encrypted!"),
+    9048: ErrorSpec(403, "device must provision encrypted!"),
     9999: ErrorSpec(400, "reserved"),
 }
 
@@ -279,3 +283,16 @@ class DeviceTimestampInvalid(TimestampInvalid):
 class DeviceSignatureInvalid(SignatureInvalid):
     """A device-signed request's ``Signature`` is not the one the device's psk gives (or the
     device has no psk)."""
+
+
+class EncryptedRegistrationRequired(IotCloudError):
+    """A plain ``POST``/``DELETE /dev/devices`` for a product that takes only the encrypted
+    registration (``signed`` policy)."""
+
+    code = 9047
+
+
+class EncryptedProvisionRequired(IotCloudError):
+    """A plain ``GET /dev/devices/{did}`` for a device of a ``signed`` product."""
+
+    code = 9048

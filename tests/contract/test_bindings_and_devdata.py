@@ -486,3 +486,54 @@ async def test_the_latest_state_merges_points_and_replaces_struct_values_whole(
     assert row is not None
     ms = {name: int(at(hours).timestamp() * 1000) for name, hours in (("a", 0), ("b", 2), ("s", 3))}
     assert row.attr_times == ms
+
+
+# -- a new ownership ---------------------------------------------------------------------------
+
+
+async def test_a_new_passcode_ends_every_binding_and_the_past_stays_with_the_old_owners(
+    world: World,
+) -> None:
+    services, bindings = world.services, world.services.bindings
+    heard: list[tuple[str, bool]] = []
+    owners: list[str] = []
+
+    async def new_owner(did: str, changes: Sequence[Any]) -> None:
+        owners.append(did)
+        heard.extend((change.did, change.bound) for change in changes)
+
+    services.devices.on_new_owner = new_owner
+    alice, elsewhere = await new_user(world), await new_user(world, world.other_app)
+    for user in (alice, elsewhere):
+        await bindings.bind(user, world.did)
+    await report(world, at(1), Volume=1)
+    await frames(world, (at(1), "dev_online", None, "10.0.0.9:4000"))
+    passcode = (await services.devices.get(world.did)).passcode
+
+    world.clock.set(at(2))
+    assert await services.devices.register(world.product_key, world.mac, passcode) == world.did
+    assert owners == []  # a reboot: same passcode, nothing ends
+    world.clock.set(at(3))
+    assert await services.devices.register(world.product_key, world.mac, "NEWOWNER01") == world.did
+    assert owners == [world.did]
+    assert sorted(heard) == [(world.did, False), (world.did, False)]
+    for user in (alice, elsewhere):
+        assert not await bindings.is_bound(user, world.did)
+    device = await services.devices.get(world.did)
+    assert device.passcode == "NEWOWNER01"
+
+    world.clock.set(at(4))
+    await report(world, at(3.5), Volume=2)  # before the new owner's binding
+    newcomer = await new_user(world)
+    bound = await bindings.bind(newcomer, world.did)
+    assert bound.visible_from == at(4)
+    await report(world, at(5), Volume=3)
+    world.clock.set(at(6))
+    page = await services.telemetry.history(newcomer, world.did, start=at(0))
+    assert [(entry.at, entry.attrs["Volume"]) for entry in page.entries] == [(at(5), 3)]
+    assert page.total == 1
+    log = await services.telemetry.frame_log(
+        newcomer, world.did, log_type=FrameLogType.ONLINE, start=at(0), end=at(6)
+    )
+    assert log.entries == []
+    assert log.total == 0

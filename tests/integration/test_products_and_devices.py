@@ -575,7 +575,15 @@ def test_operator_api_imports_lists_and_shows_products(
         listed = client.get("/admin/v1/products").json()
         entry = next(p for p in listed if p["product_key"] == data["product_key"])
         assert entry["name"] == "Renamed"
-        assert set(entry) == {"product_key", "name", "protocol_type", "created_at", "updated_at"}
+        assert set(entry) == {
+            "product_key",
+            "name",
+            "protocol_type",
+            "registration",
+            "created_at",
+            "updated_at",
+        }
+        assert entry["registration"] == "open"
         shown = client.get(f"/admin/v1/products/{data['product_key']}").json()
         assert shown["product_secret"] == secret
         assert len(shown["attrs"]) == 15

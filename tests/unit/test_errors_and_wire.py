@@ -9,7 +9,9 @@ from iotcloud.errors import GIZWITS_ERRORS, IotCloudError
 
 
 def test_the_seed_error_table_is_complete() -> None:
-    assert set(GIZWITS_ERRORS) == set(range(9001, 9046)) | {9999}
+    # the seed's table, plus the encrypted-registration refusals of the device API
+    assert set(GIZWITS_ERRORS) == set(range(9001, 9046)) | {9047, 9048, 9999}
+    assert GIZWITS_ERRORS[9047].status == GIZWITS_ERRORS[9048].status == 403
     assert GIZWITS_ERRORS[9014].status == 404
     assert GIZWITS_ERRORS[9017].status == 401
     assert GIZWITS_ERRORS[9041] == (429, "request was throttled")

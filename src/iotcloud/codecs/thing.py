@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-import msgspec
-
 from iotcloud.codecs.errors import CodecError
+from iotcloud.codecs.jsonlimits import JsonMalformed, JsonRejected, decode_json
 
 THING_KINDS: Final = ("property", "event", "action", "service")
 """The topic kinds a data-template device uses (``$thing/{up,down}/{kind}/{PID}/{NAME}``)."""
@@ -88,20 +87,20 @@ class ThingMessage:
         return str(status).strip("\0").strip() if status is not None else ""
 
 
-_decode = msgspec.json.Decoder().decode
-"""JSON (RFC 8259) to Python objects, several times faster than `json.loads`."""
-
-
 def decode_message(payload: bytes) -> ThingMessage:
-    """Decode a device's JSON message; raises `ThingMessageError` naming the problem."""
+    """Decode a device's JSON message; raises `ThingMessageError` naming the problem (not JSON,
+    nested deeper than `decode_json` allows, not an object of the expected shape)."""
     try:
-        body = _decode(payload)
-    except (msgspec.DecodeError, TypeError):
-        # the standard parser has the last word (NaN, huge integers) and its error messages
+        body = decode_json(payload)
+    except JsonMalformed:
+        # the standard parser has the last word (NaN, Infinity) and its error messages; the
+        # depth is checked already, so it cannot recurse too deeply either
         try:
             body = json.loads(payload)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ThingMessageError(f"not JSON: {exc}") from exc
+    except JsonRejected as exc:
+        raise ThingMessageError(str(exc)) from exc
     if not isinstance(body, dict):
         raise ThingMessageError("not a JSON object")
     method = body.get("method", "")

@@ -21,6 +21,9 @@ messages from devices" (the RETAIN bit of device PUBLISHes and wills is cleared:
 retained messages to clients by other clients' subscriptions, bypassing the ACL). It also tells
 a clean DISCONNECT from a lost connection.
 
+With a TLS context the broker also listens on a second port for MQTT over TLS; asyncio
+terminates TLS, and a connection whose handshake succeeded takes the same path as a plain one.
+
 amqtt itself runs as `_AmqttBroker`, which avoids its scans of every subscription per message and
 per CONNECT (O(devices) each), and the server's own messages go straight to the subscribed
 connections when they are all online.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
@@ -110,6 +114,11 @@ class EmbeddedBroker:
     counted; presence events are never dropped). Offline persistent sessions (clean session 0)
     are forgotten after ``session_expiry`` seconds. Keep-alive 0 disables the keep-alive check,
     as MQTT specifies.
+
+    With ``tls`` (a server-side `ssl.SSLContext`) it also listens on ``tls_port`` for MQTT over
+    TLS (0 picks a free port: read `tls_port` once started); a TLS handshake must finish within
+    ``connect_timeout`` seconds, and a client that fails it is closed before it counts as a
+    connection.
     """
 
     def __init__(
@@ -126,9 +135,13 @@ class EmbeddedBroker:
         event_queue_limit: int = 10_000,
         session_expiry: int = 3600,
         shutdown_timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+        tls_port: int = 8883,
     ) -> None:
         self.host = host
         self._requested_port = port
+        self._tls = tls
+        self._requested_tls_port = tls_port
         self._authenticator = authenticator
         self._events = events
         self.max_connections = max_connections
@@ -150,6 +163,7 @@ class EmbeddedBroker:
         self._auth_failing = False
         self._amqtt: Any = None
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._delivering: dict[int, int] = {}  # id(handler) -> its deliveries through amqtt
         self._dispatcher: asyncio.Task[None] | None = None
@@ -175,8 +189,20 @@ class EmbeddedBroker:
                 self._accept, self.host, self._requested_port, reuse_address=True, backlog=1024
             )
             stack.push_async_callback(self._close_connections)
+            if self._tls is not None:
+                self._tls_server = await asyncio.start_server(
+                    self._accept,
+                    self.host,
+                    self._requested_tls_port,
+                    ssl=self._tls,
+                    ssl_handshake_timeout=self.connect_timeout,
+                    reuse_address=True,
+                    backlog=1024,
+                )
             self._stack = stack.pop_all()
         log.info("MQTT broker listening on %s:%d", self.host, self.port)
+        if self._tls_server is not None:
+            log.info("MQTT over TLS listening on %s:%d", self.host, self.tls_port)
         return self
 
     async def __aexit__(
@@ -195,6 +221,16 @@ class EmbeddedBroker:
             return self._requested_port
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        """The port of MQTT over TLS (the real one when started with port 0); None without
+        TLS."""
+        if self._tls is None:
+            return None
+        if self._tls_server is None or not self._tls_server.sockets:
+            return self._requested_tls_port
+        return int(self._tls_server.sockets[0].getsockname()[1])
+
     def _amqtt_config(self) -> Any:
         plugin = f"{_AmqttHooks.__module__}.{_AmqttHooks.__qualname__}"
         return BrokerConfig(
@@ -205,8 +241,9 @@ class EmbeddedBroker:
 
     async def _close_connections(self) -> None:
         """Stop accepting, close every connection and wait for their sessions to end."""
-        if self._server is not None:
-            self._server.close()
+        listeners = [server for server in (self._server, self._tls_server) if server is not None]
+        for server in listeners:
+            server.close()
         for connection in list(self._connections):
             connection.abort(DisconnectReason.SHUTDOWN)
         pending = list(self._connections.values())
@@ -214,8 +251,8 @@ class EmbeddedBroker:
             _, stuck = await asyncio.wait(pending, timeout=self.shutdown_timeout)
             for task in stuck:
                 task.cancel()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in listeners:
+            await server.wait_closed()
 
     async def _stop_dispatcher(self) -> None:
         """Deliver the queued events (bounded by ``shutdown_timeout``), then end the dispatcher."""
@@ -822,8 +859,9 @@ class _Connection:
     def get_peer_info(self) -> tuple[str, int]:
         return self.peer_key
 
-    def get_ssl_info(self) -> None:
-        return None
+    def get_ssl_info(self) -> ssl.SSLObject | None:
+        ssl_object: ssl.SSLObject | None = self.writer.get_extra_info("ssl_object")
+        return ssl_object
 
     async def close(self) -> None:
         self.writer.close()

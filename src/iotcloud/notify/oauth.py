@@ -13,7 +13,6 @@ asked; it defaults to the source name when that is a known kind, else ``generic`
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from iotcloud.codecs.jsonlimits import decode_json
 from iotcloud.errors import FormInvalid, ThirdPartyAuthInvalid
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class ThirdPartyVerifier:
 
 def _json_body(text: str) -> dict[str, Any]:
     match = _JSONP.match(text)
-    value = json.loads(match.group(1) if match else text)
+    value = decode_json(match.group(1) if match else text)  # a JsonRejected is a ValueError
     if not isinstance(value, dict):
         raise ValueError("provider answer is not a JSON object")
     return value

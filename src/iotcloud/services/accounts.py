@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,6 +40,9 @@ from iotcloud.storage.models import UserRow
 
 log = logging.getLogger(__name__)
 
+#: Token digests looked up in one query (under every database's bound-parameter limit).
+TOKEN_BATCH = 500
+
 
 @dataclass(frozen=True)
 class IssuedToken:
@@ -74,6 +77,19 @@ class CurrentUser:
     uid: str
     token_digest: str
     profile: UserProfile
+    token_expires: datetime
+
+
+@dataclass(frozen=True)
+class TokensRevoked:
+    """User tokens this process just revoked (the change is committed): the one with
+    ``digest``, or, when it is None, every token of ``user_id`` but ``kept``. ``reason`` says
+    why, in words for the user who held them."""
+
+    user_id: int
+    reason: str
+    digest: str | None = None
+    kept: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +142,13 @@ class UserSettings:
 
 
 class AccountService:
-    """Every operation is one unit of work: a failure leaves no user, token or used code behind."""
+    """Every operation is one unit of work: a failure leaves no user, token or used code behind.
+
+    ``on_tokens_revoked``, when set, hears of every sign-out and password change once it is
+    committed (the WebSocket API ends the sessions of those tokens from it); its failures are
+    logged and never reach the caller. Other processes learn of revocations only from the
+    database.
+    """
 
     def __init__(
         self,
@@ -140,6 +162,7 @@ class AccountService:
         auth_cache: AuthCache[CurrentUser],
     ) -> None:
         self.auth_cache = auth_cache
+        self.on_tokens_revoked: Callable[[TokensRevoked], None] | None = None
         self.db = db
         self.clock = clock
         self.settings = settings
@@ -348,6 +371,7 @@ class AccountService:
                 uid=user.uid,
                 token_digest=token_digest,
                 profile=_profile(user),
+                token_expires=row.expires_at,
             )
             expires = row.expires_at
             self.auth_cache.put(token_digest, user.id, expires, current, epoch)
@@ -362,7 +386,33 @@ class AccountService:
     async def logout(self, current: CurrentUser) -> None:
         async with self.db.session() as session:
             await UserTokenRepository(session).revoke(current.token_digest)
-        self.auth_cache.drop_token(current.token_digest)
+        self.tokens_revoked(TokensRevoked(current.user_id, "signed out", current.token_digest))
+
+    def tokens_revoked(self, revoked: TokensRevoked) -> None:
+        """Tell this process of a committed revocation: the auth cache forgets the tokens and
+        ``on_tokens_revoked`` hears of it."""
+        if revoked.digest is not None:
+            self.auth_cache.drop_token(revoked.digest)
+        else:
+            self.auth_cache.drop_user(revoked.user_id)
+        if self.on_tokens_revoked is None:
+            return
+        try:
+            self.on_tokens_revoked(revoked)
+        except Exception:  # the revocation stands whether or not anybody could be told
+            log.exception("telling of revoked tokens of user %d failed", revoked.user_id)
+
+    async def token_expiries(self, digests: Collection[str]) -> dict[str, datetime]:
+        """When each live token among the token ``digests`` expires; revoked and unknown ones
+        are absent. Read from the database (never the cache), in one query per
+        ``TOKEN_BATCH`` tokens."""
+        found: dict[str, datetime] = {}
+        ordered = list(digests)
+        async with self.db.session() as session:
+            tokens = UserTokenRepository(session)
+            for start in range(0, len(ordered), TOKEN_BATCH):
+                found.update(await tokens.expiries(ordered[start : start + TOKEN_BATCH]))
+        return found
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -459,7 +509,14 @@ class AccountService:
                 raise NothingChanged("the new values equal the stored ones")
             user.updated_at = now
             await users.save(user)
-        self.auth_cache.drop_user(current.user_id)
+        if variant == "password":
+            self.tokens_revoked(
+                TokensRevoked(
+                    current.user_id, "the password was changed", kept=current.token_digest
+                )
+            )
+        else:
+            self.auth_cache.drop_user(current.user_id)
         return now
 
     # -- the Tencent app's profile, password and settings --------------------------------------
@@ -521,7 +578,9 @@ class AccountService:
             await UserTokenRepository(session).revoke_all(
                 user.id, except_digest=current.token_digest
             )
-        self.auth_cache.drop_user(current.user_id)
+        self.tokens_revoked(
+            TokensRevoked(current.user_id, "the password was changed", kept=current.token_digest)
+        )
 
     async def user_settings(self, current: CurrentUser) -> UserSettings:
         """The user's settings; defaults for what was never set."""

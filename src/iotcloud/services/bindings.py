@@ -103,6 +103,10 @@ class BoundDevice:
     wifi_hard_version: str | None
     binding: Binding
     state_updated_at: datetime | None
+    visible_from: datetime | None = None
+    """Since when the user may read the device's past (history, events, frame log): None for
+    all of it, else since their binding or the device's last change of ownership, whichever
+    is later (see `visible_from`)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,27 @@ class DeviceUser:
     email: str | None
     role: str
     created_at: datetime
+
+
+def visible_from(record: DeviceRecord, binding: BindingRow | None = None) -> datetime | None:
+    """Since when the user bound by ``binding`` (default: ``record``'s) may read the device's
+    past: once a device has changed ownership (registered with a new passcode), each user sees
+    it only from their own binding, and never before the change; before any change, all of it
+    (None)."""
+    owner_since = record.device.owner_since
+    binding = binding or record.binding
+    if owner_since is None:
+        return None
+    if binding is None:
+        return owner_since
+    return max(owner_since, binding.created_at)
+
+
+def clipped(start: datetime | None, floor: datetime | None) -> datetime | None:
+    """``start`` moved up to ``floor`` (what the user may see), either may be None (open)."""
+    if floor is None:
+        return start
+    return floor if start is None or start < floor else start
 
 
 async def bound_record(session: AsyncSession, user: AppUser, did: str) -> DeviceRecord:
@@ -720,4 +745,5 @@ def _bound(record: DeviceRecord, binding: BindingRow) -> BoundDevice:
             dev_label=tuple(binding.dev_label or ()),
         ),
         state_updated_at=record.state_updated_at,
+        visible_from=visible_from(record, binding),
     )

@@ -28,21 +28,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from iotcloud.codecs.template import DATA_TEMPLATE_PROTOCOL
 from iotcloud.config import Settings
 from iotcloud.domain import devices as rules
+from iotcloud.domain import registration
 from iotcloud.domain.accounts import FieldInvalid
 from iotcloud.domain.clock import Clock
+from iotcloud.domain.registration import DeviceOrigin
 from iotcloud.errors import (
     DeviceAuthInvalid,
     DeviceDisabled,
     DeviceNotFound,
+    EncryptedProvisionRequired,
+    EncryptedRegistrationRequired,
     FormInvalid,
+    IotCloudError,
     ProductKeyInvalid,
     ProductProtocolMismatch,
     ServerError,
 )
+from iotcloud.services.bindings import BindingChange
 from iotcloud.services.validation import checked
+from iotcloud.storage.bindings import BindingRepository
 from iotcloud.storage.database import Database
 from iotcloud.storage.devices import DeviceRepository, MacTaken, ProductRepository
 from iotcloud.storage.models import DeviceRow, ProductRow
+from iotcloud.storage.telemetry import FrameEvent, TelemetryRepository
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,10 @@ class Device:
     """The device's name in its product (Tencent ``DeviceName``; the MAC of a Gizwits device)."""
     psk: str | None = None
     """A data-template device's key (base64); None for a Gizwits device."""
+    origin: str = "operator"
+    """Who created it: ``operator``, or the device itself (``registered`` plain, ``signed``)."""
+    owner_since: datetime | None = None
+    """When it last registered with a different passcode (a new ownership), if ever."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,8 @@ class Provisioning:
     host: str
     port: int
     server_ts: int
+    port_s: int | None = None
+    """The MQTT TLS port, when TLS is served."""
 
 
 @dataclass(frozen=True)
@@ -202,68 +216,203 @@ class DeviceService:
         clock: Clock,
         settings: Settings,
         on_change: Callable[[Sequence[str] | None], Awaitable[None]] | None = None,
+        on_new_owner: Callable[[str, Sequence[BindingChange]], Awaitable[None]] | None = None,
     ) -> None:
         """``on_change`` hears of every device whose credentials or state may have changed
-        (the dids; None after a bulk import), after the change was committed."""
+        (the dids; None after a bulk import), after the change was committed; ``on_new_owner``
+        of each new ownership (a device registered with a new passcode): its did and the
+        bindings that ended with it."""
         self.db = db
         self.clock = clock
         self.settings = settings
         self.on_change = on_change
+        self.on_new_owner = on_new_owner
 
     # -- the device side (GAgent) --------------------------------------------------------------
 
-    async def register(self, product_key: str, mac: str, passcode: str) -> str:
-        """``POST /dev/devices``: the did of (product, MAC), created on first registration.
+    async def register(
+        self, product_key: str, mac: str, passcode: str, *, peer: str | None = None
+    ) -> str:
+        """``POST /dev/devices``: the did of (product, MAC), under the product's registration
+        policy (``domain/registration.py``).
 
-        Registering again returns the same did and stores the new ``passcode`` in place of the
-        old one. Raises ``ProductKeyInvalid`` (9002) for an unknown or malformed product_key,
+        ``open``: created on first registration; registering again with the same passcode
+        returns the same did; with another passcode the passcode is replaced and the device's
+        bindings end (a new ownership). ``signed`` products refuse this plain call
+        (``EncryptedRegistrationRequired``, 9047). ``preprovisioned`` products accept only
+        devices an operator created, with their own passcode (``DeviceNotFound`` 9014,
+        ``DeviceAuthInvalid`` 9016 otherwise).
+
+        Also raises ``ProductKeyInvalid`` (9002) for an unknown or malformed product_key,
         ``FormInvalid`` (9015) naming ``mac``/``passcode``, ``DeviceDisabled`` (9023) when the
-        device was disabled.
+        device was disabled. Refusals of a known device are written to its frame log; ``peer``
+        is the caller's address.
         """
         key = _product_key(product_key)
         mac = checked(rules.check_mac, mac)
         passcode = checked(rules.check_passcode, passcode)
-        row, created = await self._ensure(key, mac, passcode, register=True)
-        if created:
-            log.info("device %s registered (product %s, mac %s)", row.did, key, mac)
-        await self._changed([row.did])
-        return row.did
+        return await self._register(key, mac, passcode, encrypted=False, peer=peer)
 
-    async def provision(self, did: str) -> Provisioning:
-        """``GET /dev/devices/{did}``: the MQTT endpoint. Raises ``DeviceNotFound`` (9014) or
+    async def register_encrypted(
+        self, product_key: str, data: str, *, peer: str | None = None
+    ) -> str:
+        """``POST /dev/{product_key}/device``: ``data`` is the hex of the AES-encrypted
+        ``mac=..&passcode=..&type=normal``; returns the hex of the encrypted ``did=<did>``.
+
+        Any policy accepts it (``preprovisioned`` with its rules). Raises ``ProductKeyInvalid``
+        (9002), ``FormInvalid`` (9015) naming ``data`` (not hex, not decryptable with the
+        product secret, a field missing) or ``data.mac``/``data.passcode``, and the errors of
+        :meth:`register`.
+        """
+        key = _product_key(product_key)
+        secret = await self._secret_of(key, "product_key")
+        fields = checked(
+            registration.parse_registration, checked(registration.decrypt, secret, data)
+        )
+        mac = checked(rules.check_mac, fields.mac, "data.mac")
+        passcode = checked(rules.check_passcode, fields.passcode, "data.passcode")
+        did = await self._register(key, mac, passcode, encrypted=True, peer=peer)
+        return registration.encrypt(secret, f"did={did}")
+
+    async def provision(self, did: str, *, peer: str | None = None) -> Provisioning:
+        """``GET /dev/devices/{did}``: the MQTT endpoint. Raises ``DeviceNotFound`` (9014),
+        ``DeviceDisabled`` (9023), or ``EncryptedProvisionRequired`` (9048) for a device of a
+        ``signed`` product."""
+        row, product = await self._device_and_product(did)
+        if product.registration == "signed":
+            await self._refused(row.id, "plain provision", peer)
+            raise EncryptedProvisionRequired(
+                f"did: product {product.product_key} takes only the encrypted provision "
+                f"(GET /dev/{product.product_key}/device?did=<encrypted did>)"
+            )
+        return self._provisioning(row)
+
+    async def provision_encrypted(self, product_key: str, data: str) -> str:
+        """``GET /dev/{product_key}/device?did=<hex(AES(did))>``: the hex of the encrypted
+        ``host=..&port=..&server_ts=..&``. The plaintext may be the did or ``did=<did>``.
+
+        Raises ``ProductKeyInvalid`` (9002), ``FormInvalid`` (9015) naming ``did``,
+        ``DeviceNotFound`` (9014) for a did that is not a device of this product,
         ``DeviceDisabled`` (9023)."""
-        async with self.db.session() as session:
-            row = await DeviceRepository(session).by_did(did)
-        if row is None:
-            raise DeviceNotFound(f"no device with did {did!r}")
+        key = _product_key(product_key)
+        secret = await self._secret_of(key, "product_key")
+        plain = checked(registration.decrypt, secret, data, "did")
+        did = checked(rules.check_did, plain.removeprefix("did="))
+        row, product = await self._device_and_product(did)
+        if product.product_key != key:
+            raise DeviceNotFound(f"did: product {key} has no device {did}")
+        where = self._provisioning(row)
+        return registration.encrypt(secret, provisioning_body(where))
+
+    async def disable(self, did: str, passcode: str, *, peer: str | None = None) -> None:
+        """``DELETE /dev/devices``: the device gives up its did. Idempotent.
+
+        Raises ``DeviceNotFound`` (9014), ``EncryptedRegistrationRequired`` (9047) for a device
+        of a ``signed`` product, or ``DeviceAuthInvalid`` (9016) when ``passcode`` is not the
+        device's current one (which is the case for a reset device deleting its old identity
+        after it registered again with a new passcode: its did stays usable).
+        """
+        row, product = await self._device_and_product(did)
+        if product.registration == "signed":
+            await self._refused(row.id, "plain delete", peer)
+            raise EncryptedRegistrationRequired(
+                f"did: product {product.product_key} takes only encrypted registration; "
+                "its devices cannot be deleted with a plain call"
+            )
+        if not hmac.compare_digest(row.passcode.encode(), passcode.encode()):
+            await self._refused(row.id, "delete: passcode mismatch", peer)
+            raise DeviceAuthInvalid(f"passcode does not match did {did}")
         if row.is_disabled:
-            raise DeviceDisabled(f"device {did} is disabled")
+            return
+        async with self.db.session() as session:
+            if not await DeviceRepository(session).disable_if_passcode(
+                did, passcode, self.clock.now()
+            ):
+                raise DeviceAuthInvalid(f"passcode does not match did {did}")
+        log.info("device %s disabled itself", did)
+        await self._changed([did])
+
+    def _provisioning(self, row: DeviceRow) -> Provisioning:
+        if row.is_disabled:
+            raise DeviceDisabled(f"device {row.did} is disabled")
         return Provisioning(
             host=self.settings.public_host,
             port=self.settings.mqtt_port,
             server_ts=int(self.clock.now().timestamp()),
+            port_s=self.settings.mqtts_port if self.settings.tls_enabled else None,
         )
 
-    async def disable(self, did: str, passcode: str) -> None:
-        """``DELETE /dev/devices``: the device gives up its did. Idempotent.
-
-        Raises ``DeviceNotFound`` (9014), or ``DeviceAuthInvalid`` (9016) when ``passcode`` is not
-        the device's current one (which is the case for a reset device deleting its old identity
-        after it registered again with a new passcode: its did stays usable).
-        """
+    async def _device_and_product(self, did: str) -> tuple[DeviceRow, ProductRow]:
         async with self.db.session() as session:
-            devices = DeviceRepository(session)
-            row = await devices.by_did(did)
-            if row is None:
-                raise DeviceNotFound(f"no device with did {did!r}")
-            if not hmac.compare_digest(row.passcode.encode(), passcode.encode()):
-                raise DeviceAuthInvalid(f"passcode does not match did {did}")
-            if row.is_disabled:
-                return
-            if not await devices.disable_if_passcode(did, passcode, self.clock.now()):
-                raise DeviceAuthInvalid(f"passcode does not match did {did}")
-        log.info("device %s disabled itself", did)
-        await self._changed([did])
+            found = await DeviceRepository(session).with_product(did)
+        if found is None:
+            raise DeviceNotFound(f"no device with did {did!r}")
+        return found
+
+    async def _secret_of(self, product_key: str, field: str) -> str:
+        async with self.db.session() as session:
+            product = await ProductRepository(session).by_key(product_key)
+        if product is None:
+            raise ProductKeyInvalid(f"{field}: unknown product_key {product_key}")
+        if product.protocol_type == DATA_TEMPLATE_PROTOCOL:
+            raise ProductProtocolMismatch(
+                f"{field}: {product_key} is a data-template product; its devices are created "
+                "by name, not registered by MAC"
+            )
+        return product.product_secret
+
+    async def _register(
+        self, product_key: str, mac: str, passcode: str, *, encrypted: bool, peer: str | None
+    ) -> str:
+        try:
+            row, created, ended = await self._ensure(
+                product_key, mac, passcode, register="signed" if encrypted else "registered"
+            )
+        except _Refusal as refusal:
+            if refusal.device_id is not None:
+                await self._refused(refusal.device_id, refusal.reason, peer)
+            log.info("registration refused (product %s, mac %s): %s", product_key, mac, refusal)
+            raise refusal.error from None
+        if created:
+            log.info("device %s registered (product %s, mac %s)", row.did, product_key, mac)
+        await self._changed([row.did])
+        if ended is not None:
+            log.warning(
+                "device %s (product %s, mac %s) registered with a new passcode from %s: "
+                "a new ownership; %d bindings ended",
+                row.did,
+                product_key,
+                mac,
+                peer or "an unknown address",
+                len(ended),
+            )
+            await self._new_owner(row.did, ended)
+        return row.did
+
+    async def _refused(self, device_id: int, reason: str, peer: str | None) -> None:
+        """Write a refused device call to the device's frame log (``dev_refused``)."""
+        try:
+            async with self.db.session() as session:
+                await TelemetryRepository(session).log_frames(
+                    [
+                        FrameEvent(
+                            device_id,
+                            self.clock.now(),
+                            "dev_refused",
+                            detail=refusal_detail(reason, peer),
+                        )
+                    ]
+                )
+        except Exception:  # the refusal stands; only its record is lost
+            log.exception("could not log a refused call of device %d", device_id)
+
+    async def _new_owner(self, did: str, ended: Sequence[BindingChange]) -> None:
+        if self.on_new_owner is None:
+            return
+        try:
+            await self.on_new_owner(did, ended)
+        except Exception:  # the bindings are gone; listeners catch up on their own
+            log.exception("new-owner listener failed for device %s", did)
 
     # -- operators -----------------------------------------------------------------------------
 
@@ -275,7 +424,7 @@ class DeviceService:
         key = _product_key(product_key)
         mac = checked(rules.check_mac, mac)
         passcode = checked(rules.check_passcode, passcode) if passcode is not None else None
-        row, created = await self._ensure(key, mac, passcode, register=False)
+        row, created, _ = await self._ensure(key, mac, passcode, register=None)
         if created:
             log.info("device %s created (product %s, mac %s)", row.did, key, mac)
             await self._changed([row.did])
@@ -366,10 +515,13 @@ class DeviceService:
             log.exception("device change listener failed for %s", dids)
 
     async def _ensure(
-        self, product_key: str, mac: str, passcode: str | None, *, register: bool
-    ) -> tuple[DeviceRow, bool]:
-        """Find or create the device of (product, MAC). ``register`` applies the registration
-        rules to an existing device (refused when disabled; the passcode replaced)."""
+        self, product_key: str, mac: str, passcode: str | None, *, register: DeviceOrigin | None
+    ) -> tuple[DeviceRow, bool, list[BindingChange] | None]:
+        """Find or create the device of (product, MAC): for an operator (``register`` None)
+        or the device registering itself (``register`` = how: ``registered`` plain or
+        ``signed`` encrypted), under the product's registration policy. Returns the device,
+        whether it was created, and, for a new ownership, the bindings it ended (else None).
+        Refusals raise ``_Refusal``; nothing is written then."""
         for _ in range(_RACE_RETRIES):
             try:
                 async with self.db.session(lock=f"device:{product_key}:{mac}") as session:
@@ -382,17 +534,50 @@ class DeviceService:
                         )
                     devices = DeviceRepository(session)
                     row = await devices.by_mac(product.id, mac)
+                    if register is None:
+                        if row is None:
+                            row = await devices.add(self._new_row(product.id, mac, passcode))
+                            return row, True, None
+                        return row, False, None
+                    assert passcode is not None  # a device registers with its passcode
+                    policy = product.registration
+                    if policy == "preprovisioned":
+                        return _preprovisioned(product_key, mac, passcode, row), False, None
+                    if policy == "signed" and register != "signed":
+                        raise _Refusal(
+                            row,
+                            "plain registration",
+                            EncryptedRegistrationRequired(
+                                f"product_key: product {product_key} takes only encrypted "
+                                f"registration (POST /dev/{product_key}/device)"
+                            ),
+                        )
                     if row is None:
-                        row = await devices.add(self._new_row(product.id, mac, passcode))
-                        return row, True
-                    if register:
-                        if row.is_disabled:
-                            raise DeviceDisabled(f"device {row.did} (mac {mac}) is disabled")
-                        if passcode is not None and row.passcode != passcode:
-                            row.passcode = passcode
-                            row.updated_at = self.clock.now()
-                            log.info("device %s registered again; passcode replaced", row.did)
-                    return row, False
+                        row = await devices.add(
+                            self._new_row(product.id, mac, passcode, origin=register)
+                        )
+                        return row, True, None
+                    if row.is_disabled:
+                        raise _Refusal(
+                            row,
+                            "disabled",
+                            DeviceDisabled(f"device {row.did} (mac {mac}) is disabled"),
+                        )
+                    if hmac.compare_digest(row.passcode.encode(), passcode.encode()):
+                        return row, False, None
+                    now = self.clock.now()
+                    row.passcode = passcode
+                    row.owner_since = now
+                    row.updated_at = now
+                    ended = await BindingRepository(session).remove_all(row.id)
+                    return (
+                        row,
+                        False,
+                        [
+                            BindingChange(e.user.id, e.user.uid, e.user.app_id, row.did, False)
+                            for e in ended
+                        ],
+                    )
             except MacTaken:  # another process stored it first; read it on the next turn
                 continue
         raise ServerError(f"device {mac} of product {product_key} is being written concurrently")
@@ -420,13 +605,16 @@ class DeviceService:
                 continue
         raise ServerError(f"device {name} of product {product_key} is being written concurrently")
 
-    def _new_row(self, product_id: int, mac: str, passcode: str | None) -> DeviceRow:
+    def _new_row(
+        self, product_id: int, mac: str, passcode: str | None, origin: DeviceOrigin = "operator"
+    ) -> DeviceRow:
         now = self.clock.now()
         return DeviceRow(
             did=rules.new_did(),
             product_id=product_id,
             mac=mac,
             name=mac,
+            origin=origin,
             passcode=passcode or rules.new_passcode(),
             is_disabled=False,
             is_online=False,
@@ -443,6 +631,7 @@ class DeviceService:
             product_id=product_id,
             mac=None,
             name=name,
+            origin="operator",
             psk=psk or rules.new_psk(),
             passcode=passcode or rules.new_passcode(),
             is_disabled=False,
@@ -510,8 +699,8 @@ class DeviceService:
         except MacTaken:  # a device of the batch registered meanwhile: go one by one
             for key, _, identity in valid:
                 if identity.mac is not None:
-                    _, created = await self._ensure(
-                        key, identity.mac, identity.passcode, register=False
+                    _, created, _ = await self._ensure(
+                        key, identity.mac, identity.passcode, register=None
                     )
                 else:
                     _, created = await self._ensure_named(
@@ -586,4 +775,57 @@ def _device(row: DeviceRow, product: ProductRow) -> Device:
         updated_at=row.updated_at,
         name=row.name,
         psk=row.psk,
+        origin=row.origin,
+        owner_since=row.owner_since,
     )
+
+
+class _Refusal(Exception):
+    """A registration the policy refuses: ``error`` for the caller, ``reason`` for the frame log
+    of ``device`` (None when there is no such device)."""
+
+    def __init__(self, device: DeviceRow | None, reason: str, error: IotCloudError) -> None:
+        super().__init__(reason)
+        self.device_id = device.id if device is not None else None
+        self.reason = reason
+        self.error = error
+
+
+def _preprovisioned(product_key: str, mac: str, passcode: str, row: DeviceRow | None) -> DeviceRow:
+    """A ``preprovisioned`` product's rule: the operator's device, with its own passcode."""
+    if row is None or row.origin != "operator":
+        raise _Refusal(
+            row,
+            "not provisioned",
+            DeviceNotFound(
+                f"mac: product {product_key} registers only devices its operator created, and "
+                f"has none with mac {mac}"
+            ),
+        )
+    if row.is_disabled:
+        raise _Refusal(row, "disabled", DeviceDisabled(f"device {row.did} (mac {mac}) is disabled"))
+    if not hmac.compare_digest(row.passcode.encode(), passcode.encode()):
+        raise _Refusal(
+            row,
+            "passcode mismatch",
+            DeviceAuthInvalid(
+                f"passcode: does not match the one device {row.did} was provisioned with "
+                "(a preprovisioned device's passcode cannot be changed by registering)"
+            ),
+        )
+    return row
+
+
+def provisioning_body(where: Provisioning) -> str:
+    """The provisioning answer GAgent parses: ``host=..&port=..&server_ts=..&`` (each value
+    followed by ``&``), with ``port_s=..&`` (the MQTT TLS port) when TLS is served."""
+    body = f"host={where.host}&port={where.port}&server_ts={where.server_ts}&"
+    if where.port_s is not None:
+        body += f"port_s={where.port_s}&"
+    return body
+
+
+def refusal_detail(reason: str, peer: str | None) -> str:
+    """A ``dev_refused`` frame log detail: the reason and, after ``|``, the caller's address
+    (64 characters at most, as the column holds)."""
+    return f"{reason}|{peer or ''}"[:64]

@@ -28,8 +28,11 @@ from iotcloud.codecs.template import (
     parse_data_template,
 )
 from iotcloud.domain import devices as rules
+from iotcloud.domain import registration as registration_policy
 from iotcloud.domain.clock import Clock
+from iotcloud.domain.registration import RegistrationPolicy
 from iotcloud.errors import (
+    FormInvalid,
     ProductDefinitionInvalid,
     ProductKeyInvalid,
     ProductKeyTaken,
@@ -56,6 +59,9 @@ class Product:
     protocol_type: str
     created_at: datetime
     updated_at: datetime
+    registration: RegistrationPolicy = "open"
+    """How its devices may register themselves (``domain/registration.py``); a data-template
+    product's devices never do: they are always ``preprovisioned``."""
 
     @property
     def is_data_template(self) -> bool:
@@ -91,6 +97,7 @@ class ProductService:
         data: Mapping[str, Any],
         product_secret: str | None = None,
         replace: bool = False,
+        registration: str | None = None,
     ) -> ProductCredentials:
         """Validate and store a Gizwits datapoint JSON object or a Tencent data template.
 
@@ -103,9 +110,19 @@ class ProductService:
         raises ``ProductKeyTaken`` unless ``replace``, which swaps name, protocol and data
         points and keeps the secret (unless one is given). Raises ``ProductDefinitionInvalid``
         naming the attr (or JSON path) at fault, or ``FormInvalid`` for a malformed
-        product_key/secret; nothing is stored then.
+        product_key/secret or registration policy; nothing is stored then.
+
+        ``registration`` sets the registration policy (``open`` for a new product unless
+        given; a replaced product keeps its own unless given). A data-template product's is
+        always ``preprovisioned``.
         """
+        policy = _policy(registration) if registration is not None else None
         if is_data_template(data):
+            if policy not in (None, "preprovisioned"):
+                raise FormInvalid(
+                    "registration: a data-template product's devices never register "
+                    "themselves (an operator creates them): it is always preprovisioned"
+                )
             return await self._import_template(data, product_secret, replace)
         try:
             definition = parse_product_definition(data)
@@ -132,6 +149,7 @@ class ProductService:
             secret,
             replace=replace,
             size=f"{len(definition.attrs)} attrs",
+            registration=policy,
         )
 
     async def _import_template(
@@ -154,6 +172,7 @@ class ProductService:
             secret,
             replace=replace,
             size=f"{len(template.properties)} properties",
+            registration="preprovisioned",
         )
 
     async def _store(
@@ -166,6 +185,7 @@ class ProductService:
         *,
         replace: bool,
         size: str,
+        registration: RegistrationPolicy | None,
     ) -> ProductCredentials:
         now = self.clock.now()
         async with self.db.session(lock=f"product:{product_key}") as session:
@@ -185,11 +205,14 @@ class ProductService:
                         name=name,
                         protocol_type=protocol_type,
                         definition=text,
+                        registration=registration or "open",
                         created_at=now,
                         updated_at=now,
                     )
                 )
-                log.info("product %s imported (%s)", product_key, size)
+                log.info(
+                    "product %s imported (%s, registration %s)", product_key, size, row.registration
+                )
             else:
                 row.name = name
                 row.protocol_type = protocol_type
@@ -197,8 +220,33 @@ class ProductService:
                 row.updated_at = now
                 if secret is not None:
                     row.product_secret = secret
+                if registration is not None:
+                    row.registration = registration
                 log.info("product %s replaced (%s)", product_key, size)
             return ProductCredentials(row.product_key, row.product_secret, created=created)
+
+    async def set_registration(self, product_key: str, registration: str) -> Product:
+        """Change how the product's devices may register themselves (``open``, ``signed``,
+        ``preprovisioned``). Devices already registered keep their dids and passcodes; the
+        policy applies to their next registration. Raises ``ProductKeyInvalid`` (9002) when
+        unknown, ``FormInvalid`` naming ``registration`` for another value or a data-template
+        product (always ``preprovisioned``)."""
+        policy = _policy(registration)
+        row = await self._row(product_key)
+        if row.protocol_type == DATA_TEMPLATE_PROTOCOL and policy != "preprovisioned":
+            raise FormInvalid(
+                f"registration: {row.product_key} is a data-template product; its devices "
+                "never register themselves: it is always preprovisioned"
+            )
+        async with self.db.session(lock=f"product:{row.product_key}") as session:
+            stored = await ProductRepository(session).by_key(row.product_key)
+            if stored is None:
+                raise ProductKeyInvalid(f"unknown product_key {product_key!r}")
+            if stored.registration != policy:
+                stored.registration = policy
+                stored.updated_at = self.clock.now()
+                log.info("product %s: registration policy now %s", stored.product_key, policy)
+            return _product(stored)
 
     async def get(self, product_key: str) -> Product:
         """The product; raises ``ProductKeyInvalid`` (9002) when unknown."""
@@ -267,4 +315,13 @@ def _product(row: ProductRow) -> Product:
         protocol_type=row.protocol_type,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        registration=(
+            "preprovisioned"
+            if row.protocol_type == DATA_TEMPLATE_PROTOCOL
+            else registration_policy.check_policy(row.registration)
+        ),
     )
+
+
+def _policy(value: str) -> RegistrationPolicy:
+    return checked(registration_policy.check_policy, value)

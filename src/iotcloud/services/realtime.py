@@ -9,7 +9,14 @@ connection closes) rather than slowing the gateway or the other sessions.
 A session only ever hears of devices bound to its user: subscriptions and commands are checked
 against the bindings, and an unbinding removes the device from the sessions of that user before
 it is announced to them. The hub knows nothing of the wire format: the API layer renders the
-items it queues (`DeviceUpdate`, `OnlineStatus`, `BindingChange`, `Reply`, `Close`).
+items it queues (`DeviceUpdate`, `OnlineStatus`, `BindingChange`, `Reply`, `Close`,
+`LoginEnded`).
+
+A login lasts only as long as its token. The hub ends it (`LoginEnded`, then the connection
+closes) when the token expires (a timer per session, set for the token's expiry), at once when
+this process signs the token out or changes the user's password (`tokens_revoked`), and, for
+revocations made by other processes (which share only the database), at the next check: every
+``token_check_seconds`` the tokens of all logged-in sessions are looked up in one read.
 """
 
 from __future__ import annotations
@@ -18,13 +25,22 @@ import asyncio
 import enum
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
 from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL_SN
-from iotcloud.errors import DeviceNotBound, DeviceNotFound, IotCloudError
+from iotcloud.domain.clock import Clock, SystemClock, iso_utc
+from iotcloud.errors import (
+    DeviceNotBound,
+    DeviceNotFound,
+    IotCloudError,
+    TokenExpired,
+    TokenInvalid,
+)
 from iotcloud.gateway.service import (
     CLOUD_CLIENT_ID,
     DeviceGateway,
@@ -32,6 +48,7 @@ from iotcloud.gateway.service import (
     GatewayEvent,
     PresenceEvent,
 )
+from iotcloud.services.accounts import TokensRevoked
 from iotcloud.services.bindings import (
     LIST_LIMIT_MAX,
     AppUser,
@@ -48,6 +65,13 @@ QUEUE_SIZE: Final = 1000
 CLIENT_ID_MAX: Final = 23
 _CLIENT_ID_PREFIX: Final = "ws"
 _RECHECKS: Final = 3
+#: How often the tokens of logged-in sessions are looked up, unless told otherwise (seconds).
+TOKEN_CHECK_SECONDS: Final = 5.0
+
+_REVOKED_MESSAGE: Final = "user token revoked: signed out, or the password changed or reset"
+
+#: The expiry of each live token among some token digests (revoked ones absent).
+TokenExpiries = Callable[[Collection[str]], Awaitable[Mapping[str, datetime]]]
 
 
 @dataclass(frozen=True)
@@ -84,7 +108,15 @@ class Close:
     reason: str = ""
 
 
-Outgoing = DeviceUpdate | OnlineStatus | BindingChange | Reply | Close
+@dataclass(frozen=True)
+class LoginEnded:
+    """The session's token stopped being valid (``error``: 9004 revoked, 9006 expired, naming
+    why): tell the client, then close the connection."""
+
+    error: IotCloudError
+
+
+Outgoing = DeviceUpdate | OnlineStatus | BindingChange | Reply | Close | LoginEnded
 
 
 class Dropped(enum.StrEnum):
@@ -108,7 +140,7 @@ class RealtimeSession:
 
     ``queue`` holds what is still to be sent (at most ``QUEUE_SIZE`` items). ``killed`` is set
     when the hub dropped the session and ``dropped`` says why. ``user`` is None until the login
-    succeeded.
+    succeeded; ``token_digest`` and ``token_expires`` are those of the token it logged in with.
     """
 
     client_id: str
@@ -120,6 +152,10 @@ class RealtimeSession:
     allowed: set[str] = field(default_factory=set)
     killed: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: Dropped | None = None
+    token_digest: str | None = None
+    token_expires: datetime | None = None
+    #: ends the login when the token expires
+    expiry_timer: asyncio.TimerHandle | None = None
 
     def offer(self, item: Outgoing) -> bool:
         """Queue ``item`` unless the session is dead or its queue is full (False then)."""
@@ -144,16 +180,30 @@ class _Watch:
 class RealtimeHub:
     """Fans gateway events and binding changes out to the sessions (see module docstring).
 
-    An async context manager: entering it starts listening to the gateway, leaving it stops
-    listening and drops every session still open.
+    An async context manager: entering it starts listening to the gateway (and, given
+    ``token_expiries``, checking the sessions' tokens every ``token_check_seconds``), leaving it
+    stops both and drops every session still open.
     """
 
     def __init__(
-        self, gateway: DeviceGateway, bindings: BindingService, *, queue_size: int = QUEUE_SIZE
+        self,
+        gateway: DeviceGateway,
+        bindings: BindingService,
+        *,
+        queue_size: int = QUEUE_SIZE,
+        clock: Clock | None = None,
+        token_expiries: TokenExpiries | None = None,
+        token_check_seconds: float = TOKEN_CHECK_SECONDS,
     ) -> None:
+        if token_check_seconds <= 0:
+            raise ValueError("token_check_seconds must be positive")
         self.gateway = gateway
         self.bindings = bindings
         self.queue_size = queue_size
+        self.clock = clock or SystemClock()
+        self.token_expiries = token_expiries
+        self.token_check_seconds = token_check_seconds
+        self._token_checks: asyncio.Task[None] | None = None
         #: sessions dropped for not reading their messages (since the start)
         self.dropped_slow = 0
         self._by_client: dict[str, RealtimeSession] = {}
@@ -165,6 +215,10 @@ class RealtimeHub:
 
     async def __aenter__(self) -> Self:
         self.gateway.add_listener(self._on_gateway_event)
+        if self.token_expiries is not None:
+            self._token_checks = asyncio.create_task(
+                self._check_tokens_forever(), name="realtime-token-checks"
+            )
         return self
 
     async def __aexit__(
@@ -174,6 +228,10 @@ class RealtimeHub:
         tb: TracebackType | None,
     ) -> None:
         self.gateway.remove_listener(self._on_gateway_event)
+        if self._token_checks is not None:
+            self._token_checks.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._token_checks
         for session in list(self._by_client.values()):
             self._kill(session, Dropped.STOPPING)
 
@@ -199,13 +257,25 @@ class RealtimeHub:
         """``session`` belongs to nobody any more: its subscriptions end."""
         self._forget_user(session)
 
-    async def login(self, session: RealtimeSession, user: AppUser, *, auto_subscribe: bool) -> None:
-        """Make ``session`` the user's (ending what a previous login subscribed); with
+    async def login(
+        self,
+        session: RealtimeSession,
+        user: AppUser,
+        *,
+        auto_subscribe: bool,
+        token_digest: str,
+        token_expires: datetime,
+    ) -> None:
+        """Make ``session`` the user's (ending what a previous login subscribed) for as long as
+        the token (``token_digest``, expiring at ``token_expires``) lives; with
         ``auto_subscribe`` every device bound to the user is subscribed, and so is every device
         bound later."""
         self._forget_user(session)
         session.user = user
         session.auto_subscribe = auto_subscribe
+        session.token_digest = token_digest
+        session.token_expires = token_expires
+        self._schedule_expiry(session)
         self._by_user.setdefault(user.user_id, set()).add(session)
         if not auto_subscribe:
             return
@@ -261,6 +331,89 @@ class RealtimeHub:
             if self._changes.get(user.user_id, 0) == before:
                 return device
         raise DeviceNotBound(f"device {did}: the bindings of this user keep changing")
+
+    # -- token lifetimes -------------------------------------------------------------------------
+
+    def tokens_revoked(self, revoked: TokensRevoked) -> None:
+        """`AccountService`'s ``on_tokens_revoked``: end the logins made with those tokens."""
+        for session in tuple(self._by_user.get(revoked.user_id, ())):
+            digest = session.token_digest
+            if revoked.digest is not None and digest != revoked.digest:
+                continue
+            if revoked.digest is None and digest == revoked.kept:
+                continue
+            self._end_login(session, TokenInvalid(f"user token revoked: {revoked.reason}"))
+
+    async def check_tokens(self) -> None:
+        """End every login whose token is no longer in the database (revoked by any process)
+        or has expired; the tokens of all sessions are looked up together."""
+        if self.token_expiries is None:
+            return
+        held: list[tuple[RealtimeSession, str]] = [
+            (session, session.token_digest)
+            for session in self._by_client.values()
+            if session.user is not None and session.token_digest is not None
+        ]
+        if not held:
+            return
+        live = await self.token_expiries({digest for _, digest in held})
+        now = self.clock.now()
+        for session, digest in held:
+            if session.user is None or session.token_digest != digest:
+                continue  # logged out, or in again with another token, meanwhile
+            expires = live.get(digest)
+            if expires is None:
+                self._end_login(session, TokenInvalid(_REVOKED_MESSAGE))
+            elif expires <= now:
+                self._end_login(session, _expired(expires))
+            elif expires != session.token_expires:
+                session.token_expires = expires
+                self._schedule_expiry(session)
+
+    async def _check_tokens_forever(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.token_check_seconds)
+            try:
+                await self.check_tokens()
+            except Exception:  # keep checking; log the failure once, and its recovery once
+                if not failing:
+                    log.exception("checking the tokens of websocket sessions failed; will retry")
+                    failing = True
+                continue
+            if failing:
+                log.info("checking the tokens of websocket sessions recovered")
+                failing = False
+
+    def _schedule_expiry(self, session: RealtimeSession) -> None:
+        if session.expiry_timer is not None:
+            session.expiry_timer.cancel()
+            session.expiry_timer = None
+        if session.token_expires is None:
+            return
+        delay = (session.token_expires - self.clock.now()).total_seconds()
+        session.expiry_timer = asyncio.get_running_loop().call_later(
+            max(delay, 0.0), self._expiry_due, session
+        )
+
+    def _expiry_due(self, session: RealtimeSession) -> None:
+        session.expiry_timer = None
+        expires = session.token_expires
+        if session.user is None or expires is None:
+            return
+        if expires > self.clock.now():  # the loop's clock ran ahead of the wall clock
+            self._schedule_expiry(session)
+            return
+        self._end_login(session, _expired(expires))
+
+    def _end_login(self, session: RealtimeSession, error: IotCloudError) -> None:
+        """Log ``session`` out at once (no more pushes) and have its connection tell the client
+        ``error`` and close."""
+        if session.user is None or session.killed.is_set():
+            return
+        log.info("websocket client %s: login ended: %s", session.client_id, error)
+        self._forget_user(session)
+        self.deliver(session, LoginEnded(error))
 
     # -- the binding hook -----------------------------------------------------------------------
 
@@ -372,6 +525,10 @@ class RealtimeHub:
         for did in list(session.subscribed):
             self._unwatch(session, did)
         session.allowed.clear()
+        if session.expiry_timer is not None:
+            session.expiry_timer.cancel()
+            session.expiry_timer = None
+        session.token_digest = session.token_expires = None
         if session.user is not None:
             peers = self._by_user.get(session.user.user_id)
             if peers is not None:
@@ -390,6 +547,10 @@ class RealtimeHub:
             devices.extend(page)
             if len(page) < LIST_LIMIT_MAX:
                 return devices
+
+
+def _expired(expires: datetime) -> TokenExpired:
+    return TokenExpired(f"user token expired at {iso_utc(expires)}; sign in again")
 
 
 def _in_app(session: RealtimeSession, app_id: int) -> bool:

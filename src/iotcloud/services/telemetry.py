@@ -29,7 +29,7 @@ from iotcloud.codecs.datapoints import NUMERIC_WIDTHS
 from iotcloud.config import Settings
 from iotcloud.domain.clock import Clock
 from iotcloud.errors import DeviceNotFound, FormInvalid
-from iotcloud.services.bindings import AppUser, bound_record
+from iotcloud.services.bindings import AppUser, bound_record, clipped, visible_from
 from iotcloud.storage.database import Database
 from iotcloud.storage.models import DeviceEventRow, ProductRow
 from iotcloud.storage.telemetry import ONLINE_KINDS, TelemetryRepository
@@ -72,7 +72,8 @@ class FrameLogType(StrEnum):
 
 FRAME_KINDS: Final[dict[FrameLogType, tuple[str, ...]]] = {
     FrameLogType.CMD: ("app2dev", "dev2app"),
-    FrameLogType.ONLINE: (*ONLINE_KINDS, "dev_offline"),
+    # dev_refused: a registration, provision or delete call the device's product refused
+    FrameLogType.ONLINE: (*ONLINE_KINDS, "dev_offline", "dev_refused"),
 }
 
 
@@ -116,7 +117,8 @@ class Aggregation:
 @dataclass(frozen=True)
 class FrameLogEntry:
     """One frame log entry. ``ip`` is the device's address in the session the entry belongs to
-    (None when unknown); ``reason`` says why a session ended (``dev_offline`` only)."""
+    (None when unknown; for ``dev_refused``, the caller's); ``reason`` says why a session ended
+    (``dev_offline``) or why a device call was refused (``dev_refused``)."""
 
     kind: str
     at: datetime
@@ -175,6 +177,9 @@ class TelemetryService:
             record = await bound_record(session, user, did)
             if attr is not None and attr not in self._point_types(record.product):
                 _unknown_attr("attr", attr)
+            start = clipped(start, visible_from(record))
+            if start is not None and end is not None and start > end:
+                return HistoryPage(total=0, entries=[])
             repo = TelemetryRepository(session)
             device_id = record.device.id
             total = await repo.history_count(device_id, start, end, attr)
@@ -215,6 +220,7 @@ class TelemetryService:
         async with self.db.session() as session:
             record = await bound_record(session, user, did)
             _check_numeric(self._point_types(record.product), attrs)
+            start = clipped(start, visible_from(record)) or start
             repo = TelemetryRepository(session)
             count = await repo.history_count(record.device.id, start, end)
             if count > AGGREGATE_MAX_REPORTS:
@@ -266,6 +272,9 @@ class TelemetryService:
         kinds = FRAME_KINDS[log_type]
         async with self.db.session() as session:
             record = await bound_record(session, user, did)
+            start = clipped(start, visible_from(record)) or start
+            if start > end:
+                return FrameLogPage(total=0, entries=[])
             repo = TelemetryRepository(session)
             total = await repo.events_count(record.device.id, kinds, start, end)
             rows = await repo.events_page(
@@ -431,6 +440,10 @@ def _frame_entries(
     keys = [(online.at, online.id) for online in sessions]
     entries = []
     for row in rows:
+        if row.kind == "dev_refused":  # an HTTP call: its own address, not the session's
+            reason, _, peer = (row.detail or "").partition("|")
+            entries.append(FrameLogEntry(row.kind, row.at, row.payload, _host(peer), reason))
+            continue
         index = bisect.bisect_right(keys, (row.at, row.id))
         entries.append(
             FrameLogEntry(

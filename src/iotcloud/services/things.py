@@ -34,7 +34,7 @@ from iotcloud.errors import (
     FormInvalid,
     ProductProtocolMismatch,
 )
-from iotcloud.services.bindings import AppUser, BindingService, BoundDevice
+from iotcloud.services.bindings import AppUser, BindingService, BoundDevice, clipped
 from iotcloud.services.products import ProductService
 from iotcloud.storage.database import Database
 from iotcloud.storage.devices import DeviceRepository, ProductRepository
@@ -150,7 +150,9 @@ class ThingService:
         offset: int,
     ) -> EventPage:
         """The events the device posted in ``[since, until]`` (of one ``event_id`` and/or
-        ``event_type`` when given), newest first, ``offset`` skipped, at most ``limit``."""
+        ``event_type`` when given), newest first, ``offset`` skipped, at most ``limit``; never
+        from before what the user may see (``BoundDevice.visible_from``)."""
+        since = clipped(since, device.visible_from) or since
         async with self.db.session() as session:
             found = await DeviceRepository(session).with_product(device.did)
             if found is None:

@@ -145,6 +145,15 @@ class UserTokenRepository:
         ).first()
         return (row[0], row[1]) if row else None
 
+    async def expiries(self, digests: Sequence[str]) -> dict[str, datetime]:
+        """The expiry of each stored token among ``digests``; revoked ones are absent."""
+        rows = await self.session.execute(
+            select(UserTokenRow.digest, UserTokenRow.expires_at).where(
+                UserTokenRow.digest.in_(digests)
+            )
+        )
+        return {digest: expires for digest, expires in rows.tuples()}
+
     async def revoke(self, digest: str) -> None:
         await self.session.execute(delete(UserTokenRow).where(UserTokenRow.digest == digest))
 

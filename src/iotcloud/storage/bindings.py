@@ -100,6 +100,19 @@ class BindingRepository:
             )
         return guests
 
+    async def remove_all(self, device_id: int) -> list[BoundUser]:
+        """Drop every binding to the device, in every app; returns whose (a new ownership)."""
+        rows = await self.session.execute(
+            select(BindingRow, UserRow)
+            .join(UserRow, UserRow.id == BindingRow.user_id)
+            .where(BindingRow.device_id == device_id)
+            .order_by(BindingRow.id)
+        )
+        ended = [BoundUser(binding=binding, user=user) for binding, user in rows]
+        if ended:
+            await self.session.execute(delete(BindingRow).where(BindingRow.device_id == device_id))
+        return ended
+
     async def bound_users(self, device_id: int, app_id: int) -> list[BoundUser]:
         """Every binding to the device of the users of ``app_id``, oldest first."""
         rows = await self.session.execute(

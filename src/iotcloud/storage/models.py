@@ -199,6 +199,8 @@ class ProductRow(Base):
     name: Mapped[str] = mapped_column(String(256))
     protocol_type: Mapped[str] = mapped_column(String(16))
     definition: Mapped[str] = mapped_column(Text)
+    # open | signed | preprovisioned: how its devices may register themselves
+    registration: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -232,6 +234,12 @@ class DeviceRow(Base):
     mcu_hard_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     wifi_soft_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     wifi_hard_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # operator | registered | signed: who created it (an operator, or the device itself)
+    origin: Mapped[str] = mapped_column(
+        String(16), default="registered", server_default="registered"
+    )
+    # when it last registered with a different passcode (a new ownership), if ever
+    owner_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

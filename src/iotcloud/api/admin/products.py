@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, post, route
 
 from iotcloud.api.admin.views import product_credentials_view, product_view
 from iotcloud.api.gizwits.wire import json_object, json_response
@@ -35,7 +35,8 @@ def flag(request: AnyRequest, name: str) -> bool:
 @post("/products", request_max_body_size=MAX_DEFINITION_BYTES)
 async def import_product(request: AnyRequest) -> Response[bytes]:
     """Body: a Gizwits datapoint JSON or a Tencent data template (keyed by its
-    ``profile.ProductId``). Query: ``product_secret``, ``replace``.
+    ``profile.ProductId``). Query: ``product_secret``, ``replace``, ``registration``
+    (``open``, ``signed`` or ``preprovisioned``).
 
     201 ``{"product_key", "product_secret"}`` for a new product, 200 when ``replace`` swapped an
     existing one's data points.
@@ -43,9 +44,27 @@ async def import_product(request: AnyRequest) -> Response[bytes]:
     data = await json_object(request)
     secret = request.query_params.get("product_secret")
     creds = await services(request).products.import_definition(
-        data, product_secret=secret, replace=flag(request, "replace")
+        data,
+        product_secret=secret,
+        replace=flag(request, "replace"),
+        registration=request.query_params.get("registration"),
     )
     return json_response(product_credentials_view(creds), 201 if creds.created else 200)
+
+
+@route("/products/{product_key:str}", http_method=["PATCH"])
+async def update_product(request: AnyRequest, product_key: str) -> Response[bytes]:
+    """Body ``{"registration": "open" | "signed" | "preprovisioned"}``: the product as
+    ``GET /products`` lists it (9002 when unknown, 9015 naming the field otherwise)."""
+    body = await json_object(request)
+    unknown = sorted(set(body) - {"registration"})
+    if unknown:
+        raise FormInvalid(f"{unknown[0]}: unknown field (only registration can be changed)")
+    value = body.get("registration")
+    if not isinstance(value, str):
+        raise FormInvalid("registration: required, one of open, signed, preprovisioned")
+    product = await services(request).products.set_registration(product_key, value)
+    return json_response(product_view(product))
 
 
 @get("/products")
@@ -65,4 +84,4 @@ async def show_product(request: AnyRequest, product_key: str) -> Response[bytes]
     return json_response(product_view(product, await svc.definition(product.product_key)))
 
 
-ROUTES = [import_product, list_products, show_product]
+ROUTES = [import_product, update_product, list_products, show_product]

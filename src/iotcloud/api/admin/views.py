@@ -33,6 +33,7 @@ def product_view(
         "product_key": product.product_key,
         "name": product.name,
         "protocol_type": product.protocol_type,
+        "registration": product.registration,
         "created_at": _time(product.created_at),
         "updated_at": _time(product.updated_at),
     }
@@ -85,6 +86,8 @@ def device_view(device: Device) -> dict[str, Any]:
         "passcode": device.passcode,
         "is_disabled": device.is_disabled,
         "is_online": device.is_online,
+        "origin": device.origin,
+        "owner_since": _time(device.owner_since),
         "last_online_at": _time(device.last_online_at),
         "last_offline_at": _time(device.last_offline_at),
         "mcu_soft_version": device.mcu_soft_version,

@@ -68,21 +68,22 @@ class Endpoints(msgspec.Struct):
 
 
 def endpoints(settings: Settings) -> Endpoints:
-    """``host`` is the public host; ``port`` the MQTT port. iotcloud serves MQTT without TLS, so
-    ``port_s`` repeats ``port``. WebSocket runs on the HTTP port; when the public URL is
-    ``https://`` (a TLS proxy in front), ``wss_port`` is its port, else it repeats ``ws_port``:
-    no port is ever named that nothing listens on."""
+    """``host`` is the public host; ``port`` the MQTT port. With TLS set (``IOTCLOUD_TLS_*``),
+    ``port_s`` is the MQTT-over-TLS port and ``wss_port`` the HTTPS port; without it ``port_s``
+    repeats ``port``. WebSocket runs on the HTTP port; when the public URL is ``https://`` (a TLS
+    proxy in front), ``wss_port`` is its port, else without TLS it repeats ``ws_port``: no port is
+    ever named that nothing listens on."""
     public = urlsplit(settings.base_url)
     if public.scheme == "https":
         ws_port = settings.http_port
         wss_port = public.port or 443
     else:
         ws_port = public.port or 80
-        wss_port = ws_port
+        wss_port = settings.https_port if settings.tls_enabled else ws_port
     return Endpoints(
         host=settings.public_host,
         port=settings.mqtt_port,
-        port_s=settings.mqtt_port,
+        port_s=settings.mqtts_port if settings.tls_enabled else settings.mqtt_port,
         ws_port=ws_port,
         wss_port=wss_port,
     )

@@ -46,16 +46,24 @@ class AggregateQuery(_Query):
 
 @get("/app/devdata/{did:str}/latest")
 async def latest(request: AnyRequest, did: str) -> Response[bytes]:
-    """Needs only ``X-Gizwits-Application-Id`` (as the Open API's swagger says).
+    """Needs only ``X-Gizwits-Application-Id`` (as the Open API's swagger says): anyone who
+    knows an appid and a did reads the values. With ``IOTCLOUD_DEVDATA_REQUIRE_BINDING`` it
+    also needs the token of a user bound to the device (9004/9006 for the token, 9014/9017 for
+    the device), like every other device read.
 
     ``updated_at`` is Unix seconds (0 before the first report); ``attr`` holds display values:
     enums as labels, bools as true/false, numbers scaled, binary as hex. A data-template
     (Tencent) device's values are shown the same way (its enum integers as labels, 0/1 as
     false/true).
     """
-    await current_app(request)
-    state = await services(request).telemetry.latest(did)
-    attrs = await services(request).control.in_gizwits_form(did, state.attrs)
+    svc = services(request)
+    if svc.settings.devdata_require_binding:
+        _, user = await current_user(request)
+        await svc.bindings.require_bound(user, did)
+    else:
+        await current_app(request)
+    state = await svc.telemetry.latest(did)
+    attrs = await svc.control.in_gizwits_form(did, state.attrs)
     updated = int(state.updated_at.timestamp()) if state.updated_at else 0
     return json_response({"did": state.did, "updated_at": updated, "attr": attrs})
 

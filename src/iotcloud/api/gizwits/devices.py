@@ -1,8 +1,12 @@
-"""``/dev/devices``: device registration, provisioning and self-disabling, as GAgent speaks them.
+"""``/dev/devices``: device registration, provisioning and self-disabling, as GAgent speaks them,
+and the encrypted variants ``/dev/{product_key}/device``.
 
 Bodies are form-encoded both ways. GAgent finds its did with ``strstr(body, "did=")`` and reads
 22 characters, and reads ``host=``, ``port=`` (the value must end with ``&``) and ``server_ts=``
-from the provisioning answer. Errors use the Gizwits JSON shape (GAgent only looks at the status).
+from the provisioning answer. The encrypted calls carry and answer the lower-case hex of the
+AES-128-ECB cipher of the same text, keyed with the product secret (``domain/registration.py``).
+Which calls a product accepts is its registration policy. Errors use the Gizwits JSON shape
+(GAgent only looks at the status).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Any
 from litestar import Request, Response, delete, get, post
 
 from iotcloud.api.gizwits.wire import form_fields, json_response, required_field
+from iotcloud.errors import FormInvalid
+from iotcloud.services.devices import provisioning_body
 from iotcloud.services.registry import Services
 
 AnyRequest = Request[Any, Any, Any]
@@ -32,15 +38,36 @@ async def register_device(request: AnyRequest) -> Response[bytes]:
         required_field(fields, "product_key"),
         required_field(fields, "mac"),
         required_field(fields, "passcode"),
+        peer=_peer(request),
     )
     return Response(content=f"did={did}".encode(), status_code=201, media_type=TEXT)
+
+
+@post("/dev/{product_key:str}/device", status_code=201)
+async def register_device_encrypted(request: AnyRequest, product_key: str) -> Response[bytes]:
+    """``data=hex(AES(mac=..&passcode=..&type=normal))`` -> 201 ``hex(AES(did=<did>))``."""
+    fields = await form_fields(request)
+    answer = await services(request).devices.register_encrypted(
+        product_key, required_field(fields, "data"), peer=_peer(request)
+    )
+    return Response(content=answer.encode(), status_code=201, media_type=TEXT)
+
+
+@get("/dev/{product_key:str}/device")
+async def provision_device_encrypted(request: AnyRequest, product_key: str) -> Response[bytes]:
+    """``?did=hex(AES(did))`` -> 200 ``hex(AES(host=..&port=..&server_ts=..&))``."""
+    did = request.query_params.get("did")
+    if not did:
+        raise FormInvalid("did: is required (the hex of the encrypted did)")
+    answer = await services(request).devices.provision_encrypted(product_key, did)
+    return Response(content=answer.encode(), media_type=TEXT, headers={"Cache-Control": "no-store"})
 
 
 @get("/dev/devices/{did:str}")
 async def provision_device(request: AnyRequest, did: str) -> Response[bytes]:
     """200 ``host=<mqtt host>&port=<mqtt port>&server_ts=<unix seconds>&``."""
-    where = await services(request).devices.provision(did)
-    body = f"host={where.host}&port={where.port}&server_ts={where.server_ts}&"
+    where = await services(request).devices.provision(did, peer=_peer(request))
+    body = provisioning_body(where)
     return Response(content=body.encode(), media_type=TEXT, headers={"Cache-Control": "no-store"})
 
 
@@ -50,9 +77,20 @@ async def disable_device(request: AnyRequest) -> Response[bytes]:
     it)."""
     fields = await form_fields(request)
     await services(request).devices.disable(
-        required_field(fields, "did"), required_field(fields, "passcode")
+        required_field(fields, "did"), required_field(fields, "passcode"), peer=_peer(request)
     )
     return json_response({})
 
 
-ROUTES = [register_device, provision_device, disable_device]
+def _peer(request: AnyRequest) -> str | None:
+    client = request.client
+    return f"{client.host}:{client.port}" if client is not None else None
+
+
+ROUTES = [
+    register_device,
+    register_device_encrypted,
+    provision_device,
+    provision_device_encrypted,
+    disable_device,
+]

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from litestar import Request, Response
 
+from iotcloud.codecs.jsonlimits import JsonRejected, decode_json
 from iotcloud.errors import FormInvalid, IotCloudError
 
 T = TypeVar("T")
@@ -18,7 +19,6 @@ USER_TOKEN = "X-Gizwits-User-token"  # noqa: S105 - a header name
 APP_TOKEN = "X-Gizwits-Application-Token"  # noqa: S105 - a header name
 APP_AUTH = "X-Gizwits-Application-Auth"
 
-_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _AT = re.compile(r" - at `\$\.?(.*)`$")
 
@@ -47,7 +47,9 @@ async def json_object(
 ) -> dict[str, Any]:
     """The request body as a JSON object, whatever Content-Type the client claimed.
 
-    Raises ``FormInvalid`` naming the problem (empty body, malformed JSON, not an object).
+    Raises ``FormInvalid`` naming the problem (empty body, malformed JSON, nested deeper than
+    `decode_json` allows, not an object). The size is bounded before: the app's (or route's)
+    ``request_max_body_size`` answers 413.
     """
     body = await request.body()
     if not body.strip():
@@ -55,9 +57,9 @@ async def json_object(
             return {}
         raise FormInvalid("body: a JSON object is required")
     try:
-        value = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise FormInvalid(f"body: malformed JSON ({exc})") from exc
+        value = decode_json(body)
+    except JsonRejected as exc:
+        raise FormInvalid(f"body: {exc}") from exc
     if not isinstance(value, dict):
         raise FormInvalid("body: must be a JSON object")
     return value

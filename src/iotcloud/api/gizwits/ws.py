@@ -1,11 +1,16 @@
 """``/ws/app/v1``: the Gizwits real-time WebSocket API (spec §2).
 
-Every message is a UTF-8 JSON object ``{"cmd": ..., "data": ...}``. A connection logs in
-(``login_req``), subscribes to bound devices (``subscribe_req``, or ``auto_subscribe``), writes,
-reads and sends raw frames to them (``c2s_write``, ``c2s_read``, ``c2s_raw``, ``c2s_ack``) and
-hears of them (``s2c_noti``, ``s2c_raw``, ``s2c_ack``, ``s2c_online_status``,
-``s2c_binding_changed``). Problems are answered with ``s2c_invalid_msg {error_code, msg}``
-and the connection stays open, except for 1011 (no heartbeat), after which it is closed.
+Every message is a UTF-8 JSON object ``{"cmd": ..., "data": ...}`` (in a text frame; a binary
+frame holding the same JSON is taken too). A connection logs in (``login_req``), subscribes to
+bound devices (``subscribe_req``, or ``auto_subscribe``), writes, reads and sends raw frames to
+them (``c2s_write``, ``c2s_read``, ``c2s_raw``, ``c2s_ack``) and hears of them (``s2c_noti``,
+``s2c_raw``, ``s2c_ack``, ``s2c_online_status``, ``s2c_binding_changed``). Problems are answered
+with ``s2c_invalid_msg {error_code, msg}`` and the connection stays open — a message that is not
+JSON, nests deeper than 64 levels or is larger than ``MESSAGE_MAX_BYTES`` is a 9015 naming the
+problem — except for 1011 (no heartbeat) and for the end of the login's token (9004 signed out
+or password changed, 9006 expired), after which it is closed. Larger frames than
+``SOCKET_MAX_BYTES`` are not read at all: the socket closes with 1009, and a text frame that is
+not UTF-8 with 1007 (`iotcloud.api.ws_transport`).
 
 Each connection is a `RealtimeSession` of the hub with its own client id: commands go to the
 device on ``app2dev/{did}/{client id}``, so the device's replies come back to this connection.
@@ -28,6 +33,7 @@ from litestar.exceptions import WebSocketDisconnect
 from iotcloud.api.gizwits.wire import convert
 from iotcloud.codecs import DataType
 from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL_SN, Frame
+from iotcloud.codecs.jsonlimits import JsonRejected, decode_json
 from iotcloud.errors import (
     AppIdInvalid,
     FormInvalid,
@@ -42,6 +48,7 @@ from iotcloud.services.realtime import (
     Close,
     DeviceUpdate,
     Dropped,
+    LoginEnded,
     OnlineStatus,
     Outgoing,
     RealtimeSession,
@@ -57,7 +64,8 @@ HEARTBEAT_MAX: Final = 180
 LOGIN_HEARTBEAT: Final = 60
 #: A connection is closed (1011) after this many heartbeat intervals without a message.
 HEARTBEAT_SLACK: Final = 1.5
-#: Incoming messages larger than this are refused (9015).
+#: Incoming messages larger than this are refused (9015); the socket itself reads messages of up
+#: to ``SOCKET_MAX_BYTES`` (`iotcloud.api.ws_transport`), so those in between are answered.
 MESSAGE_MAX_BYTES: Final = 1 << 20
 #: How long a closing connection may take to send what is queued and its close frame.
 CLOSE_SECONDS: Final = 5.0
@@ -65,8 +73,10 @@ CLOSE_SECONDS: Final = 5.0
 NOT_LOGGED_IN: Final = 1003
 M2M_CLOSED: Final = 1009
 NO_HEARTBEAT: Final = 1011
+#: Close codes: after the login's token ended (policy violation), after a fault of ours.
+CLOSE_TOKEN_ENDED: Final = 1008
+CLOSE_INTERNAL_ERROR: Final = 1011
 
-_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 #: What a send or receive raises once the client is gone.
 _GONE = (WebSocketDisconnect, OSError)
@@ -165,8 +175,10 @@ class Connection:
         self.session: RealtimeSession = self.hub.open()
         self.p0_type = "attrs_v4"
         self.heartbeat: float = LOGIN_HEARTBEAT
-        self.closing = False
+        #: the close the reader queued behind its last answer
+        self.closing: Close | None = None
         self.close_sent = False
+        self.client_gone = False
         self._binary: dict[str, frozenset[str]] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "login_req": self._login,
@@ -191,7 +203,7 @@ class Connection:
         tasks = (reader, writer, killed)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if self.closing and not writer.done() and not killed.done():
+            if self.closing is not None and not writer.done() and not killed.done():
                 # the reader queued a close behind its last answer: let the writer send both
                 with suppress(TimeoutError):
                     async with asyncio.timeout(CLOSE_SECONDS):
@@ -202,22 +214,30 @@ class Connection:
                 task.cancel()
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         for outcome in outcomes:
-            if isinstance(outcome, Exception) and not isinstance(outcome, _GONE):
+            if isinstance(outcome, _GONE):
+                self.client_gone = True
+            elif isinstance(outcome, Exception):
                 log.error("websocket %s failed", self.client_id, exc_info=outcome)
-        if self.session.dropped is not None and not self.close_sent:
-            await self._close_dropped(self.session.dropped)
+        if not self.close_sent and not self.client_gone:
+            await self._close_anyway()
         log.debug("websocket %s closed", self.client_id)
 
-    async def _close_dropped(self, reason: Dropped) -> None:
-        """Close a connection the hub dropped, without waiting long on a client that does not
-        read."""
-        stopping = reason is Dropped.STOPPING
+    async def _close_anyway(self) -> None:
+        """Close a connection that ends without its close frame sent: the hub dropped it, the
+        writer could not get to a queued close, or a half of the connection failed (1011).
+        Never waits long on a client that does not read."""
+        dropped = self.session.dropped
+        stopping = dropped is Dropped.STOPPING
         with suppress(TimeoutError, *_GONE):
             async with asyncio.timeout(CLOSE_SECONDS):
+                if dropped is None:
+                    close = self.closing or Close(CLOSE_INTERNAL_ERROR, "internal error")
+                    await self.socket.close(close.code, close.reason)
+                    return
                 if stopping:
                     body = invalid_msg(M2M_CLOSED, "M2M socket has closed, please login again!")
                     await self.socket.send_data(_encoder.encode(body).decode())
-                await self.socket.close(1001 if stopping else 1008, reason)
+                await self.socket.close(1001 if stopping else 1008, dropped)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -229,10 +249,11 @@ class Connection:
             except TimeoutError:
                 log.debug("websocket %s: no heartbeat for %.0f s", self.client_id, self.heartbeat)
                 self._answer(invalid_msg(NO_HEARTBEAT, "No heartbeat!"))
-                self.hub.deliver(self.session, Close(1000, "no heartbeat"))
-                self.closing = True
+                self.closing = Close(1000, "no heartbeat")
+                self.hub.deliver(self.session, self.closing)
                 return
             if event["type"] == "websocket.disconnect":
+                self.client_gone = True
                 return
             if event["type"] != "websocket.receive":
                 continue
@@ -241,13 +262,10 @@ class Connection:
             await self._handle(data)
 
     async def _handle(self, data: str | bytes) -> None:
-        if len(data) > MESSAGE_MAX_BYTES:
-            self._invalid(FormInvalid(f"message: larger than {MESSAGE_MAX_BYTES} bytes"))
-            return
         try:
-            message = _decoder.decode(data)
-        except msgspec.DecodeError:
-            self._invalid(FormInvalid("message: not a JSON object"))
+            message = decode_json(data, max_bytes=MESSAGE_MAX_BYTES)
+        except JsonRejected as exc:
+            self._invalid(FormInvalid(f"message: {exc}"))
             return
         if not isinstance(message, dict):
             self._invalid(FormInvalid("message: not a JSON object"))
@@ -286,7 +304,13 @@ class Connection:
             self._answer({"cmd": "login_res", "data": {"success": False}})
             return
         try:
-            await self.hub.login(self.session, user, auto_subscribe=form.auto_subscribe)
+            await self.hub.login(
+                self.session,
+                user,
+                auto_subscribe=form.auto_subscribe,
+                token_digest=user.token_digest,
+                token_expires=user.token_expires,
+            )
         except BaseException:
             self.hub.logout(self.session)  # no half-made login: the client may try again
             raise
@@ -393,6 +417,11 @@ class Connection:
         try:
             while True:
                 item = await queue.get()
+                if isinstance(item, LoginEnded):
+                    error = item.error
+                    told = invalid_msg(error.code, error.detail or error.message)
+                    await self.socket.send_data(_encoder.encode(told).decode())
+                    item = Close(CLOSE_TOKEN_ENDED, error.message)
                 if isinstance(item, Close):
                     await self.socket.close(item.code, item.reason)
                     self.close_sent = True
@@ -401,6 +430,7 @@ class Connection:
                 if body is not None:
                     await self.socket.send_data(_encoder.encode(body).decode())
         except _GONE:
+            self.client_gone = True
             return
 
     async def _render(self, item: Outgoing) -> dict[str, Any] | None:
@@ -418,7 +448,7 @@ class Connection:
             }
         if isinstance(item, DeviceUpdate):
             return await self._render_update(item)
-        if isinstance(item, Close):  # handled by the writer
+        if isinstance(item, Close | LoginEnded):  # handled by the writer
             return None
         return {"cmd": "s2c_binding_changed", "data": {"did": item.did, "bind": item.bound}}
 

@@ -20,6 +20,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED
 
+from iotcloud.api.errors import CRASHES, body_too_large
 from iotcloud.api.tencent.wire import (
     INTERNAL_ERROR,
     ActionUnknown,
@@ -105,16 +106,12 @@ def render_tencent_error(request: AnyRequest, exc: Exception) -> Response[bytes]
         code, message = tencent_error(exc)
         if isinstance(exc, Throttled):
             headers = {"Retry-After": str(exc.retry_after)}
-    if code == INTERNAL_ERROR:  # an IotCloudError was raised on purpose, its cause logged
-        traceback = None if isinstance(exc, IotCloudError | HTTPException) else exc
-        log.error(
-            "%s %s (RequestId %s) failed: %s",
-            request.method,
-            request.url.path,
-            request_id,
-            message,
-            exc_info=traceback,
-        )
+    if code == INTERNAL_ERROR:
+        what = f"{request.method} {request.url.path} (RequestId {request_id})"
+        if isinstance(exc, IotCloudError | HTTPException):  # raised on purpose, cause logged
+            log.error("%s failed: %s", what, message)
+        else:
+            CRASHES.report(what, exc)
     body = error_body(request_id, code, message, envelope_of(request), error_number(exc, code))
     return json_response(body, status, headers)
 
@@ -132,7 +129,7 @@ def _http_error(
         message = f"{request.method} is not allowed on {request.url.path}; use POST"
         return "InvalidAction", message, status, {"Allow": allow} if allow else None
     if status == 413:
-        return "InvalidParameterValue", "body: too large", status, None
+        return "InvalidParameterValue", body_too_large(request), status, None
     return "InvalidParameterValue", f"request: {exc.detail}", 200, None
 
 

@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, get_args
 import msgspec
 from litestar import Response
 
+from iotcloud.codecs.jsonlimits import JsonRejected, decode_json
 from iotcloud.domain.accounts import FieldInvalid
 from iotcloud.errors import (
     AppIdInvalid,
@@ -236,15 +237,15 @@ def new_request_id() -> str:
 def parse_body(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, whatever Content-Type the client claimed.
 
-    Raises `JsonInvalid` for an empty or malformed body and `FormInvalid` for JSON that is not
-    an object.
+    Raises `JsonInvalid` for an empty or malformed body or one nested deeper than
+    `decode_json` allows, and `FormInvalid` for JSON that is not an object.
     """
     if not body.strip():
         raise JsonInvalid("body: a JSON object is required")
     try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise JsonInvalid(f"body: malformed JSON ({exc})") from exc
+        value = decode_json(body)
+    except JsonRejected as exc:
+        raise JsonInvalid(f"body: {exc}") from exc
     if not isinstance(value, dict):
         raise FormInvalid("body: must be a JSON object")
     return value
@@ -298,17 +299,17 @@ def json_object_param(
 ) -> dict[str, Any]:
     """``params[name]``: a string of at most ``limit`` characters holding a JSON object (not an
     empty one unless ``allow_empty``), as Tencent sends ``Data`` and ``InputParams``.
-    `RequiredParamMissing` when absent, `JsonInvalid` when not JSON, `FormInvalid` otherwise,
-    each naming the parameter."""
+    `RequiredParamMissing` when absent, `JsonInvalid` when not JSON (or nested deeper than
+    `decode_json` allows), `FormInvalid` otherwise, each naming the parameter."""
     value = required(params, name)
     if not isinstance(value, str):
         raise FormInvalid(f'{name}: must be a string holding a JSON object, like "{{\\"a\\": 1}}"')
     if len(value) > limit:
         raise FormInvalid(f"{name}: at most {limit} characters")
     try:
-        decoded = msgspec.json.decode(value)
-    except msgspec.DecodeError as exc:
-        raise JsonInvalid(f"{name}: not JSON ({exc})") from exc
+        decoded = decode_json(value)
+    except JsonRejected as exc:
+        raise JsonInvalid(f"{name}: {exc}") from exc
     if not isinstance(decoded, dict):
         raise FormInvalid(f"{name}: must hold a JSON object")
     if not decoded and not allow_empty:
