@@ -537,3 +537,23 @@ async def test_a_new_passcode_ends_every_binding_and_the_past_stays_with_the_old
     )
     assert log.entries == []
     assert log.total == 0
+
+
+async def test_renaming_a_binding_while_it_is_removed_is_not_bound_never_a_crash(
+    world: World,
+) -> None:
+    bindings = world.services.bindings
+    user = await new_user(world)
+    for _ in range(10):
+        await bindings.bind(user, world.did)
+        outcomes = await asyncio.gather(
+            *(bindings.update(user, world.did, remark=f"r{i}") for i in range(4)),
+            bindings.unbind(user, world.did),
+            return_exceptions=True,
+        )
+        assert outcomes[-1] is None
+        for outcome in outcomes[:-1]:
+            assert (
+                outcome is None or isinstance(outcome, DeviceNotBound) or outcome.did == world.did
+            )
+        assert not await bindings.is_bound(user, world.did)

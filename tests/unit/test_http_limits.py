@@ -193,6 +193,22 @@ async def test_a_refusal_under_the_tencent_api_is_in_its_envelope() -> None:
             assert body["code"] == 9015
 
 
+async def test_a_long_url_under_the_tencent_api_is_refused_in_its_envelope() -> None:
+    protocol, transport, _ = connect(HeadLimits(max_url_bytes=64))
+    protocol.data_received(b"POST /api/exploreropen/tokenapi?x=" + b"a" * 100 + b" HTTP/1.1\r\n")
+    status, body = answer(transport)
+    assert status == 414
+    assert body["Response"]["Error"] == {
+        "Code": "InvalidParameterValue",
+        "Message": "request line: URL longer than 64 bytes",
+    }
+    protocol, transport, _ = connect(HeadLimits(max_url_bytes=64))
+    protocol.data_received(b"GET /app/users?x=" + b"a" * 100 + b" HTTP/1.1\r\n")
+    status, body = answer(transport)
+    assert status == 414
+    assert body["error_code"] == 9015
+
+
 async def test_malformed_http_is_answered_in_json() -> None:
     protocol, transport, _ = connect(HeadLimits())
     protocol.data_received(b"BLAH\x01 / HTTP/1.1\r\n\r\n")

@@ -3,6 +3,7 @@ msgspec decodes it, never a RecursionError."""
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -17,6 +18,7 @@ from iotcloud.codecs.jsonlimits import (
     JsonRejected,
     JsonTooDeep,
     JsonTooLarge,
+    JsonTooMany,
     decode_json,
     json_depth,
 )
@@ -142,7 +144,7 @@ def test_escaped_quotes_do_not_end_a_string() -> None:
 
 
 def test_a_long_shallow_document_is_decoded() -> None:
-    document = json.dumps([{"a": [1, {"b": "x[y"}]}] * 20_000).encode()
+    document = json.dumps([{"a": [1, {"b": "x[y"}]}] * 3_000).encode()  # 9,001 containers
 
     assert decode_json(document) == json.loads(document)
 
@@ -187,3 +189,21 @@ def test_scalars_have_depth_zero_and_stray_closers_do_not_go_negative() -> None:
     assert json_depth(b'"[["') == 0
     assert json_depth(b"]]]") == 0
     assert json_depth("[{}]") == 2
+
+
+def test_more_containers_than_the_limit_are_refused_and_brackets_in_strings_do_not_count() -> None:
+    shallow = "[" + ",".join(["[]"] * 10_000) + "]"  # 10,001 arrays, two levels deep
+    with pytest.raises(JsonTooMany, match="more than 10000 arrays and objects"):
+        decode_json(shallow)
+    assert len(decode_json(shallow, max_containers=10_001)) == 10_000
+    quoted = json.dumps(["[" * 20_000, "{" * 20_000])  # text, not containers
+    assert decode_json(quoted.encode()) == ["[" * 20_000, "{" * 20_000]
+
+
+def test_the_collector_is_paused_only_while_a_large_document_is_decoded() -> None:
+    assert gc.isenabled()
+    assert len(decode_json("[" + ",".join(["{}"] * 5_000) + "]")) == 5_000
+    assert gc.isenabled()
+    with pytest.raises(JsonMalformed):
+        decode_json("[" + ",".join(["{}"] * 5_000))  # unterminated: refused by the parser
+    assert gc.isenabled()

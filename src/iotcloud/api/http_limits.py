@@ -77,6 +77,9 @@ class _Refused(Exception):
         self.detail = detail
 
 
+_URL_START: Final = 64
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol refusing request heads over `limits` (see the module).
 
@@ -93,6 +96,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_received = 0  # raw bytes received while the head was pending
         self._head_parsed = 0  # bytes of the head the callbacks delivered
         self._url_bytes = 0
+        self._url_start = b""  # enough of the URL to tell the dialect of a refused request
         self._fields = 0
         self._refused = False
         self._linger: asyncio.TimerHandle | None = None
@@ -136,10 +140,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_pending = True
         self._head_parsed = _REQUEST_LINE_OVERHEAD
         self._url_bytes = 0
+        self._url_start = b""  # enough of the URL to tell the dialect of a refused request
         self._fields = 0
 
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
+        if len(self._url_start) < _URL_START:
+            self._url_start = (self._url_start + url)[:_URL_START]
         if self._url_bytes > self.limits.max_url_bytes:
             raise _Refused(414, f"request line: URL longer than {self.limits.max_url_bytes} bytes")
         self._head_parsed += len(url)
@@ -191,8 +198,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def _error_body(self, detail: str) -> bytes:
-        url = getattr(self, "url", b"")
-        if url == TENCENT_PREFIX.encode() or url.startswith(TENCENT_PREFIX.encode() + b"/"):
+        path = self._url_start.split(b"?", 1)[0]
+        if path == TENCENT_PREFIX.encode() or path.startswith(TENCENT_PREFIX.encode() + b"/"):
             envelope: Envelope = "sdk" if self.tencent_envelope == "sdk" else "response"
             code = "InvalidParameterValue"
             content = tencent_error_body(new_request_id(), code, detail, envelope)

@@ -72,6 +72,20 @@ _PROTOCOL_LEVELS: Final = {("MQIsdp", 3): 3, ("MQTT", 4): 4}
 _CONNECT, _CONNACK, _PUBLISH, _DISCONNECT = 1, 2, 3, 14
 _UNACCEPTABLE_PROTOCOL, _IDENTIFIER_REJECTED, _SERVER_UNAVAILABLE = 1, 2, 3
 _FORBIDDEN_AFTER_CONNECT = frozenset((0, _CONNECT, 15))  # a second CONNECT, reserved types
+# what a client may send after CONNECT besides PUBLISH: type -> (flags, remaining length),
+# None where any is accepted. A wrong length would desynchronise amqtt's parser; SUBSCRIBE,
+# UNSUBSCRIBE and PUBREL flags are not checked (MQTT 3.1 firmware is loose there, as Mosquitto
+# allows for MQIsdp clients), the others must be 0.
+_CLIENT_PACKETS: Final[dict[int, tuple[int | None, int | None]]] = {
+    4: (0, 2),  # PUBACK
+    5: (0, 2),  # PUBREC
+    6: (None, 2),  # PUBREL
+    7: (0, 2),  # PUBCOMP
+    8: (None, None),  # SUBSCRIBE
+    10: (None, None),  # UNSUBSCRIBE
+    12: (0, 0),  # PINGREQ
+    14: (0, 0),  # DISCONNECT
+}
 _AT_TYPE, _IN_LENGTH, _IN_BODY = 0, 1, 2  # where the next byte a device sends falls in a packet
 _DIRECT_WRITE_LIMIT: Final = 64 * 1024
 """A QoS 0 PUBLISH is written straight to a connection whose send buffer holds less than
@@ -375,6 +389,32 @@ class EmbeddedBroker:
             self._serve(connection), name=f"mqtt {connection.peer}"
         )
 
+    async def _run_session(self, connection: _Connection) -> None:
+        """amqtt's session of ``connection``, to its end.
+
+        amqtt ends a session when its reader stops, but misses a stream that ended before its
+        handler started waiting for that (e.g. a malformed packet sent with the CONNECT): the
+        session would stay "connected" for good. So once the stream has ended, amqtt gets a
+        second to notice, and is then told itself. Costs nothing while the stream is open.
+        """
+        session = asyncio.ensure_future(
+            self._amqtt.external_connected(connection, connection, _LISTENER)
+        )
+        await asyncio.wait({session, connection.ended}, return_when=asyncio.FIRST_COMPLETED)
+        if not session.done():
+            await asyncio.wait({session}, timeout=1.0)
+        if not session.done():
+            entry = self._amqtt.sessions.get(connection.client_id)
+            if entry is not None and entry[1].writer is connection:
+                await entry[1].handle_connection_closed()
+            await asyncio.wait({session}, timeout=self.shutdown_timeout)
+            if not session.done():
+                log.warning("MQTT session of %s did not end with its stream", connection.peer)
+                session.cancel()
+                await asyncio.gather(session, return_exceptions=True)
+                return
+        await session
+
     async def _serve(self, connection: _Connection) -> None:
         try:
             if await self._admit(connection):
@@ -382,7 +422,7 @@ class EmbeddedBroker:
                 if connection.close_reason is None:
                     self._handing_over[connection.client_id] = connection
                     connection.start_keepalive()
-                    await self._amqtt.external_connected(connection, connection, _LISTENER)
+                    await self._run_session(connection)
         except Exception:  # one connection must never take the broker down
             log.exception("MQTT connection from %s failed", connection.peer)
         finally:
@@ -616,6 +656,7 @@ class _Connection:
     __slots__ = (
         "_broker",
         "_done",
+        "_ended",
         "_frame_kind",
         "_frame_length",
         "_frame_multiplier",
@@ -665,6 +706,7 @@ class _Connection:
         self.last_received = loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._done: asyncio.Event | None = None
+        self._ended: asyncio.Future[None] = loop.create_future()
         self._frame_state = _AT_TYPE
         self._frame_length = 0
         self._frame_multiplier = 1
@@ -702,6 +744,16 @@ class _Connection:
         if self.close_reason is None and not self.is_closing():
             self.close_reason = reason
         self.writer.transport.abort()
+        self._end()
+
+    @property
+    def ended(self) -> asyncio.Future[None]:
+        """Done once the stream has ended: aborted, or end of file or an error when reading."""
+        return self._ended
+
+    def _end(self) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
 
     def abort_later(self, delay: float) -> None:
         """Make sure a closing socket is gone after ``delay`` even if the peer stops reading."""
@@ -756,7 +808,13 @@ class _Connection:
             chunk = self.prefix if n < 0 else self.prefix[:n]
             self.prefix = self.prefix[len(chunk) :]
             return chunk
-        data = await (self.reader.read(n) if n < 0 else self.reader.readexactly(n))
+        try:
+            data = await (self.reader.read(n) if n < 0 else self.reader.readexactly(n))
+        except BaseException:
+            self._end()
+            raise
+        if not data:
+            self._end()
         self.last_received = self._loop.time()
         return self._follow_frames(data)
 
@@ -791,6 +849,15 @@ class _Connection:
                     self.saw_disconnect = True
                 elif kind in _FORBIDDEN_AFTER_CONNECT:
                     self._protocol_error(f"packet type {kind}")
+                if kind == _PUBLISH:
+                    if (first >> 1) & 0x3 == 3:
+                        self._protocol_error("PUBLISH with QoS 3")
+                elif kind not in _CLIENT_PACKETS:
+                    self._protocol_error(f"packet type {kind} from a client")
+                else:
+                    flags = _CLIENT_PACKETS[kind][0]
+                    if flags is not None and first & 0x0F != flags:
+                        self._protocol_error(f"flags {first & 0x0F:#x} on packet type {kind}")
                 self._frame_kind, self._frame_state = kind, _IN_LENGTH
                 self._frame_length, self._frame_multiplier = 0, 1
                 index += 1
@@ -805,6 +872,9 @@ class _Connection:
                 if byte & 0x80 or length > self._broker.max_packet_size:
                     self._protocol_error(f"{length} byte packet")
                 publish = self._frame_kind == _PUBLISH
+                wanted = _CLIENT_PACKETS.get(self._frame_kind, (0, None))[1]
+                if wanted is not None and length != wanted:
+                    self._protocol_error(f"{length} byte packet of type {self._frame_kind}")
                 if publish and length < 2:
                     self._protocol_error("PUBLISH without topic")
                 self._topic = bytearray() if publish else None

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Final, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from iotcloud.domain import devices as rules
 from iotcloud.domain.accounts import FieldInvalid
@@ -540,17 +541,22 @@ class BindingService:
         if remark is not None:
             remark = _bounded("remark", remark, REMARK_MAX)
         labels = _labels(dev_label) if dev_label is not None else None
-        async with self.db.session() as session:
-            record = await bound_record(session, user, did)
-            binding = record.binding
-            assert binding is not None
-            if dev_alias is not None:
-                binding.dev_alias = dev_alias
-            if remark is not None:
-                binding.remark = remark
-            if labels is not None:
-                binding.dev_label = labels
-            await session.flush()
+        try:
+            # the unbinding lock: an unbinding in flight finishes first, and this then finds
+            # the binding gone
+            async with self.db.session(lock=_lock(did, user)) as session:
+                record = await bound_record(session, user, did)
+                binding = record.binding
+                assert binding is not None
+                if dev_alias is not None:
+                    binding.dev_alias = dev_alias
+                if remark is not None:
+                    binding.remark = remark
+                if labels is not None:
+                    binding.dev_label = labels
+                await session.flush()
+        except StaleDataError as exc:  # ended meanwhile by a new ownership of the device
+            raise DeviceNotBound(f"device {did} is not bound to this user") from exc
         return _bound(record, binding)
 
     async def bound_users(self, user: AppUser, did: str) -> list[DeviceUser]:
