@@ -17,9 +17,11 @@ missing), one after the other:
 * the same route with 1,000 ``[`` and 1,000 ``]`` (2,000 bytes): refused 9015 "nested deeper
   than 64 levels" by the depth check, before the parser sees it;
 * the same route with a JSON array of arrays nested 60 deep, repeated up to the app's body
-  limit (256 KiB): within the depth limit but full of brackets, so the scanner runs over all of
-  it, then the parser; refused 9015 "must be a JSON object" afterwards. Each such request costs
-  the server milliseconds, so it runs on `HEAVY_CONNECTIONS` connections: more would only queue.
+  limit (256 KiB, ~130,000 arrays): within the depth limit but refused 9015 "more than 10000
+  arrays and objects" by the container cap, counted in C before any parse;
+* the same route with the largest document the cap lets through: an array of 9,999 empty
+  arrays (10,000 containers, ~20 KB), parsed (with the collector paused) and then refused 9015
+  "must be a JSON object": the most a body of containers can cost.
 
 Each request is sent once first and its answer (status, error code, detail) checked; wrk then
 counts answers with a status of 400 or above and socket errors, so a row whose answers changed
@@ -70,16 +72,13 @@ from bench.harness import (
     write_section,
 )
 from iotcloud.app import MAX_BODY_BYTES
-from iotcloud.codecs.jsonlimits import MAX_JSON_DEPTH, json_depth
+from iotcloud.codecs.jsonlimits import MAX_JSON_CONTAINERS, MAX_JSON_DEPTH, json_depth
 
 FIELD_BYTES = 1024
 """Bytes of each extra header field on the wire (name, ": ", value, CRLF)."""
 DEEP_BRACKETS = 1000
 HEAVY_DEPTH = 60
 """How deep each element of the bracket-heavy body nests (the array around them adds one)."""
-HEAVY_CONNECTIONS = 2
-"""Connections for the bracket-heavy body: each request costs the server a large fraction of a
-second of CPU on its one event loop, so more connections only queue (and time out in wrk)."""
 
 SECTION = f"""## Edge: limits and TLS
 
@@ -168,6 +167,11 @@ def heavy_body() -> bytes:
     return b"[" + b",".join([element] * count) + b"]"
 
 
+def capped_body() -> bytes:
+    """The most containers the cap lets through: an array of empty arrays."""
+    return b"[" + b",".join([b"[]"] * (MAX_JSON_CONTAINERS - 1)) + b"]"
+
+
 def padding_headers(count: int) -> dict[str, str]:
     """``count`` header fields of `FIELD_BYTES` bytes each on the wire."""
     fields = {}
@@ -209,14 +213,22 @@ def cases(server: RunningServer, appid: str, header_fields: int) -> list[Case]:
             status=400,
         ),
         Case(
-            f"POST /app/login, {len(heavy) / 1024:.0f} KiB of arrays nested {HEAVY_DEPTH + 1} deep "
-            f"({HEAVY_CONNECTIONS} connections)",
+            f"POST /app/login, {len(heavy) / 1024:.0f} KiB of arrays nested {HEAVY_DEPTH + 1} deep",
             plain + "/app/login",
             method="POST",
             body=heavy,
             headers=app,
+            detail=f"more than {MAX_JSON_CONTAINERS} arrays and objects",
+            status=400,
+        ),
+        Case(
+            f"POST /app/login, {MAX_JSON_CONTAINERS:,} arrays ({len(capped_body()) / 1024:.0f} "
+            "KiB, the most the cap lets through)",
+            plain + "/app/login",
+            method="POST",
+            body=capped_body(),
+            headers=app,
             detail="must be a JSON object",
-            connections=HEAVY_CONNECTIONS,
             status=400,
         ),
         Case("GET /status, HTTP (ceiling, again last)", plain + "/status"),
@@ -342,6 +354,7 @@ def time_scans() -> list[str]:
     for label, body in (
         (f"{DEEP_BRACKETS:,} `[` then `]`", deep_body()),
         (f"{len(heavy_body()) / 1024:.0f} KiB nested {HEAVY_DEPTH + 1} deep", heavy_body()),
+        (f"{MAX_JSON_CONTAINERS:,} arrays", capped_body()),
     ):
         scan = best_seconds(partial(json_depth, body))
         text = f"{label}: `json_depth` {scan * 1e6:,.0f} µs"
@@ -435,7 +448,7 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
         )
 
     unexpected = sum(r.unexpected for r in figures.rows)
-    https, headers, deep, heavy = (figures.rows[i] for i in (1, 2, 4, 5))
+    https, headers, deep, heavy, capped = (figures.rows[i] for i in (1, 2, 4, 5, 6))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
@@ -458,6 +471,7 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
             f"{cost(deep, login)}",
             f"- bracket-heavy {heavy.name.split(', ', 1)[1]} against the small JSON: "
             f"{cost(heavy, login)}",
+            f"- {capped.name.split(', ', 1)[1]} against the small JSON: {cost(capped, login)}",
             "- in this process, no HTTP: " + "; ".join(figures.scans),
             f"- answers of an unexpected class or socket errors, all rows: {unexpected:,}",
             f"- the ceiling again last: {100 * figures.rows[-1].rate / ceiling:.0f}% of the first",
