@@ -502,3 +502,22 @@ async def test_a_new_owner_disconnects_the_session_signed_in_with_the_old_passco
         finally:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)
+
+
+def test_once_a_device_of_an_open_product_registered_encrypted_its_plain_calls_are_refused(
+    server: RunningServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    product_key, secret = new_product(server, tmp_path)  # open
+    mac = new_mac()
+    did = did_of(register(http, product_key, mac, "PLAINPASS1"))  # plain first: still open
+    signed = register_encrypted(http, product_key, secret, f"mac={mac}&passcode=PLAINPASS1")
+    assert decrypt(secret, signed.text) == f"did={did}"
+    error(register(http, product_key, mac, "ATTACKER01"), 403, 9047)
+    error(http.get(f"/dev/devices/{did}"), 403, 9048)
+    delete = http.request(
+        "DELETE", "/dev/devices", content=f"did={did}&passcode=PLAINPASS1", headers=FORM
+    )
+    error(delete, 403, 9047)
+    # a device that never registered encrypted keeps the plain calls
+    other = did_of(register(http, product_key, new_mac(), "PLAINPASS2"))
+    assert http.get(f"/dev/devices/{other}").status_code == 200

@@ -277,12 +277,12 @@ class DeviceService:
     async def provision(self, did: str, *, peer: str | None = None) -> Provisioning:
         """``GET /dev/devices/{did}``: the MQTT endpoint. Raises ``DeviceNotFound`` (9014),
         ``DeviceDisabled`` (9023), or ``EncryptedProvisionRequired`` (9048) for a device of a
-        ``signed`` product."""
+        ``signed`` product or one that registered encrypted."""
         row, product = await self._device_and_product(did)
-        if product.registration == "signed":
+        if _encrypted_only(row, product):
             await self._refused(row.id, "plain provision", peer)
             raise EncryptedProvisionRequired(
-                f"did: product {product.product_key} takes only the encrypted provision "
+                f"did: device {did} takes only the encrypted provision "
                 f"(GET /dev/{product.product_key}/device?did=<encrypted did>)"
             )
         return self._provisioning(row)
@@ -308,16 +308,16 @@ class DeviceService:
         """``DELETE /dev/devices``: the device gives up its did. Idempotent.
 
         Raises ``DeviceNotFound`` (9014), ``EncryptedRegistrationRequired`` (9047) for a device
-        of a ``signed`` product, or ``DeviceAuthInvalid`` (9016) when ``passcode`` is not the
+        of a ``signed`` product or one that registered encrypted, or ``DeviceAuthInvalid`` (9016)
+        when ``passcode`` is not the
         device's current one (which is the case for a reset device deleting its old identity
         after it registered again with a new passcode: its did stays usable).
         """
         row, product = await self._device_and_product(did)
-        if product.registration == "signed":
+        if _encrypted_only(row, product):
             await self._refused(row.id, "plain delete", peer)
             raise EncryptedRegistrationRequired(
-                f"did: product {product.product_key} takes only encrypted registration; "
-                "its devices cannot be deleted with a plain call"
+                f"did: device {did} registered encrypted; it cannot be deleted with a plain call"
             )
         if not hmac.compare_digest(row.passcode.encode(), passcode.encode()):
             await self._refused(row.id, "delete: passcode mismatch", peer)
@@ -543,13 +543,16 @@ class DeviceService:
                     policy = product.registration
                     if policy == "preprovisioned":
                         return _preprovisioned(product_key, mac, passcode, row), False, None
-                    if policy == "signed" and register != "signed":
+                    if register != "signed" and (
+                        policy == "signed" or (row is not None and row.origin == "signed")
+                    ):
+                        # once a device registered encrypted, only that call speaks for it
                         raise _Refusal(
                             row,
                             "plain registration",
                             EncryptedRegistrationRequired(
                                 f"product_key: product {product_key} takes only encrypted "
-                                f"registration (POST /dev/{product_key}/device)"
+                                f"registration for mac {mac} (POST /dev/{product_key}/device)"
                             ),
                         )
                     if row is None:
@@ -563,6 +566,8 @@ class DeviceService:
                             "disabled",
                             DeviceDisabled(f"device {row.did} (mac {mac}) is disabled"),
                         )
+                    if register == "signed" and row.origin == "registered":
+                        row.origin = "signed"  # from now on its plain calls are refused
                     if hmac.compare_digest(row.passcode.encode(), passcode.encode()):
                         return row, False, None
                     now = self.clock.now()
@@ -814,6 +819,12 @@ def _preprovisioned(product_key: str, mac: str, passcode: str, row: DeviceRow | 
             ),
         )
     return row
+
+
+def _encrypted_only(row: DeviceRow, product: ProductRow) -> bool:
+    """Whether the device's plain calls are refused: a ``signed`` product's, or one that
+    registered encrypted (spec gizwits.md §3.2: from then on only the encrypted calls)."""
+    return product.registration == "signed" or row.origin == "signed"
 
 
 def provisioning_body(where: Provisioning) -> str:
