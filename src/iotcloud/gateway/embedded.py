@@ -72,17 +72,17 @@ _PROTOCOL_LEVELS: Final = {("MQIsdp", 3): 3, ("MQTT", 4): 4}
 _CONNECT, _CONNACK, _PUBLISH, _DISCONNECT = 1, 2, 3, 14
 _UNACCEPTABLE_PROTOCOL, _IDENTIFIER_REJECTED, _SERVER_UNAVAILABLE = 1, 2, 3
 _FORBIDDEN_AFTER_CONNECT = frozenset((0, _CONNECT, 15))  # a second CONNECT, reserved types
-# what a client may send after CONNECT besides PUBLISH: type -> (flags, remaining length),
-# None where any is accepted. A wrong length would desynchronise amqtt's parser; SUBSCRIBE,
-# UNSUBSCRIBE and PUBREL flags are not checked (MQTT 3.1 firmware is loose there, as Mosquitto
-# allows for MQIsdp clients), the others must be 0.
-_CLIENT_PACKETS: Final[dict[int, tuple[int | None, int | None]]] = {
+# what a client may send after CONNECT besides PUBLISH: type -> (fixed-header flags, remaining
+# length or None for any). Anything else is malformed (MQTT 3.1.1 §2.2.2: the connection is
+# closed); a wrong length would also desynchronise amqtt's parser. SUBSCRIBE, UNSUBSCRIBE and
+# PUBREL carry flags 0b0010 in MQTT 3.1 as in 3.1.1 (GAgent sends 0x82).
+_CLIENT_PACKETS: Final[dict[int, tuple[int, int | None]]] = {
     4: (0, 2),  # PUBACK
     5: (0, 2),  # PUBREC
-    6: (None, 2),  # PUBREL
+    6: (2, 2),  # PUBREL
     7: (0, 2),  # PUBCOMP
-    8: (None, None),  # SUBSCRIBE
-    10: (None, None),  # UNSUBSCRIBE
+    8: (2, None),  # SUBSCRIBE
+    10: (2, None),  # UNSUBSCRIBE
     12: (0, 0),  # PINGREQ
     14: (0, 0),  # DISCONNECT
 }
@@ -463,6 +463,10 @@ class EmbeddedBroker:
             )
         if header.reserved_flag:
             raise _Refused(None, "reserved CONNECT flag set")
+        if not header.will_flag and (header.will_qos or header.will_retain_flag):
+            raise _Refused(None, "will QoS or will retain set without the will flag")
+        if header.will_qos == 3:
+            raise _Refused(None, "will QoS 3")
         client_id = "" if packet.payload.client_id_is_random else packet.client_id or ""
         username = packet.username if header.username_flag else None
         password = packet.password if header.password_flag else None
@@ -854,10 +858,8 @@ class _Connection:
                         self._protocol_error("PUBLISH with QoS 3")
                 elif kind not in _CLIENT_PACKETS:
                     self._protocol_error(f"packet type {kind} from a client")
-                else:
-                    flags = _CLIENT_PACKETS[kind][0]
-                    if flags is not None and first & 0x0F != flags:
-                        self._protocol_error(f"flags {first & 0x0F:#x} on packet type {kind}")
+                elif first & 0x0F != _CLIENT_PACKETS[kind][0]:
+                    self._protocol_error(f"flags {first & 0x0F:#x} on packet type {kind}")
                 self._frame_kind, self._frame_state = kind, _IN_LENGTH
                 self._frame_length, self._frame_multiplier = 0, 1
                 index += 1

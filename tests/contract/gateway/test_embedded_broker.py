@@ -462,6 +462,72 @@ async def test_second_connect_is_a_protocol_error() -> None:
         assert disconnect[2] == DisconnectReason.PROTOCOL_ERROR
 
 
+def _with_connect_flags(packet: bytes, flags: int) -> bytes:
+    """A CONNECT built by `connect_packet` ("MQTT" protocol name) with its flags replaced."""
+    at = 2 + 6 + 1  # fixed header (one length byte), protocol name, level
+    return packet[:at] + bytes((flags,)) + packet[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("flags", "will_topic"),
+    [
+        pytest.param(0xE2, None, id="will-retain-without-will"),
+        pytest.param(0xCA, None, id="will-qos-1-without-will"),
+        pytest.param(0xD2, None, id="will-qos-2-without-will"),
+        pytest.param(0xDE, f"dev2app/{A}", id="will-qos-3"),
+    ],
+)
+async def test_a_connect_with_will_flags_that_contradict_is_closed_without_connack(
+    flags: int, will_topic: str | None
+) -> None:
+    packet = _with_connect_flags(raw_connect(A, will_topic=will_topic), flags)
+    async with running_broker() as (broker, events), raw_device(broker, packet) as (raw, reply):
+        assert reply == b""
+        assert await raw.closed_by_broker()
+        assert events.events == []
+    async with running_broker() as (broker, _), raw_device(broker, raw_connect(A)) as (_, ok):
+        assert ok == bytes((0x20, 0x02, 0x00, 0x00))  # the same CONNECT with its own flags
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        pytest.param(b"\x36\x05\x00\x01a\x00\x01", id="publish-qos-3"),
+        pytest.param(b"\xc0\x02ab", id="pingreq-with-a-body"),
+        pytest.param(b"\x80\x06\x00\x01\x00\x01a\x00", id="subscribe-flags-0"),
+        pytest.param(b"\xa0\x05\x00\x01\x00\x01a", id="unsubscribe-flags-0"),
+        pytest.param(b"\x41\x02\x00\x01", id="puback-flags-1"),
+        pytest.param(b"\x40\x03\x00\x01\x00", id="puback-of-3-bytes"),
+        pytest.param(b"\x90\x03\x00\x01\x00", id="suback-from-a-client"),
+    ],
+)
+async def test_a_malformed_packet_closes_and_the_device_can_reconnect_at_once(
+    packet: bytes,
+) -> None:
+    async with running_broker() as (broker, events):
+        async with raw_device(broker, raw_connect(A)) as (raw, connack):
+            assert connack[3] == 0
+            await raw.send(packet)
+            assert await raw.closed_by_broker()
+        (disconnect,) = await events.wait_for("disconnect", A)
+        assert disconnect[2] == DisconnectReason.PROTOCOL_ERROR
+        async with asyncio.timeout(2):  # not after a takeover timeout
+            async with raw_device(broker, raw_connect(A)) as (raw, connack):
+                assert connack[3] == 0
+                await raw.ping()
+
+
+async def test_a_malformed_packet_sent_with_the_connect_ends_the_session() -> None:
+    async with running_broker() as (broker, events):
+        async with raw_device(broker, raw_connect(A) + b"\xc0\x02ab") as (raw, connack):
+            assert await raw.closed_by_broker()
+        await events.wait_for("disconnect", A)
+        assert broker.connected_dids() == set()
+        async with asyncio.timeout(2):
+            async with raw_device(broker, raw_connect(A)) as (raw, connack):
+                assert connack[3] == 0
+
+
 @pytest.mark.parametrize(
     "topic",
     [
