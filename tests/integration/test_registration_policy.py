@@ -67,12 +67,13 @@ def new_mac() -> str:
     return "02" + uuid.uuid4().hex[:10]
 
 
+def registration(product_key: str, mac: str, passcode: str) -> str:
+    """The form body of ``POST /dev/devices``, as GAgent sends it."""
+    return f"passcode={passcode}&mac={mac}&product_key={product_key}"
+
+
 def register(http: httpx.Client, product_key: str, mac: str, passcode: str) -> httpx.Response:
-    return http.post(
-        "/dev/devices",
-        content=f"passcode={passcode}&mac={mac}&product_key={product_key}",
-        headers=FORM,
-    )
+    return http.post("/dev/devices", content=registration(product_key, mac, passcode), headers=FORM)
 
 
 def register_encrypted(
@@ -158,7 +159,7 @@ async def register_heard(
     ):
         reply = await http.post(
             "/dev/devices",
-            content=f"passcode={passcode}&mac={mac}&product_key={product_key}",
+            content=registration(product_key, mac, passcode),
             headers=FORM,
         )
         did = did_of(reply)
@@ -480,7 +481,7 @@ async def test_a_new_owner_disconnects_the_session_signed_in_with_the_old_passco
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         reply = await http.post(
             "/dev/devices",
-            content=f"passcode=OWNERPASS1&mac={mac}&product_key={product_key}",
+            content=registration(product_key, mac, "OWNERPASS1"),
             headers=FORM,
         )
         did = did_of(reply)
@@ -492,7 +493,7 @@ async def test_a_new_owner_disconnects_the_session_signed_in_with_the_old_passco
             await client.subscribe(f"app2dev/{did}/#")
             taken = await http.post(
                 "/dev/devices",
-                content=f"passcode=ATTACKER01&mac={mac}&product_key={product_key}",
+                content=registration(product_key, mac, "ATTACKER01"),
                 headers=FORM,
             )
             assert did_of(taken) == did

@@ -20,7 +20,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final, Protocol, overload
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
@@ -172,6 +172,10 @@ def visible_from(record: DeviceRecord, binding: BindingRow | None = None) -> dat
     return max(owner_since, binding.created_at)
 
 
+@overload
+def clipped(start: datetime, floor: datetime | None) -> datetime: ...
+@overload
+def clipped(start: datetime | None, floor: datetime | None) -> datetime | None: ...
 def clipped(start: datetime | None, floor: datetime | None) -> datetime | None:
     """``start`` moved up to ``floor`` (what the user may see), either may be None (open)."""
     if floor is None:

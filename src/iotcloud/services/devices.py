@@ -265,7 +265,7 @@ class DeviceService:
         :meth:`register`.
         """
         key = _product_key(product_key)
-        secret = await self._secret_of(key, "product_key")
+        secret = await self._secret_of(key)
         fields = checked(
             registration.parse_registration, checked(registration.decrypt, secret, data)
         )
@@ -295,7 +295,7 @@ class DeviceService:
         ``DeviceNotFound`` (9014) for a did that is not a device of this product,
         ``DeviceDisabled`` (9023)."""
         key = _product_key(product_key)
-        secret = await self._secret_of(key, "product_key")
+        secret = await self._secret_of(key)
         plain = checked(registration.decrypt, secret, data, "did")
         did = checked(rules.check_did, plain.removeprefix("did="))
         row, product = await self._device_and_product(did)
@@ -349,15 +349,14 @@ class DeviceService:
             raise DeviceNotFound(f"no device with did {did!r}")
         return found
 
-    async def _secret_of(self, product_key: str, field: str) -> str:
+    async def _secret_of(self, product_key: str) -> str:
+        """The secret of a Gizwits product (the key of its encrypted calls)."""
         async with self.db.session() as session:
-            product = await ProductRepository(session).by_key(product_key)
-        if product is None:
-            raise ProductKeyInvalid(f"{field}: unknown product_key {product_key}")
+            product = await _product(session, product_key)
         if product.protocol_type == DATA_TEMPLATE_PROTOCOL:
             raise ProductProtocolMismatch(
-                f"{field}: {product_key} is a data-template product; its devices are created "
-                "by name, not registered by MAC"
+                f"product_key: {product_key} is a data-template product; its devices are "
+                "created by name, not registered by MAC"
             )
         return product.product_secret
 

@@ -220,7 +220,7 @@ class TelemetryService:
         async with self.db.session() as session:
             record = await bound_record(session, user, did)
             _check_numeric(self._point_types(record.product), attrs)
-            start = clipped(start, visible_from(record)) or start
+            start = clipped(start, visible_from(record))
             repo = TelemetryRepository(session)
             count = await repo.history_count(record.device.id, start, end)
             if count > AGGREGATE_MAX_REPORTS:
@@ -272,7 +272,7 @@ class TelemetryService:
         kinds = FRAME_KINDS[log_type]
         async with self.db.session() as session:
             record = await bound_record(session, user, did)
-            start = clipped(start, visible_from(record)) or start
+            start = clipped(start, visible_from(record))
             if start > end:
                 return FrameLogPage(total=0, entries=[])
             repo = TelemetryRepository(session)

@@ -152,7 +152,7 @@ class ThingService:
         """The events the device posted in ``[since, until]`` (of one ``event_id`` and/or
         ``event_type`` when given), newest first, ``offset`` skipped, at most ``limit``; never
         from before what the user may see (``BoundDevice.visible_from``)."""
-        since = clipped(since, device.visible_from) or since
+        since = clipped(since, device.visible_from)
         async with self.db.session() as session:
             found = await DeviceRepository(session).with_product(device.did)
             if found is None:
