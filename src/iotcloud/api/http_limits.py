@@ -140,7 +140,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_pending = True
         self._head_parsed = _REQUEST_LINE_OVERHEAD
         self._url_bytes = 0
-        self._url_start = b""  # enough of the URL to tell the dialect of a refused request
+        self._url_start = b""
         self._fields = 0
 
     def on_url(self, url: bytes) -> None:
@@ -179,7 +179,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Answer ``status`` with ``detail`` in the dialect's error shape, read and drop what
         else arrives for `LINGER_SECONDS`, then close."""
         self._refused = True
-        log.info("%s: refused a request: %s (%d)", self._peer(), detail, status)
+        # debug, like the access log (off): a client must not fill the log with refusals
+        log.debug("%s: refused a request: %s (%d)", self._peer(), detail, status)
         body = self._error_body(detail)
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
