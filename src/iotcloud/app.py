@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from litestar import Litestar
@@ -93,6 +95,8 @@ def build_broker(settings: Settings, gateway: DeviceGateway) -> BrokerAdapter:
             gateway,
             tls=settings.tls_context(),
             tls_port=settings.mqtts_port,
+            max_connections=settings.mqtt_max_connections,
+            backlog=lambda: gateway.backlog,
         )
     try:
         target = BrokerTarget.parse(settings.mqtt_url)
@@ -102,6 +106,23 @@ def build_broker(settings: Settings, gateway: DeviceGateway) -> BrokerAdapter:
     return ExternalBroker(
         target, gateway, gateway, credentials=mode, sync_interval=settings.mqtt_sync_seconds
     )
+
+
+def edge_stats(broker: BrokerAdapter, gateway: DeviceGateway) -> dict[str, Any]:
+    """The device edge's counters since start (monotonic) and its queues now."""
+    connections = getattr(broker, "connection_count", None)
+    return {
+        "broker": {
+            **dataclasses.asdict(broker.stats),
+            "connections": connections if connections is not None else len(broker.connected_dids()),
+            "online": len(broker.connected_dids()),
+        },
+        "gateway": dataclasses.asdict(gateway.stats),
+        "ingest": {
+            "reports": {**dataclasses.asdict(gateway.reports.stats), "backlog": gateway.backlog},
+            "presence": dataclasses.asdict(gateway.presence.stats),
+        },
+    }
 
 
 @asynccontextmanager
@@ -214,6 +235,7 @@ async def running_services(
             realtime=realtime,
             scheduler=SchedulerService(db, clock, bindings, control, engine),
             things=ThingService(db, clock, bindings, products),
+            edge_stats=lambda: edge_stats(broker, gateway),
         )
         async with asyncio.TaskGroup() as tasks:
             housekeeping = tasks.create_task(

@@ -46,6 +46,9 @@ class Settings:
     mqtt_credentials: str = "dynsec"
     # how often device credentials in an external broker are reconciled with the registry
     mqtt_sync_seconds: float = 30.0
+    # device connections the embedded MQTT transport holds at most (each is a file descriptor:
+    # the process's open-file limit must be higher, see the README)
+    mqtt_max_connections: int = 10_000
     public_host: str = "localhost"
     public_url: str = ""  # empty: http://{public_host}:{http_port}
     timezone: str = "UTC"
@@ -271,6 +274,8 @@ class Settings:
             )
         if self.tencent_signature_window <= 0:
             raise ConfigError("IOTCLOUD_TENCENT_SIGNATURE_WINDOW must be positive")
+        if self.mqtt_max_connections < 1:
+            raise ConfigError("IOTCLOUD_MQTT_MAX_CONNECTIONS must be at least 1")
         if self.mqtt_sync_seconds <= 0:
             raise ConfigError("IOTCLOUD_MQTT_SYNC_SECONDS must be positive")
         if self.history_retention_days < 0 or self.frame_log_retention_days < 1:

@@ -235,6 +235,7 @@ ROUTES: Final[dict[Route, RouteEntry]] = {
     # -- the other authenticated surfaces -------------------------------------------------------
     (WEBSOCKET, "/ws/app/v1"): RouteEntry("websocket"),
     ("POST", "/api/exploreropen/tokenapi"): RouteEntry("tencent"),
+    ("GET", "/admin/v1/stats"): RouteEntry("operator", lambda t: _call("GET", "/admin/v1/stats")),
     ("GET", "/admin/v1/products"): RouteEntry(
         "operator", lambda t: _call("GET", "/admin/v1/products")
     ),

@@ -1,8 +1,9 @@
 """The broker-adapter interface: who a device is, what it may do, and what the gateway hears.
 
-A broker adapter (embedded amqtt, or an external broker calling our hooks) authenticates every
-device CONNECT through an `Authenticator`, enforces the topic ACL (`may_publish`, `may_subscribe`)
-on every PUBLISH and SUBSCRIBE, and reports presence and traffic to `BrokerEvents`.
+A broker adapter (the embedded device transport, or an external broker calling our hooks)
+authenticates every device CONNECT through an `Authenticator`, enforces the topic ACL
+(`may_publish`, `may_subscribe`) on every PUBLISH and SUBSCRIBE, and reports presence and traffic
+to `BrokerEvents`.
 
 Topic ACL (Gizwits device side, `shared/spec/gizwits.md` §3.3-3.4), for a device with ``did`` of
 product ``product_key``:
@@ -24,7 +25,7 @@ Gizwits topics are refused to it, and ``$thing`` topics to Gizwits devices.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -126,6 +127,10 @@ class DisconnectReason(enum.StrEnum):
     """A new connection with the same client id replaced this one."""
     PROTOCOL_ERROR = "protocol_error"
     """The device broke the protocol (oversized or malformed packet, invalid topic)."""
+    SERVER_ERROR = "server_error"
+    """The server could not take or store a QoS 1 message of the device (overloaded past its
+    bound, or the write failed): it was not acknowledged, and the connection was closed so that
+    the device sends it again."""
     SHUTDOWN = "shutdown"
     """The broker stopped."""
 
@@ -157,8 +162,15 @@ class BrokerEvents(Protocol):
         """The session that ``on_connect`` reported ended."""
         ...
 
-    async def on_publish(self, principal: DevicePrincipal, topic: str, payload: bytes) -> None:
-        """The device published a message the ACL allows (it is also routed to subscribers)."""
+    async def on_publish(
+        self, principal: DevicePrincipal, topic: str, payload: bytes
+    ) -> Awaitable[None] | None:
+        """The device published a message the ACL allows.
+
+        May return an awaitable that completes once what the message carried is durably
+        stored (and fails if it could not be): the embedded transport acknowledges a QoS 1
+        PUBLISH only then. None means there is nothing to wait for.
+        """
         ...
 
     async def on_denied(self, principal: DevicePrincipal, action: AclAction, topic: str) -> None:
@@ -186,6 +198,11 @@ class BrokerStats:
     """TCP connections closed before a session: over capacity, bad protocol, no CONNECT in time."""
     events_dropped: int = 0
     """``on_publish``/``on_denied`` events shed because the event queue was full."""
+    shed: int = 0
+    """Device PUBLISHes dropped at the edge because ingestion was too far behind (QoS 0, or
+    QoS 1 past twice the bound: those also close the connection)."""
+    paused_reads: int = 0
+    """Times a device connection stopped being read because ingestion was behind."""
 
 
 class BrokerAdapter(Protocol):
@@ -263,25 +280,39 @@ def is_topic_filter(topic_filter: str) -> bool:
     return True
 
 
-def matching_filters(topic: str, *, max_levels: int = 8) -> list[str] | None:
-    """Every subscription filter that matches ``topic``, or None if it has over ``max_levels``.
-
-    MQTT matching: ``+`` is one level, a final ``#`` any number of levels including none (so
-    ``a/#`` matches ``a``), and filters starting with a wildcard do not match ``$`` topics. There
-    are 2**L + 2**(L+1) - 1 of them for L levels, hence the limit.
-    """
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether subscription filter ``topic_filter`` matches topic name ``topic`` (MQTT rules:
+    ``+`` is one level, a final ``#`` any number of levels including none, so ``a/#`` matches
+    ``a``; a filter starting with a wildcard does not match a ``$`` topic)."""
+    if topic[:1] == "$" and topic_filter[:1] in ("+", "#"):
+        return False
     levels = topic.split("/")
-    if len(levels) > max_levels:
-        return None
-    wildcard_first = not topic.startswith("$")
-    found = ["#"] if wildcard_first else []
-    prefixes = [levels[0], "+"] if wildcard_first else [levels[0]]
-    for level in levels[1:]:
-        found += [f"{prefix}/#" for prefix in prefixes]
-        prefixes = [
-            f"{prefix}/{alternative}" for prefix in prefixes for alternative in (level, "+")
-        ]
-    return found + prefixes + [f"{prefix}/#" for prefix in prefixes]
+    filter_levels = topic_filter.split("/")
+    for index, level in enumerate(filter_levels):
+        if level == "#":
+            return True
+        if index >= len(levels) or (level != "+" and level != levels[index]):
+            return False
+    return len(filter_levels) == len(levels)
+
+
+def filter_prefix(topic_filter: str) -> str:
+    """The literal levels of ``topic_filter`` before its first wildcard (all of it when it has
+    none): every topic it matches starts with them, so a subscription index keyed by this
+    finds a topic's subscribers with one lookup per level of the topic."""
+    literal: list[str] = []
+    for level in topic_filter.split("/"):
+        if level in ("+", "#"):
+            break
+        literal.append(level)
+    return "/".join(literal)
+
+
+def topic_prefixes(topic: str) -> list[str]:
+    """Every `filter_prefix` a filter matching ``topic`` can have: "" and each run of leading
+    levels of ``topic``."""
+    levels = topic.split("/")
+    return [""] + ["/".join(levels[: count + 1]) for count in range(len(levels))]
 
 
 def is_cloud_topic(topic: str) -> bool:

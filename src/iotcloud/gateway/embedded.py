@@ -1,32 +1,46 @@
-"""The embedded MQTT broker: amqtt inside the server's event loop, behind our own TCP listener.
+"""The embedded MQTT device transport: iotcloud terminates MQTT 3.1 and 3.1.1 itself.
 
-Each TCP connection is served in two phases:
+In embedded mode no message goes from one device to another (the ACL lets a device publish only
+to the cloud and subscribe only to what the cloud sends it), so there is no broker here: each
+device connection is one `asyncio.Protocol` object that hands the device's PUBLISHes straight to
+the gateway (`BrokerEvents`) and gets the cloud's messages written to its own socket. No task
+runs per connection; a connection costs its protocol object, its session and the socket.
 
-1. *Admission* (our code): read the CONNECT (bounded size and time), accept MQTT 3.1 (``MQIsdp``,
-   level 3) and 3.1.1 (``MQTT``, level 4) only, check the identity rule (client id = user name,
-   or for a data-template device the user name's first ``;``-separated field; a 3.1 client id may
-   be longer than 23 characters),
-   authenticate through the `Authenticator`, and answer refusals with the exact CONNACK code.
-   A second connection for the same client id closes the first one and waits for it to end.
-2. *Session* (amqtt): the CONNECT is re-encoded as MQTT 3.1.1 and the connection is handed to
-   amqtt through its public external-listener entry point (``Broker.external_connected``), with
-   this module's `_Connection` as the reader/writer adapter. amqtt then does CONNACK, routing,
-   SUBSCRIBE and QoS flows; its auth and topic-checking plugin hooks (`_AmqttHooks`) bind the
-   session to our connection and enforce the ACL.
+* **Admission.** The first packet must be a CONNECT (else the socket is closed without a word),
+  of at most ``max_packet_size`` bytes, within ``connect_timeout`` seconds. MQTT 3.1 (``MQIsdp``
+  level 3) and 3.1.1 (``MQTT`` level 4) are accepted; another level of those names gets CONNACK
+  1. The client id must be the user name (a Gizwits device) or its first ``;``-separated field
+  (a data-template device); then the `Authenticator` decides (CONNACK 4 or 5). Reading stops
+  while it does, so what the device sent after its CONNECT is handled once it is online.
+* **Packets** are cut and checked by `iotcloud.codecs.mqtt` (sans-I/O); a device that breaks the
+  protocol is closed at once (`DisconnectReason.PROTOCOL_ERROR`) and may reconnect at once.
+  PUBLISH QoS 0, 1 and 2 from devices (RETAIN ignored: nothing is kept), QoS 0 and 1 to them;
+  SUBSCRIBE grants at most QoS 1, or 0x80 for a filter the ACL refuses; a Gizwits device
+  publishing to a ``$`` topic is closed, as MQTT brokers do; a data-template device's
+  ``$thing/up`` topics go through the ACL like any other.
+* **Durability.** A QoS 1 PUBLISH is acknowledged when the awaitable that ``on_publish``
+  returned completes, i.e. when the batch holding the report is committed; if it fails, there
+  is no PUBACK and the connection is closed (`DisconnectReason.SERVER_ERROR`) so that the
+  device sends it again. QoS 2 likewise, with PUBREC.
+* **Backpressure.** ``backlog()`` says how many device messages the gateway holds uncommitted;
+  with this transport's own undelivered events it is the *pressure*. Above ``pause_above`` a
+  connection that delivered data stops being read (TCP pushes back on the device; keep-alive
+  does not count the pause against it) until the pressure is back under half of it. Above
+  ``shed_above``, QoS 0 reports are dropped at the edge and counted (``stats.shed``); QoS 1 and 2
+  ones, whose devices wait for the acknowledgement, are taken up to twice that, then refused
+  (counted, connection closed). The event loop never spends itself reading sockets while the
+  database writer waits.
+* **Sessions.** A second CONNECT with the same client id closes the first connection
+  (`DisconnectReason.TAKEOVER`). With clean session 0 the subscriptions and the QoS 1 messages
+  not yet acknowledged (at most ``max_queued_messages``) outlive the connection for
+  ``session_expiry`` seconds and are re-sent when the device comes back (CONNACK session present
+  in 3.1.1; 3.1 has no such flag). A will is checked against the ACL at CONNECT and otherwise
+  treated as the device going offline: ``on_disconnect`` is the only thing it causes.
+* **Keep-alive** 1.5 x the device's value (0 disables it); a silent device is closed
+  (`DisconnectReason.KEEPALIVE_TIMEOUT`).
 
-The adapter sees every byte, so it also enforces what amqtt does not: the keep-alive (1.5 x the
-client's value; amqtt's own read timeout is a no-op on the broker side), a maximum packet size,
-closing on packets amqtt would skip and lose its place in the stream after, and "no retained
-messages from devices" (the RETAIN bit of device PUBLISHes and wills is cleared: amqtt replays
-retained messages to clients by other clients' subscriptions, bypassing the ACL). It also tells
-a clean DISCONNECT from a lost connection.
-
-With a TLS context the broker also listens on a second port for MQTT over TLS; asyncio
-terminates TLS, and a connection whose handshake succeeded takes the same path as a plain one.
-
-amqtt itself runs as `_AmqttBroker`, which avoids its scans of every subscription per message and
-per CONNECT (O(devices) each), and the server's own messages go straight to the subscribed
-connections when they are all online.
+With a TLS context the transport also listens on ``tls_port`` for MQTT over TLS; asyncio
+terminates TLS and a connection whose handshake succeeded takes the same path as a plain one.
 """
 
 from __future__ import annotations
@@ -34,19 +48,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
-from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
-from typing import Any, Final, NoReturn, Self
+from typing import Any, Final, Self
 
-from amqtt.adapters import BufferReader
-from amqtt.broker import Broker
-from amqtt.contexts import Action, BrokerConfig, ListenerConfig, ListenerType
-from amqtt.mqtt.connect import ConnectPacket, ConnectPayload, ConnectVariableHeader
-from amqtt.mqtt.packet import MQTTFixedHeader
-from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
-
+from iotcloud.codecs.mqtt import (
+    CONNECT_BYTE,
+    DISCONNECT,
+    IDENTIFIER_REJECTED,
+    PINGREQ,
+    PINGRESP_PACKET,
+    PROTOCOL_LEVELS,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SERVER_UNAVAILABLE,
+    SUBACK_FAILURE,
+    SUBSCRIBE,
+    UNACCEPTABLE_PROTOCOL,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    Connect,
+    MqttProtocolError,
+    PacketSplitter,
+    Publish,
+    UnacceptableProtocol,
+    check_fixed_header,
+    decode_connect,
+    decode_packet_id,
+    decode_publish,
+    decode_subscribe,
+    decode_unsubscribe,
+    encode_ack,
+    encode_connack,
+    encode_publish,
+    encode_suback,
+    set_dup,
+)
 from iotcloud.gateway.broker import (
     AclAction,
     Authenticator,
@@ -56,54 +99,20 @@ from iotcloud.gateway.broker import (
     DeviceCredential,
     DevicePrincipal,
     DisconnectReason,
+    filter_prefix,
     is_cloud_topic,
-    matching_filters,
     may_publish,
     may_subscribe,
+    topic_matches,
+    topic_prefixes,
 )
 
 log = logging.getLogger(__name__)
 
-_LISTENER: Final = "default"
-_PRINCIPAL_KEY: Final = "iotcloud.principal"
-_PROTOCOL_LEVELS: Final = {("MQIsdp", 3): 3, ("MQTT", 4): 4}
-
-# MQTT control packet types (high nibble of the first byte) and CONNACK return codes.
-_CONNECT, _CONNACK, _PUBLISH, _DISCONNECT = 1, 2, 3, 14
-_UNACCEPTABLE_PROTOCOL, _IDENTIFIER_REJECTED, _SERVER_UNAVAILABLE = 1, 2, 3
-_FORBIDDEN_AFTER_CONNECT = frozenset((0, _CONNECT, 15))  # a second CONNECT, reserved types
-# what a client may send after CONNECT besides PUBLISH: type -> (fixed-header flags, remaining
-# length or None for any). Anything else is malformed (MQTT 3.1.1 §2.2.2: the connection is
-# closed); a wrong length would also desynchronise amqtt's parser. SUBSCRIBE, UNSUBSCRIBE and
-# PUBREL carry flags 0b0010 in MQTT 3.1 as in 3.1.1 (GAgent sends 0x82).
-_CLIENT_PACKETS: Final[dict[int, tuple[int, int | None]]] = {
-    4: (0, 2),  # PUBACK
-    5: (0, 2),  # PUBREC
-    6: (2, 2),  # PUBREL
-    7: (0, 2),  # PUBCOMP
-    8: (2, None),  # SUBSCRIBE
-    10: (2, None),  # UNSUBSCRIBE
-    12: (0, 0),  # PINGREQ
-    14: (0, 0),  # DISCONNECT
-}
-_AT_TYPE, _IN_LENGTH, _IN_BODY = 0, 1, 2  # where the next byte a device sends falls in a packet
-_DIRECT_WRITE_LIMIT: Final = 64 * 1024
-"""A QoS 0 PUBLISH is written straight to a connection whose send buffer holds less than
-this; above it (a slow reader) it goes through amqtt, which waits for the buffer to drain."""
-
-
-def _publish_packet(topic: str, data: bytes) -> bytes:
-    """The bytes of a QoS 0 PUBLISH (no DUP, no RETAIN) of ``data`` on ``topic``, as amqtt
-    encodes it."""
-    name = topic.encode()
-    length = 2 + len(name) + len(data)
-    header = bytearray((_PUBLISH << 4,))
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        header.append(byte | 0x80 if length else byte)
-        if not length:
-            break
-    return b"".join((header, len(name).to_bytes(2, "big"), name, data))
+_CONNECTING, _AUTHENTICATING, _ONLINE, _CLOSED = 0, 1, 2, 3
+_YIELD_EVERY: Final = 500
+"""Events the dispatcher delivers before letting the event loop run other work."""
+_PRESSURE_POLL: Final = 0.005
 
 
 class _Refused(Exception):
@@ -114,20 +123,94 @@ class _Refused(Exception):
         self.code = code
 
 
-class EmbeddedBroker:
-    """A `BrokerAdapter` running amqtt in the current event loop, listening on ``host:port``.
+class _Session:
+    """A client id's MQTT session: its subscriptions and unacknowledged QoS 1 messages."""
 
-    ``port`` 0 picks a free port (read it from `port` once started). Single use: enter it once.
-    Enter and leave it from the same task (it owns a `asyncio.TaskGroup`).
+    __slots__ = (
+        "clean",
+        "client_id",
+        "connection",
+        "expiry",
+        "inflight",
+        "next_packet_id",
+        "queue",
+        "subscriptions",
+    )
+
+    def __init__(self, client_id: str, clean: bool) -> None:
+        self.client_id = client_id
+        self.clean = clean
+        self.connection: _DeviceConnection | None = None
+        self.subscriptions: dict[str, int] = {}
+        self.inflight: dict[int, bytes] = {}
+        self.queue: deque[tuple[str, bytes]] = deque()
+        self.next_packet_id = 0
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def _packet_id(self) -> int:
+        while True:
+            self.next_packet_id = self.next_packet_id % 0xFFFF + 1
+            if self.next_packet_id not in self.inflight:
+                return self.next_packet_id
+
+    def deliver(self, topic: str, data: bytes, qos: int, limit: int) -> bool:
+        """Send or keep one message; False if it was dropped."""
+        connection = self.connection
+        if not qos:
+            if connection is None or not connection.writable:
+                return False
+            connection.write(encode_publish(topic, data))
+            return True
+        if connection is not None and connection.writable and len(self.inflight) < limit:
+            packet_id = self._packet_id()
+            packet = encode_publish(topic, data, 1, packet_id)
+            self.inflight[packet_id] = packet
+            connection.write(packet)
+            return True
+        if len(self.queue) >= limit:
+            self.queue.popleft()
+            self.queue.append((topic, data))
+            return False
+        self.queue.append((topic, data))
+        return True
+
+    def flush(self, limit: int) -> None:
+        """Send what was kept while the connection was away or not writable."""
+        connection = self.connection
+        while (
+            self.queue
+            and connection is not None
+            and connection.writable
+            and len(self.inflight) < limit
+        ):
+            topic, data = self.queue.popleft()
+            packet_id = self._packet_id()
+            packet = encode_publish(topic, data, 1, packet_id)
+            self.inflight[packet_id] = packet
+            connection.write(packet)
+
+    def resend(self) -> None:
+        """Re-send the unacknowledged messages to a returning device (DUP set)."""
+        connection = self.connection
+        if connection is not None:
+            for packet in self.inflight.values():
+                connection.write(set_dup(packet))
+
+
+class EmbeddedBroker:
+    """A `BrokerAdapter` terminating MQTT for devices in the current event loop.
+
+    ``port`` 0 picks a free port (read it from `port` once started). Single use: enter it once,
+    and leave it from the same task.
 
     Limits: ``max_connections`` TCP connections (more are closed at once and counted in
     ``stats.rejected_connections``); a CONNECT must arrive within ``connect_timeout`` seconds and
     the `Authenticator` must answer within ``auth_timeout``; a packet larger than
-    ``max_packet_size`` closes the connection (`DisconnectReason.PROTOCOL_ERROR`); at most
-    ``event_queue_limit`` queued ``on_publish``/``on_denied`` events (more are dropped and
-    counted; presence events are never dropped). Offline persistent sessions (clean session 0)
-    are forgotten after ``session_expiry`` seconds. Keep-alive 0 disables the keep-alive check,
-    as MQTT specifies.
+    ``max_packet_size`` closes the connection; at most ``event_queue_limit`` undelivered
+    ``on_denied`` events (more are dropped and counted; presence events are never dropped);
+    backpressure and shedding as the module docstring says (``shed_above`` defaults to
+    ``event_queue_limit``). Offline persistent sessions (clean session 0) are forgotten after
+    ``session_expiry`` seconds.
 
     With ``tls`` (a server-side `ssl.SSLContext`) it also listens on ``tls_port`` for MQTT over
     TLS (0 picks a free port: read `tls_port` once started); a TLS handshake must finish within
@@ -151,6 +234,10 @@ class EmbeddedBroker:
         shutdown_timeout: float = 5.0,
         tls: ssl.SSLContext | None = None,
         tls_port: int = 8883,
+        backlog: Callable[[], int] | None = None,
+        pause_above: int = 4_000,
+        shed_above: int | None = None,
+        max_queued_messages: int = 1_000,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -165,21 +252,32 @@ class EmbeddedBroker:
         self.event_queue_limit = event_queue_limit
         self.session_expiry = session_expiry
         self.shutdown_timeout = shutdown_timeout
+        self.pause_above = pause_above
+        self.shed_above = event_queue_limit if shed_above is None else shed_above
+        self.max_queued_messages = max_queued_messages
+        self._backlog = backlog
         self._stats = BrokerStats()
-        self._connections: dict[_Connection, asyncio.Task[None]] = {}
-        self._by_did: dict[str, _Connection] = {}
-        self._by_client: dict[str, _Connection] = {}
-        self._handing_over: dict[str, _Connection] = {}
-        self._queue: asyncio.Queue[tuple[Any, tuple[Any, ...]] | None] = asyncio.Queue()
+        self._connections: set[_DeviceConnection] = set()
+        self._open_transports = 0
+        self._transports_gone: asyncio.Event | None = None
+        self._online: dict[str, _DeviceConnection] = {}
+        self._by_did: dict[str, _DeviceConnection] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._index: dict[str, set[_Session]] = {}
+        self._queue: deque[tuple[Any, tuple[Any, ...], _DeviceConnection | None, int, int]] = (
+            deque()
+        )
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._paused: set[_DeviceConnection] = set()
+        self._pressure_timer: asyncio.TimerHandle | None = None
         self._failing_callbacks: set[str] = set()
         self._at_capacity = False
         self._shedding = False
         self._auth_failing = False
-        self._amqtt: Any = None
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
-        self._delivering: dict[int, int] = {}  # id(handler) -> its deliveries through amqtt
         self._dispatcher: asyncio.Task[None] | None = None
         self._stack = AsyncExitStack()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -189,32 +287,33 @@ class EmbeddedBroker:
     async def __aenter__(self) -> Self:
         if self._loop is not None:
             raise RuntimeError("an EmbeddedBroker can be started only once")
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         async with AsyncExitStack() as stack:
             self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
             self._dispatcher = self._tasks.create_task(
-                self._dispatch_events(), name="mqtt-broker-events"
+                self._dispatch_events(), name="mqtt-device-events"
             )
             stack.push_async_callback(self._stop_dispatcher)
-            self._amqtt = _AmqttBroker(self._amqtt_config(), self)
-            await self._amqtt.start()
-            stack.push_async_callback(self._amqtt.shutdown)
-            self._server = await asyncio.start_server(
-                self._accept, self.host, self._requested_port, reuse_address=True, backlog=1024
+            self._server = await loop.create_server(
+                self._new_connection,
+                self.host,
+                self._requested_port,
+                reuse_address=True,
+                backlog=4096,
             )
             stack.push_async_callback(self._close_connections)
             if self._tls is not None:
-                self._tls_server = await asyncio.start_server(
-                    self._accept,
+                self._tls_server = await loop.create_server(
+                    self._new_connection,
                     self.host,
                     self._requested_tls_port,
                     ssl=self._tls,
                     ssl_handshake_timeout=self.connect_timeout,
                     reuse_address=True,
-                    backlog=1024,
+                    backlog=4096,
                 )
             self._stack = stack.pop_all()
-        log.info("MQTT broker listening on %s:%d", self.host, self.port)
+        log.info("MQTT device transport listening on %s:%d", self.host, self.port)
         if self._tls_server is not None:
             log.info("MQTT over TLS listening on %s:%d", self.host, self.tls_port)
         return self
@@ -226,11 +325,11 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
-        log.info("MQTT broker stopped")
+        log.info("MQTT device transport stopped")
 
     @property
     def port(self) -> int:
-        """The TCP port the broker listens on (the real one when started with port 0)."""
+        """The TCP port it listens on (the real one when started with port 0)."""
         if self._server is None or not self._server.sockets:
             return self._requested_port
         return int(self._server.sockets[0].getsockname()[1])
@@ -245,37 +344,42 @@ class EmbeddedBroker:
             return self._requested_tls_port
         return int(self._tls_server.sockets[0].getsockname()[1])
 
-    def _amqtt_config(self) -> Any:
-        plugin = f"{_AmqttHooks.__module__}.{_AmqttHooks.__qualname__}"
-        return BrokerConfig(
-            listeners={_LISTENER: ListenerConfig(type=ListenerType.EXTERNAL, bind="external")},
-            plugins={plugin: {"broker": self}},
-            session_expiry_interval=self.session_expiry,
-        )
+    @property
+    def connection_count(self) -> int:
+        """TCP connections open now (admitted or not)."""
+        return len(self._connections)
 
     async def _close_connections(self) -> None:
-        """Stop accepting, close every connection and wait for their sessions to end."""
+        """Stop accepting, close every connection and wait until their sockets are gone."""
         listeners = [server for server in (self._server, self._tls_server) if server is not None]
         for server in listeners:
             server.close()
         for connection in list(self._connections):
-            connection.abort(DisconnectReason.SHUTDOWN)
-        pending = list(self._connections.values())
-        if pending:
-            _, stuck = await asyncio.wait(pending, timeout=self.shutdown_timeout)
-            for task in stuck:
-                task.cancel()
+            connection.close(DisconnectReason.SHUTDOWN)
+        if self._pressure_timer is not None:
+            self._pressure_timer.cancel()
+        for session in list(self._sessions.values()):
+            if session.expiry is not None:
+                session.expiry.cancel()
+        if self._open_transports:
+            self._transports_gone = asyncio.Event()
+            try:
+                async with asyncio.timeout(self.shutdown_timeout):
+                    await self._transports_gone.wait()
+            except TimeoutError:
+                log.warning("%d device sockets did not close in time", self._open_transports)
         for server in listeners:
             await server.wait_closed()
 
     async def _stop_dispatcher(self) -> None:
         """Deliver the queued events (bounded by ``shutdown_timeout``), then end the dispatcher."""
-        self._queue.put_nowait(None)
+        self._stopping = True
+        self._wakeup.set()
         if self._dispatcher is None:
             return
         done, _ = await asyncio.wait({self._dispatcher}, timeout=self.shutdown_timeout)
         if not done:
-            log.warning("MQTT broker stopped with %d undelivered events", self._queue.qsize())
+            log.warning("MQTT transport stopped with %d undelivered events", len(self._queue))
             self._dispatcher.cancel()
 
     # -- BrokerAdapter -----------------------------------------------------------------------
@@ -286,78 +390,49 @@ class EmbeddedBroker:
         return self._stats
 
     async def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        """Route ``payload`` to the devices subscribed to ``topic`` (see `BrokerAdapter.publish`).
+        """Write ``payload`` to the devices subscribed to ``topic`` (see `BrokerAdapter.publish`).
 
-        When every subscriber is connected, the message goes straight to their connections (a
-        few table lookups); otherwise (an offline persistent session may need it queued) through
-        amqtt's routing, which scans all subscriptions.
-
-        ``retain`` is refused with ``ValueError``: amqtt replays a retained message to every
-        client connecting while any client has a matching subscription, bypassing the ACL.
+        Delivered at the lower of ``qos`` and the subscription's QoS (at most 1). A device with
+        a persistent session that is away keeps QoS 1 messages until it returns. ``retain`` is
+        refused with ``ValueError``: this transport keeps no retained messages.
         """
-        if self._amqtt is None or self._server is None or not self._server.is_serving():
-            raise RuntimeError("the MQTT broker is not running")
+        if self._server is None or not self._server.is_serving():
+            raise RuntimeError("the MQTT device transport is not running")
         if not is_cloud_topic(topic):
             raise ValueError(f"not a valid MQTT topic name: {topic!r}")
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS must be 0, 1 or 2, not {qos!r}")
         if retain:
-            raise ValueError("the embedded broker does not keep retained messages")
+            raise ValueError("the embedded transport does not keep retained messages")
         data = bytes(payload)
-        handlers = self._amqtt.connected_subscribers(topic)
-        if handlers is None:
-            await self._amqtt.internal_message_broadcast(topic, data, qos)
-            return
-        assert self._tasks is not None
-        packet = _publish_packet(topic, data) if qos == 0 else None
-        for handler in handlers:
-            if packet is not None and self._write_now(handler, packet):
-                continue
-            key = id(handler)
-            self._delivering[key] = self._delivering.get(key, 0) + 1
-            self._tasks.create_task(self._deliver(handler, topic, data, qos))
+        for session, granted in self._subscribers(topic).items():
+            if session.deliver(topic, data, min(qos, granted, 1), self.max_queued_messages):
+                if session.connection is not None:
+                    self._stats.messages_out += 1
+            else:
+                log.debug("message on %s for %s dropped", topic, session.client_id)
 
-    def _write_now(self, handler: Any, packet: bytes) -> bool:
-        """Write a QoS 0 PUBLISH ``packet`` to the handler's connection at once, as amqtt would
-        (a QoS 0 PUBLISH has no flow): only when nothing is on its way to it through amqtt (so
-        messages keep their order) and its send buffer is short; False otherwise."""
-        connection = handler.writer
-        if (
-            not isinstance(connection, _Connection)
-            or id(handler) in self._delivering
-            or handler._write_lock.locked()
-            or connection.is_closing()
-            or connection.writer.transport.get_write_buffer_size() >= _DIRECT_WRITE_LIMIT
-        ):
-            return False
-        connection.write(packet)
-        return True
-
-    async def _deliver(self, handler: Any, topic: str, data: bytes, qos: int) -> None:
-        try:
-            await handler.mqtt_publish(topic, data, qos, False)
-        except Exception as exc:  # the device went away or did not acknowledge in time
-            log.debug("PUBLISH on %s not delivered: %r", topic, exc)
-        finally:
-            key = id(handler)
-            left = self._delivering.pop(key, 1) - 1
-            if left:
-                self._delivering[key] = left
+    def _subscribers(self, topic: str) -> dict[_Session, int]:
+        """Each session with a filter matching ``topic``, with the highest QoS it was granted."""
+        found: dict[_Session, int] = {}
+        for prefix in topic_prefixes(topic):
+            for session in self._index.get(prefix, ()):
+                for topic_filter, granted in session.subscriptions.items():
+                    if granted > found.get(session, -1) and topic_matches(topic_filter, topic):
+                        found[session] = granted
+        return found
 
     async def disconnect_device(self, did: str) -> bool:
-        """Close the device's connection and wait for its session to end (see `BrokerAdapter`)."""
+        """Close the device's connection (see `BrokerAdapter`); its session ends at once."""
         connection = self._by_did.get(did)
         if connection is None:
             return False
-        connection.abort(DisconnectReason.KICKED)
-        with suppress(TimeoutError):
-            async with asyncio.timeout(self.shutdown_timeout):
-                await connection.wait_done()
+        connection.close(DisconnectReason.KICKED)
         return True
 
     def connected_dids(self) -> set[str]:
         """The dids with a session now (CONNACK sent, not yet ended)."""
-        return {did for did, connection in self._by_did.items() if connection.online}
+        return set(self._by_did)
 
     async def devices_changed(self, credentials: Sequence[DeviceCredential]) -> None:
         """Close the sessions of devices no longer enabled (credentials are checked per
@@ -366,116 +441,64 @@ class EmbeddedBroker:
             if not credential.enabled:
                 await self.disconnect_device(credential.did)
 
-    # -- connection lifecycle ----------------------------------------------------------------
+    # -- connections -------------------------------------------------------------------------
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _new_connection(self) -> _DeviceConnection:
+        assert self._loop is not None
+        return _DeviceConnection(self, self._loop)
+
+    def _accepted(self, connection: _DeviceConnection) -> bool:
+        """A TCP connection arrived; False (and closed) when over capacity."""
+        self._open_transports += 1
         if len(self._connections) >= self.max_connections:
             self._stats.rejected_connections += 1
-            writer.transport.abort()
             if not self._at_capacity:
                 self._at_capacity = True
                 log.warning(
-                    "MQTT broker at capacity (%d connections), refusing new ones",
+                    "MQTT transport at capacity (%d connections), refusing new ones",
                     self.max_connections,
                 )
-            return
+            return False
         if self._at_capacity:
             self._at_capacity = False
-            log.info("MQTT broker below capacity again, accepting connections")
-        assert self._loop is not None
-        assert self._tasks is not None
-        connection = _Connection(self, self._loop, reader, writer)
-        self._connections[connection] = self._tasks.create_task(
-            self._serve(connection), name=f"mqtt {connection.peer}"
-        )
-
-    async def _run_session(self, connection: _Connection) -> None:
-        """amqtt's session of ``connection``, to its end.
-
-        amqtt ends a session when its reader stops, but misses a stream that ended before its
-        handler started waiting for that (e.g. a malformed packet sent with the CONNECT): the
-        session would stay "connected" for good. So once the stream has ended, amqtt gets a
-        second to notice, and is then told itself. Costs nothing while the stream is open.
-        """
-        session = asyncio.ensure_future(
-            self._amqtt.external_connected(connection, connection, _LISTENER)
-        )
-        await asyncio.wait({session, connection.ended}, return_when=asyncio.FIRST_COMPLETED)
-        if not session.done():
-            await asyncio.wait({session}, timeout=1.0)
-        if not session.done():
-            entry = self._amqtt.sessions.get(connection.client_id)
-            if entry is not None and entry[1].writer is connection:
-                await entry[1].handle_connection_closed()
-            await asyncio.wait({session}, timeout=self.shutdown_timeout)
-            if not session.done():
-                log.warning("MQTT session of %s did not end with its stream", connection.peer)
-                session.cancel()
-                await asyncio.gather(session, return_exceptions=True)
-                return
-        await session
-
-    async def _serve(self, connection: _Connection) -> None:
-        try:
-            if await self._admit(connection):
-                await self._take_over(connection)
-                if connection.close_reason is None:
-                    self._handing_over[connection.client_id] = connection
-                    connection.start_keepalive()
-                    await self._run_session(connection)
-        except Exception:  # one connection must never take the broker down
-            log.exception("MQTT connection from %s failed", connection.peer)
-        finally:
-            await self._finish(connection)
-
-    async def _admit(self, connection: _Connection) -> bool:
-        """Read and check the CONNECT and authenticate; on success the connection may proceed."""
-        try:
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    packet = await _read_connect(connection.reader, self.max_packet_size)
-            except (TimeoutError, OSError, EOFError) as exc:
-                raise _Refused(None, f"no CONNECT ({type(exc).__name__})") from exc
-            principal = await self._authenticate(packet)
-        except _Refused as refused:
-            if refused.code in (None, _UNACCEPTABLE_PROTOCOL, _SERVER_UNAVAILABLE):
-                self._stats.rejected_connections += 1
-            log.debug("MQTT CONNECT from %s refused: %s", connection.peer, refused)
-            if refused.code is not None:
-                connection.send_connack_refusal(refused.code)
-            return False
-        level = _PROTOCOL_LEVELS[packet.proto_name, packet.proto_level]
-        connection.admitted(principal, packet.client_id, packet.keep_alive, level)
-        header = packet.variable_header
-        header.proto_name, header.proto_level, header.keep_alive = "MQTT", 4, 0
-        header.will_retain_flag = False
-        connection.prefix = packet.to_bytes()
+            log.info("MQTT transport below capacity again, accepting connections")
+        self._connections.add(connection)
         return True
 
-    async def _authenticate(self, packet: Any) -> DevicePrincipal:
-        """Apply the protocol and identity rules, then the `Authenticator`; raise `_Refused`."""
-        header = packet.variable_header
-        if (header.proto_name, header.proto_level) not in _PROTOCOL_LEVELS:
-            known_name = header.proto_name in ("MQTT", "MQIsdp")
-            raise _Refused(
-                _UNACCEPTABLE_PROTOCOL if known_name else None,
-                f"protocol {header.proto_name!r} level {header.proto_level}",
-            )
-        if header.reserved_flag:
-            raise _Refused(None, "reserved CONNECT flag set")
-        if not header.will_flag and (header.will_qos or header.will_retain_flag):
-            raise _Refused(None, "will QoS or will retain set without the will flag")
-        if header.will_qos == 3:
-            raise _Refused(None, "will QoS 3")
-        client_id = "" if packet.payload.client_id_is_random else packet.client_id or ""
-        username = packet.username if header.username_flag else None
-        password = packet.password if header.password_flag else None
+    def _transport_gone(self) -> None:
+        self._open_transports -= 1
+        if not self._open_transports and self._transports_gone is not None:
+            self._transports_gone.set()
+
+    def _start_admission(self, connection: _DeviceConnection, packet: Connect) -> None:
+        assert self._tasks is not None
+        self._tasks.create_task(self._admit(connection, packet), name="mqtt-connect")
+
+    async def _admit(self, connection: _DeviceConnection, packet: Connect) -> None:
+        try:
+            principal = await self._authenticate(packet)
+        except _Refused as refused:
+            if refused.code in (None, UNACCEPTABLE_PROTOCOL, SERVER_UNAVAILABLE):
+                self._stats.rejected_connections += 1
+            log.debug("MQTT CONNECT from %s refused: %s", connection.peer, refused)
+            connection.refuse(refused.code)
+            return
+        except Exception:  # one connection must never take the transport down
+            log.exception("MQTT CONNECT from %s failed", connection.peer)
+            connection.refuse(SERVER_UNAVAILABLE)
+            return
+        if connection.state == _AUTHENTICATING:
+            self._go_online(connection, packet, principal)
+
+    async def _authenticate(self, packet: Connect) -> DevicePrincipal:
+        """Apply the identity rules, then the `Authenticator`; raise `_Refused`."""
+        client_id, username, password = packet.client_id, packet.username, packet.password
         if username is None or password is None:
             self._stats.auth_failures += 1
             raise _Refused(AuthRefusal.BAD_CREDENTIALS, "no user name or password")
         if not client_id or (client_id != username and not username.startswith(client_id + ";")):
             self._stats.auth_failures += 1
-            raise _Refused(_IDENTIFIER_REJECTED, "client id is not the user name")
+            raise _Refused(IDENTIFIER_REJECTED, "client id is not the user name")
         try:
             async with asyncio.timeout(self.auth_timeout):
                 result = await self._authenticator.authenticate(client_id, username, password)
@@ -483,7 +506,7 @@ class EmbeddedBroker:
             if not self._auth_failing:
                 self._auth_failing = True
                 log.exception("MQTT authentication failed; refusing devices until it recovers")
-            raise _Refused(_SERVER_UNAVAILABLE, "authenticator failed") from exc
+            raise _Refused(SERVER_UNAVAILABLE, "authenticator failed") from exc
         if self._auth_failing:
             self._auth_failing = False
             log.info("MQTT authentication recovered")
@@ -494,597 +517,518 @@ class EmbeddedBroker:
         if result.client_id != client_id:
             log.error("authenticator returned device %s for client id %s", result.did, client_id)
             raise _Refused(AuthRefusal.NOT_AUTHORIZED, "principal does not match the client id")
-        if header.will_flag and not may_publish(result, packet.will_topic or ""):
+        if packet.will_topic is not None and not may_publish(result, packet.will_topic):
             self._stats.auth_failures += 1
             raise _Refused(AuthRefusal.NOT_AUTHORIZED, f"will topic {packet.will_topic!r}")
         return result
 
-    async def _take_over(self, connection: _Connection) -> None:
-        """Make ``connection`` the device's only one: close the previous and wait for its end."""
-        did = connection.did
-        previous = self._by_did.get(did)
-        self._by_did[did] = connection
-        self._by_client[connection.client_id] = connection
+    def _go_online(
+        self, connection: _DeviceConnection, packet: Connect, principal: DevicePrincipal
+    ) -> None:
+        client_id = packet.client_id
+        previous = self._online.get(client_id)
         if previous is not None:
             log.info(
                 "device %s reconnected from %s, closing its session from %s",
-                did,
+                principal.did,
                 connection.peer,
                 previous.peer,
             )
-            previous.abort(DisconnectReason.TAKEOVER)
-            with suppress(TimeoutError):
-                async with asyncio.timeout(self.shutdown_timeout):
-                    await previous.wait_done()
-
-    async def _finish(self, connection: _Connection) -> None:
-        """Close the socket and release everything; report the end of an online session once."""
-        connection.stop_keepalive()
-        if not connection.is_closing():
-            # amqtt gave up on the session without closing it (e.g. a PUBLISH to "a/+")
-            if connection.online and connection.close_reason is None:
-                connection.close_reason = DisconnectReason.PROTOCOL_ERROR
-            connection.abort(connection.close_reason or DisconnectReason.LOST)
-        else:
-            connection.abort_later(self.connect_timeout)
-        if self._handing_over.get(connection.client_id) is connection:
-            del self._handing_over[connection.client_id]
-        entry = self._amqtt.sessions.get(connection.client_id) if connection.client_id else None
-        if entry is not None and entry[1].writer is connection:
-            # amqtt leaves a session "connected" when it refused it or gave up on it
-            session = entry[0]
-            if session.transitions.is_connected():
-                session.transitions.disconnect()
-        if connection.online:
-            # amqtt reports PUBLISHes through already-scheduled event tasks; let them run first so
-            # that this session's on_publish events precede its on_disconnect.
-            await asyncio.sleep(0)
-            reason = connection.end_reason()
-            log.debug("device %s disconnected: %s", connection.did, reason)
-            self._emit(
-                self._events.on_disconnect,
-                (connection.principal, connection.client_id, reason),
-                droppable=False,
-            )
-        if self._by_did.get(connection.did) is connection:
-            del self._by_did[connection.did]
-        if self._by_client.get(connection.client_id) is connection:
-            del self._by_client[connection.client_id]
-        self._connections.pop(connection, None)
-        connection.set_done()
-
-    def _went_online(self, connection: _Connection) -> None:
+            previous.close(DisconnectReason.TAKEOVER)
+        session = self._sessions.get(client_id)
+        present = session is not None and not packet.clean_session
+        if session is None or packet.clean_session:
+            if session is not None:
+                self._forget(session)
+            session = self._sessions[client_id] = _Session(client_id, packet.clean_session)
+        elif session.expiry is not None:
+            session.expiry.cancel()
+            session.expiry = None
+        session.clean = packet.clean_session
+        session.connection = connection
+        level = PROTOCOL_LEVELS[packet.protocol_name, packet.level]
+        connection.online(principal, session, packet.keepalive, level)
+        self._online[client_id] = connection
+        self._by_did[principal.did] = connection
         self._stats.connects += 1
+        connection.write(encode_connack(present and level == 4, 0))
         log.debug(
             "device %s connected from %s (MQTT %s, keep-alive %ds)",
-            connection.did,
+            principal.did,
             connection.peer,
-            "3.1" if connection.level == 3 else "3.1.1",
-            connection.keepalive,
+            "3.1" if level == 3 else "3.1.1",
+            packet.keepalive,
         )
         self._emit(
-            self._events.on_connect,
-            (connection.principal, connection.client_id, connection.keepalive, connection.peer),
-            droppable=False,
+            self._events.on_connect, (principal, client_id, packet.keepalive, connection.peer)
         )
+        session.resend()
+        session.flush(self.max_queued_messages)
+        connection.process()
+        if connection.state == _ONLINE:
+            if self._pressure() >= self.pause_above:
+                self._pause(connection)
+            else:
+                connection.transport.resume_reading()
 
-    # -- amqtt plugin hooks ------------------------------------------------------------------
-
-    def _bind_session(self, session: Any) -> bool:
-        """amqtt's authentication step: accept only connections this broker admitted.
-
-        Keyed by client id, not peer address: amqtt keeps the first connection's address on a
-        resumed (clean session 0) session.
-        """
-        connection = self._handing_over.pop(session.client_id, None)
-        if connection is None or connection.close_reason is not None:
-            return False
-        session.attributes[_PRINCIPAL_KEY] = connection.principal
-        return True
-
-    def _check_topic(self, session: Any, topic: str | None, action: Any) -> bool:
-        """amqtt's topic check for PUBLISH, SUBSCRIBE and delivery (RECEIVE)."""
-        principal = session.attributes.get(_PRINCIPAL_KEY) if session is not None else None
-        if principal is None or topic is None:
-            return False
-        if action == Action.RECEIVE:
-            return True
-        if action == Action.PUBLISH:
-            if may_publish(principal, topic):
-                self._stats.messages_in += 1
-                return True
-            self._stats.denied_publish += 1
-            denied = AclAction.PUBLISH
-        elif action == Action.SUBSCRIBE:
-            if may_subscribe(principal, topic):
-                return True
-            self._stats.denied_subscribe += 1
-            denied = AclAction.SUBSCRIBE
-        else:
-            return False
-        log.debug("device %s may not %s %s", principal.did, denied, topic)
-        self._emit(self._events.on_denied, (principal, denied, topic), droppable=True)
-        return False
-
-    def _message_routed(self, client_id: str, topic: str, data: bytes | bytearray) -> None:
-        """amqtt accepted an (ACL-allowed) PUBLISH from ``client_id`` for routing."""
-        connection = self._by_client.get(client_id)
-        if connection is None or connection.principal is None:
-            log.debug(
-                "PUBLISH from %s on %s after its session ended; not reported", client_id, topic
-            )
+    def _ended(self, connection: _DeviceConnection, reason: DisconnectReason) -> None:
+        """A connection closed: release it; report the end of an online session."""
+        self._connections.discard(connection)
+        self._paused.discard(connection)
+        principal, session = connection.principal, connection.session
+        if principal is None or session is None:
             return
-        self._emit(
-            self._events.on_publish, (connection.principal, topic, bytes(data)), droppable=True
+        client_id = session.client_id
+        if self._online.get(client_id) is connection:
+            del self._online[client_id]
+        if self._by_did.get(principal.did) is connection:
+            del self._by_did[principal.did]
+        if session.connection is connection:
+            session.connection = None
+            if session.clean:
+                self._forget(session)
+            else:
+                assert self._loop is not None
+                session.expiry = self._loop.call_later(self.session_expiry, self._expire, session)
+        log.debug("device %s disconnected: %s", principal.did, reason)
+        self._emit(self._events.on_disconnect, (principal, client_id, reason))
+
+    def _expire(self, session: _Session) -> None:
+        if session.connection is None and self._sessions.get(session.client_id) is session:
+            self._forget(session)
+
+    def _forget(self, session: _Session) -> None:
+        for topic_filter in list(session.subscriptions):
+            self._unsubscribe(session, topic_filter)
+        if self._sessions.get(session.client_id) is session:
+            del self._sessions[session.client_id]
+        if session.expiry is not None:
+            session.expiry.cancel()
+            session.expiry = None
+
+    def _subscribe(self, session: _Session, topic_filter: str, qos: int) -> None:
+        session.subscriptions[topic_filter] = qos
+        self._index.setdefault(filter_prefix(topic_filter), set()).add(session)
+
+    def _unsubscribe(self, session: _Session, topic_filter: str) -> None:
+        if session.subscriptions.pop(topic_filter, None) is None:
+            return
+        prefix = filter_prefix(topic_filter)
+        if any(filter_prefix(other) == prefix for other in session.subscriptions):
+            return
+        bucket = self._index.get(prefix)
+        if bucket is not None:
+            bucket.discard(session)
+            if not bucket:
+                del self._index[prefix]
+
+    # -- what devices send -------------------------------------------------------------------
+
+    def _published(self, connection: _DeviceConnection, message: Publish) -> None:
+        principal = connection.principal
+        assert principal is not None
+        topic = message.topic
+        if topic[0] == "$" and not principal.thing:
+            raise MqttProtocolError(f"PUBLISH to {topic!r}")
+        if not may_publish(principal, topic):
+            self._stats.denied_publish += 1
+            log.debug("device %s may not publish %s", principal.did, topic)
+            self._emit(self._events.on_denied, (principal, AclAction.PUBLISH, topic), True)
+            connection.acknowledge(message.qos, message.packet_id)
+            return
+        self._stats.messages_in += 1
+        if message.qos == 2 and connection.received_qos2(message.packet_id):
+            connection.acknowledge(2, message.packet_id)  # a re-sent QoS 2 message: once only
+            return
+        pressure = self._pressure()
+        if pressure >= self.shed_above:
+            if not message.qos or pressure >= 2 * self.shed_above:
+                self._stats.shed += 1
+                if not self._shedding:
+                    self._shedding = True
+                    log.warning("device ingestion %d behind; shedding device reports", pressure)
+                if message.qos:
+                    connection.close(DisconnectReason.SERVER_ERROR)
+                return
+        elif self._shedding and pressure < self.shed_above // 2:
+            self._shedding = False
+            log.info("device ingestion caught up; taking device reports again")
+        self._queue.append(
+            (
+                self._events.on_publish,
+                (principal, topic, message.payload),
+                connection if message.qos else None,
+                message.qos,
+                message.packet_id,
+            )
         )
+        self._wakeup.set()
+
+    def _subscribed(self, connection: _DeviceConnection, body: bytes) -> None:
+        packet_id, requests = decode_subscribe(body)
+        principal, session = connection.principal, connection.session
+        assert principal is not None
+        assert session is not None
+        codes = []
+        for topic_filter, qos in requests:
+            if may_subscribe(principal, topic_filter):
+                granted = min(qos, 1)
+                self._subscribe(session, topic_filter, granted)
+                codes.append(granted)
+                continue
+            self._stats.denied_subscribe += 1
+            codes.append(SUBACK_FAILURE)
+            log.debug("device %s may not subscribe %s", principal.did, topic_filter)
+            self._emit(self._events.on_denied, (principal, AclAction.SUBSCRIBE, topic_filter), True)
+        connection.write(encode_suback(packet_id, codes))
+
+    def _unsubscribed(self, connection: _DeviceConnection, body: bytes) -> None:
+        packet_id, filters = decode_unsubscribe(body)
+        session = connection.session
+        assert session is not None
+        for topic_filter in filters:
+            self._unsubscribe(session, topic_filter)
+        connection.write(encode_ack(UNSUBACK, packet_id))
+
+    # -- backpressure ------------------------------------------------------------------------
+
+    def _pressure(self) -> int:
+        """Device messages taken and not yet stored: undelivered events plus the backlog."""
+        return len(self._queue) + (self._backlog() if self._backlog is not None else 0)
+
+    def _after_read(self, connection: _DeviceConnection) -> None:
+        if self._pressure() >= self.pause_above and connection.state == _ONLINE:
+            self._pause(connection)
+
+    def _pause(self, connection: _DeviceConnection) -> None:
+        if connection in self._paused:
+            return
+        connection.transport.pause_reading()
+        self._paused.add(connection)
+        self._stats.paused_reads += 1
+        if self._pressure_timer is None:
+            assert self._loop is not None
+            self._pressure_timer = self._loop.call_later(_PRESSURE_POLL, self._check_pressure)
+
+    def _check_pressure(self) -> None:
+        self._pressure_timer = None
+        if self._pressure() > self.pause_above // 2:
+            if self._paused:
+                assert self._loop is not None
+                self._pressure_timer = self._loop.call_later(_PRESSURE_POLL, self._check_pressure)
+            return
+        paused, self._paused = self._paused, set()
+        for connection in paused:
+            if connection.state == _ONLINE:
+                connection.last_received = connection.loop.time()
+                connection.transport.resume_reading()
+
+    def is_paused(self, connection: _DeviceConnection) -> bool:
+        return connection in self._paused
 
     # -- events ------------------------------------------------------------------------------
 
-    def _emit(self, callback: Any, args: tuple[Any, ...], *, droppable: bool) -> None:
-        size = self._queue.qsize()
-        if droppable and size >= self.event_queue_limit:
+    def _emit(self, callback: Any, args: tuple[Any, ...], droppable: bool = False) -> None:
+        if droppable and len(self._queue) >= self.event_queue_limit:
             self._stats.events_dropped += 1
-            if not self._shedding:
-                self._shedding = True
-                log.warning("MQTT event queue full (%d); dropping device messages", size)
             return
-        if self._shedding and size < self.event_queue_limit // 2:
-            self._shedding = False
-            log.info("MQTT event queue drained; delivering device messages again")
-        self._queue.put_nowait((callback, args))
+        self._queue.append((callback, args, None, 0, 0))
+        self._wakeup.set()
 
     async def _dispatch_events(self) -> None:
-        """Await the `BrokerEvents` callbacks one at a time, in order, until the sentinel."""
-        while (item := await self._queue.get()) is not None:
-            callback, args = item
-            name = callback.__name__
+        """Await the `BrokerEvents` callbacks one at a time, in order; acknowledge QoS 1 and 2
+        PUBLISHes once what they carried is stored."""
+        queue = self._queue
+        delivered = 0
+        while True:
+            if not queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            callback, args, connection, qos, packet_id = queue.popleft()
             try:
-                await callback(*args)
+                result = await callback(*args)
             except Exception:
+                name = callback.__name__
                 if name not in self._failing_callbacks:
                     self._failing_callbacks.add(name)
                     log.exception("MQTT event handler %s failed; logging its recovery only", name)
+                if connection is not None:
+                    connection.close(DisconnectReason.SERVER_ERROR)
                 continue
-            if name in self._failing_callbacks:
-                self._failing_callbacks.discard(name)
-                log.info("MQTT event handler %s recovered", name)
+            if self._failing_callbacks:
+                name = callback.__name__
+                if name in self._failing_callbacks:
+                    self._failing_callbacks.discard(name)
+                    log.info("MQTT event handler %s recovered", name)
+            if connection is not None:
+                if result is None:
+                    connection.acknowledge(qos, packet_id)
+                else:
+                    _when_stored(result, partial(connection.stored, qos, packet_id))
+            delivered += 1
+            if delivered % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
 
-class _Connection:
-    """One device TCP connection: amqtt's reader and writer adapter, keep-alive and framing.
+def _when_stored(result: Awaitable[None], then: Callable[[asyncio.Future[None]], None]) -> None:
+    future = result if isinstance(result, asyncio.Future) else asyncio.ensure_future(result)
+    future.add_done_callback(then)
 
-    amqtt reads packets field by field through `read`; the framing state below follows the
-    packet boundaries in those bytes (type byte, remaining-length varint, body).
-    """
+
+class _DeviceConnection(asyncio.Protocol):
+    """One device TCP connection: framing, admission state, keep-alive, writes."""
 
     __slots__ = (
-        "_broker",
-        "_done",
-        "_ended",
-        "_frame_kind",
-        "_frame_length",
-        "_frame_multiplier",
-        "_frame_remaining",
-        "_frame_state",
-        "_loop",
-        "_timer",
-        "_topic",
-        "client_id",
+        "awaiting_release",
+        "broker",
         "close_reason",
         "keepalive",
         "last_received",
         "level",
-        "online",
+        "loop",
         "peer",
-        "peer_key",
-        "prefix",
         "principal",
-        "reader",
-        "saw_disconnect",
-        "writer",
+        "session",
+        "splitter",
+        "state",
+        "timer",
+        "transport",
+        "writable",
     )
 
-    def __init__(
-        self,
-        broker: EmbeddedBroker,
-        loop: asyncio.AbstractEventLoop,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        self._broker = broker
-        self._loop = loop
-        self.reader = reader
-        self.writer = writer
-        peername = writer.get_extra_info("peername") or ("?", 0)
-        self.peer_key: tuple[str, int] = (str(peername[0]), int(peername[1]))
-        host = self.peer_key[0]
-        self.peer = f"[{host}]:{self.peer_key[1]}" if ":" in host else f"{host}:{self.peer_key[1]}"
+    def __init__(self, broker: EmbeddedBroker, loop: asyncio.AbstractEventLoop) -> None:
+        self.broker = broker
+        self.loop = loop
+        self.splitter = PacketSplitter(broker.max_packet_size)
+        self.state = _CONNECTING
         self.principal: DevicePrincipal | None = None
-        self.client_id = ""
+        self.session: _Session | None = None
         self.keepalive = 0
         self.level = 0
-        self.prefix = b""
-        self.online = False
+        self.last_received = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self.close_reason: DisconnectReason | None = None
-        self.saw_disconnect = False
-        self.last_received = loop.time()
-        self._timer: asyncio.TimerHandle | None = None
-        self._done: asyncio.Event | None = None
-        self._ended: asyncio.Future[None] = loop.create_future()
-        self._frame_state = _AT_TYPE
-        self._frame_length = 0
-        self._frame_multiplier = 1
-        self._frame_remaining = 0
-        self._frame_kind = 0
-        self._topic: bytearray | None = None
+        self.peer = "?"
+        self.writable = True
+        self.awaiting_release: set[int] | None = None
+        self.transport: Any = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peername = transport.get_extra_info("peername") or ("?", 0)
+        host, port = str(peername[0]), int(peername[1])
+        self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if not self.broker._accepted(self):
+            self.state = _CLOSED
+            self.transport.abort()
+            return
+        self.last_received = self.loop.time()
+        self.timer = self.loop.call_later(self.broker.connect_timeout, self._connect_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == _CLOSED:
+            return
+        self.last_received = self.loop.time()
+        self.splitter.feed(data)
+        if self.state == _AUTHENTICATING:
+            return
+        self.process()
+        if self.state == _ONLINE:
+            self.broker._after_read(self)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state != _CLOSED:
+            self.close(DisconnectReason.LOST)
+        self.broker._transport_gone()
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.session is not None and self.state == _ONLINE:
+            self.session.flush(self.broker.max_queued_messages)
+
+    # -- packets -----------------------------------------------------------------------------
+
+    def process(self) -> None:
+        """Handle every whole packet received so far (stops at a CONNECT being checked)."""
+        try:
+            while self.state == _CONNECTING or self.state == _ONLINE:
+                if self.state == _CONNECTING:
+                    first = self.splitter.first_byte()
+                    if first is None:
+                        return
+                    if first != CONNECT_BYTE:
+                        raise MqttProtocolError(f"first packet type byte is {first:#04x}")
+                    packet = self.splitter.next_packet()
+                    if packet is None:
+                        return
+                    self._connect(packet[1])
+                    return
+                packet = self.splitter.next_packet()
+                if packet is None:
+                    return
+                self._handle(*packet)
+        except MqttProtocolError as exc:
+            if self.state == _ONLINE:
+                log.info("device %s broke the protocol (%s), closing", self.did, exc)
+                self.close(DisconnectReason.PROTOCOL_ERROR)
+            elif self.state == _CONNECTING:
+                self.broker._stats.rejected_connections += 1
+                log.debug("MQTT connection from %s refused: %s", self.peer, exc)
+                self.refuse(None)
+
+    def _connect(self, body: bytes) -> None:
+        try:
+            packet = decode_connect(body)
+        except UnacceptableProtocol as exc:
+            self.broker._stats.rejected_connections += 1
+            log.debug("MQTT CONNECT from %s refused: %s", self.peer, exc)
+            self.refuse(UNACCEPTABLE_PROTOCOL)
+            return
+        self.state = _AUTHENTICATING
+        self.transport.pause_reading()
+        self.broker._start_admission(self, packet)
+
+    def _handle(self, first: int, body: bytes) -> None:
+        kind = check_fixed_header(first, len(body))
+        if kind == PUBLISH:
+            self.broker._published(self, decode_publish(first, body))
+        elif kind == PINGREQ:
+            self.write(PINGRESP_PACKET)
+        elif kind == PUBACK:
+            session = self.session
+            assert session is not None
+            if session.inflight.pop(decode_packet_id(body), None) is not None and session.queue:
+                session.flush(self.broker.max_queued_messages)
+        elif kind == SUBSCRIBE:
+            self.broker._subscribed(self, body)
+        elif kind == UNSUBSCRIBE:
+            self.broker._unsubscribed(self, body)
+        elif kind == PUBREL:
+            packet_id = decode_packet_id(body)
+            if self.awaiting_release is not None:
+                self.awaiting_release.discard(packet_id)
+            self.write(encode_ack(PUBCOMP, packet_id))
+        elif kind == DISCONNECT:
+            self.close(DisconnectReason.CLEAN)
+        # PUBREC and PUBCOMP: this transport sends no QoS 2, so there is nothing to complete
+
+    def received_qos2(self, packet_id: int) -> bool:
+        """Note a QoS 2 PUBLISH; True if it is one already taken and not yet released."""
+        if self.awaiting_release is None:
+            self.awaiting_release = set()
+        if packet_id in self.awaiting_release:
+            return True
+        self.awaiting_release.add(packet_id)
+        return False
+
+    # -- state -------------------------------------------------------------------------------
 
     @property
     def did(self) -> str:
         return self.principal.did if self.principal is not None else ""
 
-    def admitted(
-        self, principal: DevicePrincipal, client_id: str, keepalive: int, level: int
+    def online(
+        self, principal: DevicePrincipal, session: _Session, keepalive: int, level: int
     ) -> None:
-        self.principal, self.client_id, self.keepalive, self.level = (
+        self.principal, self.session, self.keepalive, self.level = (
             principal,
-            client_id,
+            session,
             keepalive,
             level,
         )
-        self.last_received = self._loop.time()
+        self.state = _ONLINE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.last_received = self.loop.time()
+        if keepalive > 0:
+            self.timer = self.loop.call_later(keepalive * 1.5, self._check_keepalive)
 
-    def end_reason(self) -> DisconnectReason:
-        if self.close_reason is not None:
-            return self.close_reason
-        return DisconnectReason.CLEAN if self.saw_disconnect else DisconnectReason.LOST
+    def write(self, data: bytes) -> None:
+        if self.state != _CLOSED:
+            self.transport.write(data)
 
-    # -- ending ------------------------------------------------------------------------------
+    def acknowledge(self, qos: int, packet_id: int) -> None:
+        """PUBACK (QoS 1) or PUBREC (QoS 2) of a device PUBLISH; nothing for QoS 0."""
+        if qos and self.state == _ONLINE:
+            self.transport.write(encode_ack(PUBACK if qos == 1 else PUBREC, packet_id))
 
-    def is_closing(self) -> bool:
-        return self.writer.transport.is_closing()
+    def stored(self, qos: int, packet_id: int, future: asyncio.Future[None]) -> None:
+        """The write holding a QoS 1 or 2 message finished: acknowledge it, or close."""
+        if future.cancelled() or future.exception() is not None:
+            if self.state == _ONLINE:
+                log.warning("device %s: a QoS %d message was not stored", self.did, qos)
+                self.close(DisconnectReason.SERVER_ERROR)
+            return
+        self.acknowledge(qos, packet_id)
 
-    def abort(self, reason: DisconnectReason) -> None:
-        """Close the socket now, without flushing (the peer may be gone); first reason wins."""
-        if self.close_reason is None and not self.is_closing():
-            self.close_reason = reason
-        self.writer.transport.abort()
-        self._end()
+    def refuse(self, code: int | None) -> None:
+        """End an unadmitted connection, after a CONNACK with ``code`` if given."""
+        if self.state == _CLOSED:
+            return
+        self.state = _CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.broker._ended(self, DisconnectReason.LOST)
+        if code is None:
+            self.transport.abort()
+            return
+        self.transport.write(encode_connack(False, code))
+        self.transport.close()
+        if self.transport.get_write_buffer_size():
+            self.loop.call_later(self.broker.connect_timeout, self.transport.abort)
 
-    @property
-    def ended(self) -> asyncio.Future[None]:
-        """Done once the stream has ended: aborted, or end of file or an error when reading."""
-        return self._ended
+    def close(self, reason: DisconnectReason) -> None:
+        """End the connection now (first reason wins); an online session's end is reported."""
+        if self.state == _CLOSED:
+            return
+        if self.state != _ONLINE:
+            self.refuse(None)
+            return
+        self.state = _CLOSED
+        self.close_reason = reason
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if reason is DisconnectReason.CLEAN:
+            self.transport.close()
+        else:
+            self.transport.abort()
+        self.broker._ended(self, reason)
 
-    def _end(self) -> None:
-        if not self._ended.done():
-            self._ended.set_result(None)
-
-    def abort_later(self, delay: float) -> None:
-        """Make sure a closing socket is gone after ``delay`` even if the peer stops reading."""
-        if self.writer.transport.get_write_buffer_size():
-            self._loop.call_later(delay, self.writer.transport.abort)
-
-    def send_connack_refusal(self, code: int) -> None:
-        self.writer.write(bytes((_CONNACK << 4, 2, 0, code)))
-        self.writer.close()
-
-    async def wait_done(self) -> None:
-        """Wait until the broker finished with this connection (its session ended)."""
-        if self._done is None:
-            self._done = asyncio.Event()
-        await self._done.wait()
-
-    def set_done(self) -> None:
-        if self._done is None:
-            self._done = asyncio.Event()
-        self._done.set()
-
-    # -- keep-alive --------------------------------------------------------------------------
-
-    def start_keepalive(self) -> None:
-        if self.keepalive > 0:
-            self._timer = self._loop.call_later(self.keepalive * 1.5, self._check_keepalive)
-
-    def stop_keepalive(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _connect_timed_out(self) -> None:
+        self.timer = None
+        if self.state in (_CONNECTING, _AUTHENTICATING):
+            self.broker._stats.rejected_connections += 1
+            log.debug("no CONNECT from %s in time, closing", self.peer)
+            self.refuse(None)
 
     def _check_keepalive(self) -> None:
         limit = self.keepalive * 1.5
-        idle = self._loop.time() - self.last_received
+        now = self.loop.time()
+        if self.broker.is_paused(self):
+            self.last_received = now  # not read because the server is behind: not its fault
+        idle = now - self.last_received
         if idle >= limit:
-            self._timer = None
+            self.timer = None
             log.debug(
                 "device %s silent for %.1fs (keep-alive %ds), closing",
                 self.did,
                 idle,
                 self.keepalive,
             )
-            self.abort(DisconnectReason.KEEPALIVE_TIMEOUT)
+            self.close(DisconnectReason.KEEPALIVE_TIMEOUT)
         else:
-            self._timer = self._loop.call_later(limit - idle, self._check_keepalive)
-
-    # -- amqtt ReaderAdapter -----------------------------------------------------------------
-
-    async def read(self, n: int = -1) -> bytes:
-        if self.prefix:
-            chunk = self.prefix if n < 0 else self.prefix[:n]
-            self.prefix = self.prefix[len(chunk) :]
-            return chunk
-        try:
-            data = await (self.reader.read(n) if n < 0 else self.reader.readexactly(n))
-        except BaseException:
-            self._end()
-            raise
-        if not data:
-            self._end()
-        self.last_received = self._loop.time()
-        return self._follow_frames(data)
-
-    def feed_eof(self) -> None:
-        self.reader.feed_eof()
-
-    def _follow_frames(self, data: bytes) -> bytes:
-        """Follow the packet boundaries through ``data``, the bytes amqtt just read.
-
-        Clears the RETAIN bit of PUBLISH and notes DISCONNECT. Closes the connection on what
-        would desynchronise amqtt's parser (it skips a packet it cannot parse and reads on from
-        the middle of it) or make it buffer without bound: an oversized or malformed length, a
-        second CONNECT or a reserved type, a PUBLISH whose topic has a wildcard or overruns it.
-        """
-        index, size = 0, len(data)
-        while index < size:
-            if self._frame_state == _IN_BODY:
-                if self._topic is not None:
-                    index = self._follow_topic(data, index)
-                else:
-                    step = min(self._frame_remaining, size - index)
-                    self._frame_remaining -= step
-                    index += step
-                if not self._frame_remaining:
-                    self._frame_state = _AT_TYPE
-            elif self._frame_state == _AT_TYPE:
-                first = data[index]
-                kind = first >> 4
-                if kind == _PUBLISH and first & 0x01:
-                    data = data[:index] + bytes((first & 0xFE,)) + data[index + 1 :]
-                elif kind == _DISCONNECT:
-                    self.saw_disconnect = True
-                elif kind in _FORBIDDEN_AFTER_CONNECT:
-                    self._protocol_error(f"packet type {kind}")
-                if kind == _PUBLISH:
-                    if (first >> 1) & 0x3 == 3:
-                        self._protocol_error("PUBLISH with QoS 3")
-                elif kind not in _CLIENT_PACKETS:
-                    self._protocol_error(f"packet type {kind} from a client")
-                elif first & 0x0F != _CLIENT_PACKETS[kind][0]:
-                    self._protocol_error(f"flags {first & 0x0F:#x} on packet type {kind}")
-                self._frame_kind, self._frame_state = kind, _IN_LENGTH
-                self._frame_length, self._frame_multiplier = 0, 1
-                index += 1
-            else:
-                byte = data[index]
-                index += 1
-                self._frame_length += (byte & 0x7F) * self._frame_multiplier
-                self._frame_multiplier *= 128
-                if byte & 0x80 and self._frame_multiplier <= 128**3:
-                    continue
-                length = self._frame_length
-                if byte & 0x80 or length > self._broker.max_packet_size:
-                    self._protocol_error(f"{length} byte packet")
-                publish = self._frame_kind == _PUBLISH
-                wanted = _CLIENT_PACKETS.get(self._frame_kind, (0, None))[1]
-                if wanted is not None and length != wanted:
-                    self._protocol_error(f"{length} byte packet of type {self._frame_kind}")
-                if publish and length < 2:
-                    self._protocol_error("PUBLISH without topic")
-                self._topic = bytearray() if publish else None
-                self._frame_remaining = length
-                self._frame_state = _IN_BODY if length else _AT_TYPE
-        return data
-
-    def _follow_topic(self, data: bytes, index: int) -> int:
-        """Collect a PUBLISH topic (2-byte length, then the name); return the new index."""
-        topic = self._topic
-        assert topic is not None
-        wanted = 2 if len(topic) < 2 else 2 + int.from_bytes(topic[:2], "big")
-        step = min(wanted - len(topic), len(data) - index)
-        topic += data[index : index + step]
-        self._frame_remaining -= step
-        if len(topic) >= 2:
-            name_length = int.from_bytes(topic[:2], "big")
-            if len(topic) == 2 and name_length > self._frame_remaining:
-                self._protocol_error("PUBLISH topic longer than the packet")
-            if len(topic) == 2 + name_length:
-                if b"+" in topic[2:] or b"#" in topic[2:]:
-                    self._protocol_error("wildcard in a PUBLISH topic")
-                self._topic = None
-        return index + step
-
-    def _protocol_error(self, what: str) -> NoReturn:
-        """Close the connection; amqtt reads the reset as the end of the stream."""
-        log.info("device %s broke the protocol (%s), closing", self.did, what)
-        self.abort(DisconnectReason.PROTOCOL_ERROR)
-        raise ConnectionResetError(what)
-
-    # -- amqtt WriterAdapter -----------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        if self.is_closing():
-            return
-        kind = data[0] >> 4
-        if kind == _PUBLISH:
-            self._broker.stats.messages_out += 1
-        elif kind == _CONNACK and not self.online and len(data) == 4:
-            if self.level == 3 and data[2]:
-                data = data[:2] + b"\x00" + data[3:]  # MQTT 3.1 has no session-present flag
-            if data[3] == 0:
-                self.online = True
-                self._broker._went_online(self)
-        self.writer.write(data)
-
-    async def drain(self) -> None:
-        if not self.is_closing():
-            await self.writer.drain()
-
-    def get_peer_info(self) -> tuple[str, int]:
-        return self.peer_key
-
-    def get_ssl_info(self) -> ssl.SSLObject | None:
-        ssl_object: ssl.SSLObject | None = self.writer.get_extra_info("ssl_object")
-        return ssl_object
-
-    async def close(self) -> None:
-        self.writer.close()
-
-
-async def _read_connect(reader: asyncio.StreamReader, max_size: int) -> Any:
-    """Read the first packet, which must be a CONNECT of at most ``max_size`` bytes.
-
-    Parsed with amqtt's CONNECT codec; the protocol is checked by the caller. Raises `_Refused`
-    (close without CONNACK) for anything else.
-    """
-    first = (await reader.readexactly(1))[0]
-    if first != _CONNECT << 4:
-        raise _Refused(None, f"first packet type byte is {first:#04x}, not CONNECT")
-    length, multiplier = 0, 1
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length += (byte & 0x7F) * multiplier
-        if not byte & 0x80:
-            break
-        multiplier *= 128
-        if multiplier > 128**3:
-            raise _Refused(None, "malformed CONNECT length")
-    if length > max_size:
-        raise _Refused(None, f"CONNECT of {length} bytes")
-    body = BufferReader(await reader.readexactly(length))
-    fixed = MQTTFixedHeader(_CONNECT, 0, length)
-    try:
-        header = await ConnectVariableHeader.from_stream(body, fixed)
-        if (header.proto_name, header.proto_level) not in _PROTOCOL_LEVELS:
-            return ConnectPacket(fixed, header, ConnectPayload())
-        payload = await ConnectPayload.from_stream(body, fixed, header)
-    except Exception as exc:  # any decoding failure of untrusted bytes
-        raise _Refused(None, f"malformed CONNECT ({exc!r})") from exc
-    return ConnectPacket(fixed, header, payload)
-
-
-class _SubscriptionTable(dict[str, list[tuple[Any, int]]]):
-    """amqtt's subscription table (filter -> [(session, qos)]), with a constant-size repr.
-
-    amqtt logs ``repr()`` of the whole table after every SUBSCRIBE, evaluated eagerly even when
-    debug logging is off: O(all subscriptions) per SUBSCRIBE.
-    """
-
-    def __repr__(self) -> str:
-        return f"<{len(self)} subscription filters>"
-
-
-class _AmqttBroker(Broker):  # type: ignore[misc]
-    """amqtt's Broker with its per-message and per-connect full scans avoided where possible.
-
-    amqtt routes each message by scanning every subscription filter, and replays retained
-    messages on each CONNECT by every filter of every client: O(devices) per operation. Here a
-    message whose topic no subscription can match (the usual case: device reports go to
-    ``dev2app/...``, which no device may subscribe to) is dropped before the scan, by looking up
-    its few `matching_filters`; `connected_subscribers` finds the targets of the server's own
-    messages the same way; and the replay is skipped while there are no retained messages,
-    which this broker never keeps. The two overrides replace private amqtt methods; a contract
-    test checks that they still exist with the same parameters.
-    """
-
-    def __init__(self, config: Any, adapter: EmbeddedBroker) -> None:
-        super().__init__(config)
-        self._subscriptions = _SubscriptionTable()
-        self._adapter = adapter
-
-    async def _topic_filtering(self, session: Any, topic: str | None, action: Any) -> bool:
-        # `_AmqttHooks` is the only topic plugin: ask the adapter directly rather than through
-        # amqtt's plugin manager, which spawns a task and a gather per PUBLISH.
-        return self._adapter._check_topic(session, topic, action)
-
-    def connected_subscribers(self, topic: str) -> list[Any] | None:
-        """The protocol handlers of the sessions subscribed to ``topic``, once each.
-
-        None when amqtt's own routing must decide: a subscribed session is offline (a
-        persistent one queues QoS 1/2 messages) or the topic has too many levels to enumerate.
-        """
-        candidates = matching_filters(topic)
-        if candidates is None:
-            return None
-        handlers: dict[int, Any] = {}
-        for topic_filter in candidates:
-            for session, _qos in self._subscriptions.get(topic_filter, ()):
-                entry = self._sessions.get(session.client_id)
-                if (
-                    entry is None
-                    or entry[0] is not session
-                    or not session.transitions.is_connected()
-                ):
-                    return None
-                handlers[id(session)] = entry[1]
-        return list(handlers.values())
-
-    async def _broadcast_message(
-        self, session: Any, topic: str | None, data: Any, force_qos: int | None = None
-    ) -> None:
-        if session is not None and topic is not None and force_qos is None:
-            # A client PUBLISH that passed the topic check (amqtt passes ``force_qos`` only for
-            # a will, and no session for its own messages): report it here, synchronously,
-            # instead of through a MESSAGE_BROADCAST plugin event, which costs a task per message.
-            self._adapter._message_routed(session.client_id, topic, data)
-        if topic is not None:
-            candidates = matching_filters(topic)
-            if candidates is not None and not any(map(self._subscriptions.get, candidates)):
-                return
-        await super()._broadcast_message(session, topic, data, force_qos)
-
-    async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Any
-    ) -> None:
-        if self._retained_messages:
-            await super()._publish_retained_messages_for_subscription(subscription, session)
-
-    async def _handle_message_delivery(
-        self, client_session: Any, handler: Any, wait_deliver: asyncio.Future[Any]
-    ) -> bool:
-        # amqtt closes the connection of a client publishing to a "$" topic (kept for Gizwits
-        # devices), but a data-template device publishes on "$thing/up/...": its message
-        # (already PUBACKed at QoS 1) goes through the ACL here and is reported, never routed
-        # (no device may subscribe to "$thing/up" topics). A refused one is dropped and the
-        # connection stays up, as for any other topic.
-        message = wait_deliver.result()
-        topic = getattr(message, "topic", None)
-        principal = client_session.attributes.get(_PRINCIPAL_KEY)
-        thing = isinstance(principal, DevicePrincipal) and principal.thing
-        if not thing or not isinstance(topic, str) or not topic.startswith("$"):
-            return bool(
-                await super()._handle_message_delivery(client_session, handler, wait_deliver)
-            )
-        if self._adapter._check_topic(client_session, topic, Action.PUBLISH):
-            self._adapter._message_routed(client_session.client_id, topic, message.data)
-        return True
-
-
-@dataclass
-class _HooksConfig:
-    broker: Any = None
-
-
-class _AmqttHooks(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
-    """amqtt plugin forwarding authentication and topic checks to the broker (routed messages
-    are reported by `_AmqttBroker._broadcast_message`)."""
-
-    Config = _HooksConfig
-
-    async def authenticate(self, *, session: Any) -> bool:
-        broker: EmbeddedBroker = self.config.broker
-        return broker._bind_session(session)
-
-    async def topic_filtering(
-        self, *, session: Any = None, topic: str | None = None, action: Any = None
-    ) -> bool:
-        broker: EmbeddedBroker = self.config.broker
-        return broker._check_topic(session, topic, action)
+            self.timer = self.loop.call_later(limit - idle, self._check_keepalive)

@@ -73,7 +73,7 @@ from iotcloud.gateway.broker import (
     DisconnectReason,
 )
 from iotcloud.services.credentials import same_secret
-from iotcloud.services.ingest import Batcher
+from iotcloud.services.ingest import BatchDropped, Batcher
 from iotcloud.storage.database import Database
 from iotcloud.storage.devices import DeviceRepository
 from iotcloud.storage.models import DeviceRow, ProductRow
@@ -639,7 +639,28 @@ class DeviceGateway:
         self.stats.denied += 1
         self._warn_once(principal.did, "%s to %s denied", action, topic)
 
-    async def on_publish(self, principal: DevicePrincipal, topic: str, payload: bytes) -> None:
+    async def on_publish(
+        self, principal: DevicePrincipal, topic: str, payload: bytes
+    ) -> asyncio.Future[None] | None:
+        """Handle one device message; the returned future is done once what it carried is
+        committed (None when nothing was stored)."""
+        stats = self.reports.stats
+        queued, dropped = stats.submitted, stats.dropped
+        await self._handle_publish(principal, topic, payload)
+        if stats.dropped != dropped:
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            lost.set_exception(BatchDropped("the report queue is full"))
+            return lost
+        if stats.submitted == queued:
+            return None
+        return self.reports.committed()
+
+    @property
+    def backlog(self) -> int:
+        """Device messages taken and not yet committed (reports and presence changes)."""
+        return self.reports.backlog
+
+    async def _handle_publish(self, principal: DevicePrincipal, topic: str, payload: bytes) -> None:
         session = self._sessions.get(principal.did)
         if session is not None and session.template is not None:
             await self._thing_message(principal.did, session, session.template, topic, payload)
@@ -908,3 +929,87 @@ class DeviceGateway:
         log.warning(
             "device %s: " + message + " (further problems of this device are counted)", did, *args
         )
+
+    # -- batched commands (the scheduler) ------------------------------------------------------
+
+    async def send_many(
+        self, commands: Sequence[tuple[str, bytes]], *, ack_timeout: float = 5.0
+    ) -> list[asyncio.Future[SendResult]]:
+        """Send each ``(did, payload)`` as `send` with ``require_ack`` does, without waiting for
+        the devices: returns once every command is handed to the broker, with one future per
+        command, in order. A future resolves to ``DELIVERED`` when the device acknowledged
+        its command (the 0x0094 with the command's SN; a data-template device's
+        ``control_reply`` with code 0), ``TIMED_OUT`` when nothing came within
+        ``ack_timeout`` seconds, ``DEVICE_OFFLINE`` at once when the device has no session
+        (nothing sent), ``REJECTED`` as in `send`; it holds the ``ConnectionError`` when the
+        broker could not take the command.
+
+        Acknowledgements are correlated by (did, SN) as in `send`, but a burst costs no task
+        and no timer per command: the commands of one call share one timer for their
+        timeouts (data-template commands, which await a reply token, each run as `send`)."""
+        loop = asyncio.get_running_loop()
+        results: list[asyncio.Future[SendResult]] = []
+        awaiting: list[tuple[tuple[str, int], asyncio.Future[None]]] = []
+
+        def settle(
+            key: tuple[str, int], result: asyncio.Future[SendResult]
+        ) -> Callable[[asyncio.Future[None]], None]:
+            def acknowledged_or_expired(waiter: asyncio.Future[None]) -> None:
+                entry = self._acks.get(key)
+                if entry is not None and entry[1] is waiter:
+                    del self._acks[key]
+                if not result.done():
+                    result.set_result(
+                        SendResult.TIMED_OUT if waiter.cancelled() else SendResult.DELIVERED
+                    )
+
+            return acknowledged_or_expired
+
+        async def control(did: str, payload: bytes, result: asyncio.Future[SendResult]) -> None:
+            try:
+                sent = await self.send(did, payload, require_ack=True, ack_timeout=ack_timeout)
+            except asyncio.CancelledError:
+                result.cancel()
+                raise
+            except Exception as exc:  # handed to the caller through the future
+                if not result.done():
+                    result.set_exception(exc)
+            else:
+                if not result.done():
+                    result.set_result(sent)
+
+        def expire() -> None:
+            for _, waiter in awaiting:
+                waiter.cancel()  # no effect on the acknowledged ones
+
+        for did, payload in commands:
+            result: asyncio.Future[SendResult] = loop.create_future()
+            results.append(result)
+            session = self._sessions.get(did)
+            if session is None or self._broker is None:
+                result.set_result(SendResult.DEVICE_OFFLINE)
+                continue
+            if session.template is not None:
+                self._spawn(control(did, payload, result))
+                continue
+            sn = self._next_sn = (self._next_sn + 1) & 0xFFFFFFFF
+            key = (did, sn)
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._acks[key] = (CLOUD_CLIENT_ID, waiter)
+            try:
+                outcome = await self.publish_frame(did, Frame(CMD_CONTROL_SN, payload, sn=sn))
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                self._acks.pop(key, None)
+                result.set_exception(
+                    exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
+                )
+                continue
+            if outcome is not SendResult.DELIVERED:
+                self._acks.pop(key, None)
+                result.set_result(outcome)
+                continue
+            waiter.add_done_callback(settle(key, result))
+            awaiting.append((key, waiter))
+        if awaiting:
+            loop.call_later(ack_timeout, expire)
+        return results

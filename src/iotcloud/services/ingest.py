@@ -4,6 +4,9 @@ Reports are written in batches (one transaction each) so that a busy fleet costs
 transactions per second instead of one per report. The queue is bounded: a producer waits for
 room up to ``put_timeout`` (backpressure on the device connection that sent it), then the
 report is dropped and counted — memory never grows without bound.
+
+`Batcher.committed` tells when what was queued so far is written: the embedded device transport
+acknowledges a QoS 1 report only then, so an acknowledged report survives a crash.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +36,10 @@ class DeviceReport:
     values: dict[str, Any]
     raw: bytes
     direction: str = "dev2app"
+
+
+class BatchDropped(ConnectionError):
+    """The batch holding an item could not be written (after its retries) and was dropped."""
 
 
 @dataclass
@@ -78,6 +86,9 @@ class Batcher(Generic[T]):
         self._pending: list[T] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        self._accepted = 0  # items queued so far
+        self._settled = 0  # of those, items whose batch was written or dropped
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     async def __aenter__(self) -> Batcher[T]:
         self._task = asyncio.create_task(self._run(), name=self.name)
@@ -95,6 +106,36 @@ class Batcher(Generic[T]):
             await asyncio.gather(self._task, return_exceptions=True)
         await self._drain()
 
+    @property
+    def backlog(self) -> int:
+        """Items queued or being written, not yet committed."""
+        return self._accepted - self._settled
+
+    def committed(self) -> asyncio.Future[None]:
+        """A future done once every item queued so far is written; it fails with
+        `BatchDropped` if the batch holding the last of them was dropped."""
+        waiters = self._waiters
+        if waiters and waiters[-1][0] == self._accepted:
+            return waiters[-1][1]
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._settled >= self._accepted:
+            future.set_result(None)
+        else:
+            waiters.append((self._accepted, future))
+        return future
+
+    def _settle(self, count: int, error: BaseException | None) -> None:
+        self._settled += count
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._settled:
+            _, future = waiters.popleft()
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
     def offer(self, item: T) -> bool:
         """Queue ``item`` if there is room; False (and counted as dropped) otherwise."""
         try:
@@ -103,6 +144,7 @@ class Batcher(Generic[T]):
             self.stats.dropped += 1
             return False
         self.stats.submitted += 1
+        self._accepted += 1
         return True
 
     async def put(self, item: T) -> bool:
@@ -117,6 +159,7 @@ class Batcher(Generic[T]):
             self.stats.dropped += 1
             return False
         self.stats.submitted += 1
+        self._accepted += 1
         return True
 
     async def _run(self) -> None:
@@ -173,9 +216,11 @@ class Batcher(Generic[T]):
             self.stats.batches += 1
             self.stats.written += len(batch)
             self.stats.last_batch_seconds = time.monotonic() - started
+            self._settle(len(batch), None)
             return
         self.stats.failed_batches += 1
         self.stats.dropped += len(batch)
+        self._settle(len(batch), BatchDropped(f"{self.name}: a batch of {len(batch)} was dropped"))
         log.error(
             "%s: dropped a batch of %d items after %d attempts",
             self.name,

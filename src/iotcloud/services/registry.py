@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from iotcloud.config import Settings
 from iotcloud.services.accounts import AccountService
@@ -34,3 +36,5 @@ class Services:
     realtime: RealtimeHub
     scheduler: SchedulerService
     things: ThingService
+    edge_stats: Callable[[], dict[str, Any]]
+    """The device edge's counters: broker, gateway and ingest queues (``GET /admin/v1/stats``)."""

@@ -1,19 +1,23 @@
-"""The device topic ACL and topic matching, as pure functions (no broker needed)."""
+"""The device topic ACL and topic matching, as pure functions (no broker needed).
+
+Matching is checked against `matching_filters`, which enumerates every filter a topic matches:
+a second, independent statement of the same MQTT rules."""
 
 from __future__ import annotations
 
 import pytest
-from amqtt.plugins import TopicMatcher
 from hypothesis import given
 from hypothesis import strategies as st
 
 from iotcloud.gateway.broker import (
     DevicePrincipal,
+    filter_prefix,
     is_topic_filter,
     is_topic_name,
-    matching_filters,
     may_publish,
     may_subscribe,
+    topic_matches,
+    topic_prefixes,
 )
 
 DID = "gKufzxZwYeyd3Skbsb6mza"
@@ -88,6 +92,27 @@ def test_a_principal_that_cannot_be_a_topic_level_may_do_nothing(did: str) -> No
     assert not may_subscribe(DevicePrincipal(DID, ""), "ser2cli_noti/")
 
 
+def matching_filters(topic: str, *, max_levels: int = 8) -> list[str] | None:
+    """Every subscription filter that matches ``topic``, or None if it has over ``max_levels``.
+
+    MQTT matching: ``+`` is one level, a final ``#`` any number of levels including none (so
+    ``a/#`` matches ``a``), and filters starting with a wildcard do not match ``$`` topics. There
+    are 2**L + 2**(L+1) - 1 of them for L levels, hence the limit.
+    """
+    levels = topic.split("/")
+    if len(levels) > max_levels:
+        return None
+    wildcard_first = not topic.startswith("$")
+    found = ["#"] if wildcard_first else []
+    prefixes = [levels[0], "+"] if wildcard_first else [levels[0]]
+    for level in levels[1:]:
+        found += [f"{prefix}/#" for prefix in prefixes]
+        prefixes = [
+            f"{prefix}/{alternative}" for prefix in prefixes for alternative in (level, "+")
+        ]
+    return found + prefixes + [f"{prefix}/#" for prefix in prefixes]
+
+
 _LEVEL = st.sampled_from(["a", "b", ""])
 _TOPICS = st.builds(
     lambda first, rest: "/".join([first, *rest]),
@@ -103,12 +128,42 @@ _FILTERS = st.builds(
 
 
 @given(topic=_TOPICS, topic_filter=_FILTERS)
-def test_matching_filters_agree_with_amqtt_matching(topic: str, topic_filter: str) -> None:
-    """The broker finds a topic's subscribers by lookup; it must agree with amqtt's scan."""
+def test_matching_and_the_subscription_index_agree_with_the_enumeration(
+    topic: str, topic_filter: str
+) -> None:
+    """`topic_matches` (what the transport routes by) agrees with `matching_filters` (every
+    filter a topic matches, enumerated), and a matching filter is always found under one of the
+    topic's index keys."""
     assert is_topic_filter(topic_filter)
     candidates = matching_filters(topic)
     assert candidates is not None
-    assert (topic_filter in candidates) is TopicMatcher.is_topic_allowed(topic, topic_filter)
+    matches = topic_matches(topic_filter, topic)
+    assert (topic_filter in candidates) is matches
+    if matches:
+        assert filter_prefix(topic_filter) in topic_prefixes(topic)
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "topic", "matches"),
+    [
+        ("sport/tennis/player1/#", "sport/tennis/player1", True),
+        ("sport/tennis/player1/#", "sport/tennis/player1/ranking", True),
+        ("sport/tennis/+", "sport/tennis/player1", True),
+        ("sport/tennis/+", "sport/tennis/player1/ranking", False),
+        ("sport/+", "sport", False),
+        ("sport/+", "sport/", True),
+        ("+/+", "/finance", True),
+        ("#", "$SYS/monitor", False),
+        ("+/monitor", "$SYS/monitor", False),
+        ("$SYS/#", "$SYS/monitor", True),
+        ("$thing/down/property/P/N", "$thing/down/property/P/N", True),
+        ("$thing/down/property/P/N", "$thing/down/property/P/M", False),
+    ],
+)
+def test_topic_matching_follows_the_mqtt_rules(
+    topic_filter: str, topic: str, matches: bool
+) -> None:
+    assert topic_matches(topic_filter, topic) is matches
 
 
 def test_matching_filters_give_up_on_deep_topics() -> None:

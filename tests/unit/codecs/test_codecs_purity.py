@@ -13,7 +13,7 @@ import json, sys
 before = set(sys.modules)
 import iotcloud.codecs
 import iotcloud.codecs.datapoints, iotcloud.codecs.errors, iotcloud.codecs.frame, iotcloud.codecs.p0
-import iotcloud.codecs.template, iotcloud.codecs.dialects
+import iotcloud.codecs.template, iotcloud.codecs.dialects, iotcloud.codecs.mqtt
 print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
