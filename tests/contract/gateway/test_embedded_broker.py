@@ -726,3 +726,143 @@ async def test_stopping_the_broker_closes_every_connection() -> None:
             (A, DisconnectReason.SHUTDOWN),
             (B, DisconnectReason.SHUTDOWN),
         ]
+
+
+# -- acknowledgement after storage, backpressure, QoS 2, sessions -----------------------------
+
+
+class StoringRecorder(Recorder):
+    """`BrokerEvents` whose ``on_publish`` hands back a future the test completes: the
+    "batch committed" the transport waits for before a PUBACK."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: list[asyncio.Future[None]] = []
+
+    async def on_publish(  # type: ignore[override]
+        self, principal: DevicePrincipal, topic: str, payload: bytes
+    ) -> asyncio.Future[None]:
+        await super().on_publish(principal, topic, payload)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.stored.append(future)
+        return future
+
+
+def _publish_qos(topic: str, payload: bytes, qos: int, packet_id: int) -> bytes:
+    return _packet(0x30 | qos << 1, _string(topic) + struct.pack("!H", packet_id) + payload)
+
+
+async def _until(condition: Any) -> None:
+    async with asyncio.timeout(WAIT):
+        while not condition():  # noqa: ASYNC110 - a counter, not an event
+            await asyncio.sleep(0.01)
+
+
+async def _nothing_arrives(raw: RawDevice, seconds: float = 0.3) -> bool:
+    with suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await raw.reader.read(1)
+            return False
+    return True
+
+
+async def test_a_qos1_report_is_acknowledged_only_once_stored() -> None:
+    events = StoringRecorder()
+    async with (
+        EmbeddedBroker("127.0.0.1", 0, Registry(), events) as broker,
+        raw_device(broker, raw_connect(A)) as (raw, _),
+    ):
+        await raw.send(_publish_qos(f"dev2app/{A}", b"report", 1, 42))
+        await events.wait_for("publish", A)
+        assert await _nothing_arrives(raw)  # not stored yet: no PUBACK
+        events.stored[0].set_result(None)
+        assert await raw.read_packet() == (0x40, b"\x00\x2a")
+
+
+async def test_a_qos1_report_that_could_not_be_stored_is_not_acknowledged() -> None:
+    events = StoringRecorder()
+    async with (
+        EmbeddedBroker("127.0.0.1", 0, Registry(), events) as broker,
+        raw_device(broker, raw_connect(A)) as (raw, _),
+    ):
+        await raw.send(_publish_qos(f"dev2app/{A}", b"report", 1, 7))
+        await events.wait_for("publish", A)
+        events.stored[0].set_exception(ConnectionError("database down"))
+        assert await raw.closed_by_broker()  # no PUBACK: the device sends it again
+        (disconnect,) = await events.wait_for("disconnect", A)
+        assert disconnect[2] == DisconnectReason.SERVER_ERROR
+
+
+async def test_a_qos2_report_is_taken_once_and_completed() -> None:
+    async with (
+        running_broker() as (broker, events),
+        raw_device(broker, raw_connect(A)) as (raw, _),
+    ):
+        for _ in range(2):  # the second is a re-send of the same packet id
+            await raw.send(_publish_qos(f"dev2app/{A}", b"once", 2, 9))
+            assert await raw.read_packet() == (0x50, b"\x00\x09")  # PUBREC
+        await raw.send(b"\x62\x02\x00\x09")  # PUBREL
+        assert await raw.read_packet() == (0x70, b"\x00\x09")  # PUBCOMP
+        await raw.ping()
+        assert events.of("publish", A) == [("publish", A, f"dev2app/{A}", b"once")]
+
+
+async def test_reads_pause_while_ingestion_is_behind_and_reports_are_shed_past_the_bound() -> None:
+    backlog = [0]
+    async with (
+        running_broker(backlog=lambda: backlog[0], pause_above=10, shed_above=20) as (
+            broker,
+            events,
+        ),
+        raw_device(broker, raw_connect(A)) as (raw, _),
+    ):
+        backlog[0] = 15  # behind: what is read is taken, then reading stops
+        await raw.publish(f"dev2app/{A}", b"taken")
+        await events.wait_for("publish", A)
+        assert broker.stats.paused_reads == 1
+        await raw.send(b"\xc0\x00")
+        assert await _nothing_arrives(raw)  # the PINGREQ waits in the socket
+        backlog[0] = 3  # caught up: reading resumes
+        assert await raw.read_packet() == (0xD0, b"")
+        backlog[0] = 25  # past the bound: QoS 0 reports are dropped at the edge
+        await raw.publish(f"dev2app/{A}", b"shed")
+        await _until(lambda: broker.stats.shed == 1)
+        backlog[0] = 0
+        await raw.ping()
+        assert [e[3] for e in events.of("publish", A)] == [b"taken"]
+        backlog[0] = 45  # twice the bound: a QoS 1 report is refused and the device closed
+        await raw.send(_publish_qos(f"dev2app/{A}", b"refused", 1, 3))
+        assert await raw.closed_by_broker()
+        assert broker.stats.shed == 2
+        (disconnect,) = await events.wait_for("disconnect", A)
+        assert disconnect[2] == DisconnectReason.SERVER_ERROR
+
+
+async def test_a_returning_persistent_session_gets_unacknowledged_messages_again() -> None:
+    async with running_broker() as (broker, events):
+        async with raw_device(broker, raw_connect(A, clean=False)) as (raw, _):
+            assert await raw.subscribe(f"app2dev/{A}/#", qos=1) == 1
+            await broker.publish(f"app2dev/{A}/cloud", b"unacknowledged", qos=1)
+            first, body = await raw.read_packet()
+            assert first == 0x32  # not acknowledged before the connection drops
+        await events.wait_for("disconnect", A)
+        async with raw_device(broker, raw_connect(A, clean=False)) as (raw, connack):
+            assert connack == b"\x20\x02\x01\x00"
+            again, body_again = await raw.read_packet()
+            assert (again, body_again) == (0x3A, body)  # the same message, DUP set
+            await raw.send(b"\x40\x02" + body[len(_string(f"app2dev/{A}/cloud")) :][:2])
+            await raw.ping()
+        async with raw_device(broker, raw_connect(A, clean=True)) as (raw, connack):
+            assert connack == b"\x20\x02\x00\x00"  # a clean session forgets it all
+            await broker.publish(f"app2dev/{A}/cloud", b"not subscribed", qos=1)
+            assert await _nothing_arrives(raw)
+
+
+async def test_unsubscribed_filters_receive_nothing() -> None:
+    async with running_broker() as (broker, _), device(broker, A) as client:
+        await client.subscribe(f"app2dev/{A}/#")
+        await client.unsubscribe(f"app2dev/{A}/#")
+        await broker.publish(f"app2dev/{A}/cloud", b"gone")
+        await client.subscribe(f"ser2cli_res/{A}")
+        await broker.publish(f"ser2cli_res/{A}", b"here")
+        assert (await next_message(client)).payload == b"here"
