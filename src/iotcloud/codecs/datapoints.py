@@ -101,6 +101,7 @@ class UintSpec:
     _ratio: Decimal = field(init=False, repr=False, compare=False)
     _addition: Decimal = field(init=False, repr=False, compare=False)
     _integral: bool = field(init=False, repr=False, compare=False)
+    _int_scale: tuple[int, int] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (_finite(self.ratio) and self.ratio > 0 and _finite(self.addition)):
@@ -113,6 +114,9 @@ class UintSpec:
         object.__setattr__(self, "_addition", addition)
         integral = ratio == ratio.to_integral_value() and addition == addition.to_integral_value()
         object.__setattr__(self, "_integral", integral)
+        # integral scaling is exact in integers: the report path skips Decimal for it
+        scale = (int(ratio), int(addition)) if integral else None
+        object.__setattr__(self, "_int_scale", scale)
 
     @property
     def integral(self) -> bool:
@@ -131,6 +135,8 @@ class UintSpec:
 
     def to_display(self, raw: int) -> int | float:
         """Scale a transport value to its display value; no range check."""
+        if self._int_scale is not None:
+            return raw * self._int_scale[0] + self._int_scale[1]
         value = _DECIMAL.add(_DECIMAL.multiply(Decimal(raw), self._ratio), self._addition)
         return int(value) if self._integral else float(value)
 

@@ -455,6 +455,8 @@ class RealtimeHub:
                 status = OnlineStatus(event.did, watch.mac, watch.passcode, event.online)
                 self._deliver_all(watch.sessions, status)
             return
+        if watch is None and not event.client_id:
+            return  # nobody watches this device and the message names no client
         subscribers: Iterable[RealtimeSession] = watch.sessions if watch is not None else ()
         target = self._by_client.get(event.client_id) if event.client_id else None
         if target is not None and event.did not in target.allowed:

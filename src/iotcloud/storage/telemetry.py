@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     ColumnElement,
     and_,
@@ -32,6 +33,14 @@ from iotcloud.storage.models import (
     DeviceRow,
     DeviceThingEventRow,
 )
+
+_encoder = msgspec.json.Encoder()
+
+
+def _dumps(value: Any) -> str:
+    """JSON text of stored values: msgspec's encoder, several times faster than ``json.dumps``
+    on the report path (the text differs only in whitespace)."""
+    return _encoder.encode(value).decode()
 
 
 class _BulkWrite:
@@ -173,7 +182,7 @@ class TelemetryRepository:
                 previous[2].update(dict.fromkeys(change.values, ms))
                 merged[change.device_id] = (max(previous[0], change.at), previous[1], previous[2])
         instant = self._instant
-        dumps = json.dumps
+        dumps = _dumps
         upserts: list[tuple[Any, ...]] = []
         sqlite = self.dialect != "postgresql"
         for device_id, (at, attrs, times) in merged.items():
