@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -113,6 +114,8 @@ _CONNECTING, _AUTHENTICATING, _ONLINE, _CLOSED = 0, 1, 2, 3
 _YIELD_EVERY: Final = 500
 """Events the dispatcher delivers before letting the event loop run other work."""
 _PRESSURE_POLL: Final = 0.005
+_SPARE_FILES: Final = 1_024
+"""File descriptors beyond the device connections: database, listeners, HTTP clients."""
 
 
 class _Refused(Exception):
@@ -288,6 +291,7 @@ class EmbeddedBroker:
         if self._loop is not None:
             raise RuntimeError("an EmbeddedBroker can be started only once")
         self._loop = loop = asyncio.get_running_loop()
+        _raise_open_file_limit(self.max_connections + _SPARE_FILES)
         async with AsyncExitStack() as stack:
             self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
             self._dispatcher = self._tasks.create_task(
@@ -771,6 +775,32 @@ class EmbeddedBroker:
             delivered += 1
             if delivered % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+
+
+def _raise_open_file_limit(wanted: int) -> None:
+    """Raise the open-file limit towards ``wanted``: every device connection is a file
+    descriptor, and a soft limit of 1,024 is common. The soft limit goes up to the hard one; a
+    privileged process may raise the hard one too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = soft
+    attempts = [(wanted, hard)] if hard == resource.RLIM_INFINITY or hard >= wanted else []
+    attempts += [(wanted, wanted), (hard, hard)]  # a privileged process may raise the hard one
+    for limits in attempts:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        except (ValueError, OSError):
+            continue
+        target = limits[0]
+        break
+    if target < wanted:
+        log.warning(
+            "the open-file limit is %d, below the %d device connections allowed plus spares: "
+            "raise it (ulimit -n, LimitNOFILE=) or lower IOTCLOUD_MQTT_MAX_CONNECTIONS",
+            target,
+            wanted - _SPARE_FILES,
+        )
 
 
 def _when_stored(result: Awaitable[None], then: Callable[[asyncio.Future[None]], None]) -> None:
