@@ -228,6 +228,37 @@ async def test_presence_follows_the_connection(server: RunningServer, tmp_path: 
     assert offline["last_offline_at"]
 
 
+async def test_an_acknowledged_qos1_report_is_already_stored(
+    server: RunningServer, apps: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The embedded transport sends the PUBACK once the report's batch is committed: the
+    state is readable the moment the device has its acknowledgement (no waiting), and the
+    operator's counters show the traffic."""
+    if external(server):
+        pytest.skip("Mosquitto acknowledges QoS 1 itself, before the gateway sees the message")
+    product_key, product = import_product(server, tmp_path, "pet_house.json")
+    device = VirtualDevice(product_key, product, new_mac(), seed=5)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=admin) as operator:
+        before = (await operator.get("/admin/v1/stats")).json()
+        async with Online(server, device):
+            assert device.did is not None
+            client = device._client
+            assert client is not None
+            for temperature in (11, 12, 13):
+                device.status["Temperature"] = temperature
+                payload = device.codec.encode_status(device.status)
+                await client.publish(
+                    f"dev2app/{device.did}", encode_frame(Frame(CMD_REPORT, payload)), qos=1
+                )
+                assert (await latest(apps, device.did))["attr"]["Temperature"] == temperature
+        after = (await operator.get("/admin/v1/stats")).json()
+    assert after["broker"]["messages_in"] >= before["broker"]["messages_in"] + 3
+    assert after["ingest"]["reports"]["written"] >= before["ingest"]["reports"]["written"] + 3
+    assert after["broker"]["shed"] == 0
+    assert {"connections", "online", "paused_reads", "events_dropped"} <= set(after["broker"])
+
+
 async def test_latest_refuses_unknown_devices_and_apps(
     server: RunningServer, apps: httpx.AsyncClient
 ) -> None:
