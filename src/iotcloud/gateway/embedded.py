@@ -23,13 +23,15 @@ runs per connection; a connection costs its protocol object, its session and the
   is no PUBACK and the connection is closed (`DisconnectReason.SERVER_ERROR`) so that the
   device sends it again. QoS 2 likewise, with PUBREC.
 * **Backpressure.** ``backlog()`` says how many device messages the gateway holds uncommitted;
-  with this transport's own undelivered events it is the *pressure*. Above ``pause_above`` a
-  connection that delivered data stops being read (TCP pushes back on the device; keep-alive
-  does not count the pause against it) until the pressure is back under half of it. Above
-  ``shed_above``, QoS 0 reports are dropped at the edge and counted (``stats.shed``); QoS 1 and 2
+  with this transport's own undelivered events it is the *pressure*. When a packet brings it to
+  ``pause_above``, that connection stops being read, with the rest of what it sent still
+  buffered (TCP pushes back on the device; keep-alive does not count the pause against it).
+  Once the pressure is under half of it, paused connections are taken back a slice per poll,
+  longest-paused first, so the intake of one loop iteration stays bounded and HTTP keeps its
+  turn. Past ``shed_above`` (reached only when the backlog grows on its own, e.g. a slow
+  database), QoS 0 reports are dropped at the edge and counted (``stats.shed``); QoS 1 and 2
   ones, whose devices wait for the acknowledgement, are taken up to twice that, then refused
-  (counted, connection closed). The event loop never spends itself reading sockets while the
-  database writer waits.
+  (counted, connection closed).
 * **Sessions.** A second CONNECT with the same client id closes the first connection
   (`DisconnectReason.TAKEOVER`). With clean session 0 the subscriptions and the QoS 1 messages
   not yet acknowledged (at most ``max_queued_messages``) outlive the connection for
@@ -111,9 +113,12 @@ from iotcloud.gateway.broker import (
 log = logging.getLogger(__name__)
 
 _CONNECTING, _AUTHENTICATING, _ONLINE, _CLOSED = 0, 1, 2, 3
-_YIELD_EVERY: Final = 500
+_YIELD_EVERY: Final = 200
 """Events the dispatcher delivers before letting the event loop run other work."""
 _PRESSURE_POLL: Final = 0.005
+_RESUME_BATCH: Final = 64
+"""Paused connections resumed per poll once the pressure is low: a fleet paused together is
+taken back a slice at a time, so no loop iteration reads every socket at once."""
 _SPARE_FILES: Final = 1_024
 """File descriptors beyond the device connections: database, listeners, HTTP clients."""
 
@@ -272,7 +277,7 @@ class EmbeddedBroker:
         )
         self._wakeup = asyncio.Event()
         self._stopping = False
-        self._paused: set[_DeviceConnection] = set()
+        self._paused: dict[_DeviceConnection, None] = {}  # in the order they were paused
         self._pressure_timer: asyncio.TimerHandle | None = None
         self._failing_callbacks: set[str] = set()
         self._at_capacity = False
@@ -569,16 +574,13 @@ class EmbeddedBroker:
         session.resend()
         session.flush(self.max_queued_messages)
         connection.process()
-        if connection.state == _ONLINE:
-            if self._pressure() >= self.pause_above:
-                self._pause(connection)
-            else:
-                connection.transport.resume_reading()
+        if connection.state == _ONLINE and connection not in self._paused:
+            connection.transport.resume_reading()
 
     def _ended(self, connection: _DeviceConnection, reason: DisconnectReason) -> None:
         """A connection closed: release it; report the end of an online session."""
         self._connections.discard(connection)
-        self._paused.discard(connection)
+        self._paused.pop(connection, None)
         principal, session = connection.principal, connection.session
         if principal is None or session is None:
             return
@@ -700,32 +702,40 @@ class EmbeddedBroker:
         """Device messages taken and not yet stored: undelivered events plus the backlog."""
         return len(self._queue) + (self._backlog() if self._backlog is not None else 0)
 
-    def _after_read(self, connection: _DeviceConnection) -> None:
-        if self._pressure() >= self.pause_above and connection.state == _ONLINE:
-            self._pause(connection)
+    def behind(self) -> bool:
+        """Whether ingestion is too far behind to take more from devices now."""
+        return self._pressure() >= self.pause_above
 
     def _pause(self, connection: _DeviceConnection) -> None:
         if connection in self._paused:
             return
         connection.transport.pause_reading()
-        self._paused.add(connection)
+        self._paused[connection] = None
         self._stats.paused_reads += 1
         if self._pressure_timer is None:
             assert self._loop is not None
             self._pressure_timer = self._loop.call_later(_PRESSURE_POLL, self._check_pressure)
 
     def _check_pressure(self) -> None:
+        """Resume the longest-paused connections, a slice per poll, while the pressure is low:
+        each first handles what it had already received (and is paused again if that fills
+        the queue), then is read again."""
         self._pressure_timer = None
-        if self._pressure() > self.pause_above // 2:
-            if self._paused:
-                assert self._loop is not None
-                self._pressure_timer = self._loop.call_later(_PRESSURE_POLL, self._check_pressure)
-            return
-        paused, self._paused = self._paused, set()
-        for connection in paused:
-            if connection.state == _ONLINE:
-                connection.last_received = connection.loop.time()
+        paused = self._paused
+        budget = _RESUME_BATCH
+        while paused and budget and self._pressure() <= self.pause_above // 2:
+            connection = next(iter(paused))
+            del paused[connection]
+            budget -= 1
+            if connection.state != _ONLINE:
+                continue
+            connection.last_received = connection.loop.time()
+            connection.process()
+            if connection.state == _ONLINE and connection not in paused:
                 connection.transport.resume_reading()
+        if paused:
+            assert self._loop is not None
+            self._pressure_timer = self._loop.call_later(_PRESSURE_POLL, self._check_pressure)
 
     def is_paused(self, connection: _DeviceConnection) -> bool:
         return connection in self._paused
@@ -867,9 +877,9 @@ class _DeviceConnection(asyncio.Protocol):
         self.splitter.feed(data)
         if self.state == _AUTHENTICATING:
             return
+        if self.state == _ONLINE and self.broker.is_paused(self):
+            return  # handled when it is resumed, after what it holds already
         self.process()
-        if self.state == _ONLINE:
-            self.broker._after_read(self)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost reports it
@@ -890,7 +900,9 @@ class _DeviceConnection(asyncio.Protocol):
     # -- packets -----------------------------------------------------------------------------
 
     def process(self) -> None:
-        """Handle every whole packet received so far (stops at a CONNECT being checked)."""
+        """Handle the whole packets received so far. Stops at a CONNECT being checked, and when
+        ingestion is behind: the connection is then paused with the rest still buffered, so
+        one read never takes more than the queue has room for."""
         try:
             while self.state == _CONNECTING or self.state == _ONLINE:
                 if self.state == _CONNECTING:
@@ -908,6 +920,9 @@ class _DeviceConnection(asyncio.Protocol):
                 if packet is None:
                     return
                 self._handle(*packet)
+                if self.state == _ONLINE and self.broker.behind():
+                    self.broker._pause(self)
+                    return
         except MqttProtocolError as exc:
             if self.state == _ONLINE:
                 log.info("device %s broke the protocol (%s), closing", self.did, exc)
