@@ -1,117 +1,114 @@
-"""The ingest benchmark's ceiling: the embedded broker alone, in its own process.
+"""The device paths' ceiling: Mosquitto's own pass-through, started by the benchmark.
 
-The same `EmbeddedBroker` that ``iotcloud serve`` runs (amqtt behind our admission, framing and
-ACL layer, on uvloop), with no registry and no storage: every CONNECT is accepted, ``on_publish``
-events are only counted, and one subscriber (client id ``bench-subscriber``) may subscribe to
-``dev2app/#`` and so receives every device report. Run as
-``python -m bench.ceiling_broker --port P``; prints ``{"port": P}`` once listening, then answers
-``stats`` lines on stdin with a JSON line of counters and this process's CPU seconds; exits at
-end of input.
+A C broker (Debian's ``mosquitto``) routing MQTT between clients is the closest thing to what
+this machine can do for a device message: the benchmarks drive it with the same raw-socket
+clients they point at ``iotcloud serve`` and put its figure beside the server's, measured in
+the same run. (The embedded transport in ``iotcloud serve`` routes nothing between clients: it
+hands each device message to the gateway and writes commands to the device's connection.)
+
+`PassThroughMosquitto` runs one throwaway instance on a free loopback port with a generated
+configuration: anonymous clients, no ACL, no persistence, no connection cap, errors and
+warnings logged to a file in its own directory. It inherits this process's open-file limit, so
+raise that (`bench.harness.raise_open_files`) before starting it with thousands of clients.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import resource
-import sys
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
-from typing import Any
+from pathlib import Path
+from types import TracebackType
 
-from amqtt.contexts import Action
+from tests.pg import free_port
 
-from iotcloud.gateway.broker import AclAction, DevicePrincipal, DisconnectReason
-from iotcloud.gateway.embedded import EmbeddedBroker
-
-SUBSCRIBER = "bench-subscriber"
+MOSQUITTO = "/usr/sbin/mosquitto"
 
 
-class AcceptEveryone:
-    """`Authenticator`: every client id is a device of product ``bench``."""
-
-    async def authenticate(
-        self, client_id: str, username: str | None, password: str | None
-    ) -> DevicePrincipal:
-        return DevicePrincipal(did=client_id, product_key="bench")
+def mosquitto_path() -> str:
+    found = shutil.which("mosquitto") or MOSQUITTO
+    if not Path(found).exists():
+        raise RuntimeError("mosquitto not found: apt-get install mosquitto (Debian's package)")
+    return found
 
 
-class CountingEvents:
-    """`BrokerEvents` that only count (no decoding, no storage)."""
+def mosquitto_version() -> str:
+    """``mosquitto version X.Y.Z`` as the binary prints it."""
+    shown = subprocess.run(
+        [mosquitto_path(), "-h"], capture_output=True, text=True, timeout=10, check=False
+    )
+    first = (shown.stdout or shown.stderr).splitlines()
+    return first[0].strip() if first else "mosquitto"
+
+
+class PassThroughMosquitto:
+    """A started Mosquitto any client may connect to, publish and subscribe on; a context
+    manager (stopped and its directory removed on exit)."""
 
     def __init__(self) -> None:
-        self.publishes = 0
-        self.connects = 0
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="iotcloud-bench-mosquitto-"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.version = mosquitto_version()
 
-    async def on_connect(
-        self, principal: DevicePrincipal, client_id: str, keepalive: int, peer: str
-    ) -> None:
-        self.connects += 1
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
-    async def on_disconnect(
-        self, principal: DevicePrincipal, client_id: str, reason: DisconnectReason
-    ) -> None:
-        self.connects -= 1
-
-    async def on_publish(self, principal: DevicePrincipal, topic: str, payload: bytes) -> None:
-        self.publishes += 1
-
-    async def on_denied(self, principal: DevicePrincipal, action: AclAction, topic: str) -> None:
-        pass
-
-
-class PassThroughBroker(EmbeddedBroker):
-    """The embedded broker, letting the benchmark's subscriber read every device's reports.
-
-    Overrides the private topic check for that one client only; everything else (devices'
-    ACL, routing, framing) is the production code path.
-    """
-
-    def _check_topic(self, session: Any, topic: str | None, action: Any) -> bool:
-        if (
-            action == Action.SUBSCRIBE
-            and session is not None
-            and session.client_id == SUBSCRIBER
-            and topic == "dev2app/#"
-        ):
-            return True
-        return super()._check_topic(session, topic, action)
-
-
-async def serve(port: int) -> None:
-    events = CountingEvents()
-    async with PassThroughBroker("127.0.0.1", port, AcceptEveryone(), events) as broker:
-        print(json.dumps({"port": broker.port}), flush=True)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while await reader.readline():
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            stats = broker.stats
-            print(
-                json.dumps(
-                    {
-                        "time": time.monotonic(),
-                        "cpu": usage.ru_utime + usage.ru_stime,
-                        "messages_in": stats.messages_in,
-                        "messages_out": stats.messages_out,
-                        "events": events.publishes,
-                        "events_dropped": stats.events_dropped,
-                        "sessions": events.connects,
-                    }
-                ),
-                flush=True,
+    def __enter__(self) -> PassThroughMosquitto:
+        config = self.dir / "mosquitto.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    f"listener {self.port} 127.0.0.1",
+                    "allow_anonymous true",
+                    "persistence false",
+                    "max_connections -1",
+                    "user root" if os.geteuid() == 0 else "",
+                    f"log_dest file {self.dir / 'mosquitto.log'}",
+                    "log_type error",
+                    "log_type warning",
+                    "connection_messages false",
+                    "",
+                ]
             )
+        )
+        self.process = subprocess.Popen(
+            [mosquitto_path(), "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited early:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"mosquitto did not listen:\n{self.log()}")
 
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    import uvloop
-
-    uvloop.run(serve(args.port))
-
-
-if __name__ == "__main__":
-    main()
+    def log(self) -> str:
+        path = self.dir / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""

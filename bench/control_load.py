@@ -14,6 +14,9 @@ Controlled by JSON lines on stdin, one JSON line answered per command:
 
 * ``{"cmd": "devices", "host", "port", "devices": [[did, passcode], ...]}``: one MQTT 3.1
   connection per device, each subscribed to ``app2dev/{did}/#`` (waits for every SUBACK);
+  a Gizwits device answers every 0x0093 at once with a bare 0x0094 carrying the same SN on
+  ``dev2app/{did}/{sender}`` (``sender``: the last level of the command's topic), as firmware
+  does, which is the closed loop `bench.control_broker` measures;
   with ``"dialect": "tencent"``, data-template devices ``[[product_id, name, psk, ...], ...]``
   signed as Tencent's SDKs sign, each subscribed to ``$thing/down/property/{PID}/{NAME}``;
   such a device reads the sequence number from the ``name`` property of every ``control`` it
@@ -25,6 +28,8 @@ Controlled by JSON lines on stdin, one JSON line answered per command:
   as an error, whatever its HTTP 200);
 * ``{"cmd": "step", "kind", "rate", "concurrency", "warmup", "window", "drain", "server_pid",
   "quiet_wait"}``: one measured run, see `Generator.step`;
+* ``{"cmd": "stats"}``: 0x0093 commands the devices acknowledged, devices connected, this
+  process's CPU seconds;
 * ``{"cmd": "close"}``.
 """
 
@@ -60,7 +65,7 @@ from bench.mqtt_wire import (
     thing_connect_packet,
 )
 from iotcloud.codecs import Frame, encode_frame
-from iotcloud.codecs.frame import CMD_CONTROL
+from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL
 from iotcloud.codecs.thing import thing_topic
 
 KEEPALIVE = 300
@@ -136,13 +141,22 @@ class Device(asyncio.Protocol):
     the tracker."""
 
     def __init__(
-        self, hello: bytes, topic_filter: str, tracker: Tracker, reply_topic: str = ""
+        self,
+        hello: bytes,
+        topic_filter: str,
+        tracker: Tracker,
+        reply_topic: str = "",
+        did: str = "",
     ) -> None:
         self.hello = hello
         self.topic_filter = topic_filter
         self.tracker = tracker
         self.reply_topic = reply_topic
         """Set for a data-template device: where its ``control_reply`` goes."""
+        self.did = did
+        self.acknowledged = 0
+        """0x0093 commands answered with a 0x0094."""
+        self._ack_heads: dict[bytes, bytes] = {}
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.accepted: asyncio.Future[int] = loop.create_future()
@@ -177,12 +191,31 @@ class Device(asyncio.Protocol):
         """A QoS 0 PUBLISH: topic, then a Gizwits frame whose P0 carries the sequence number."""
         topic_length = int.from_bytes(buffer[start : start + 2], "big")
         frame = start + 2 + topic_length  # QoS 0: no packet identifier
-        # 00 00 00 03 | LEN (one byte: these frames are short) | flag | cmd | P0
-        if end - frame < 16 or buffer[frame + 6 : frame + 8] != b"\x00\x90":
+        # 00 00 00 03 | LEN (one byte: these frames are short) | flag | cmd | [SN] | P0
+        command = buffer[frame + 6 : frame + 8]
+        if command == b"\x00\x93" and end - frame >= 12:
+            self._acknowledge(
+                bytes(buffer[start + 2 : frame]), bytes(buffer[frame + 8 : frame + 12])
+            )
+            return
+        if end - frame < 16 or command != b"\x00\x90":
             self.other_frames += 1
             return
         p0 = frame + 8
         self.tracker.completed(int.from_bytes(buffer[p0 + 1 : p0 + 5], "big"), now)
+
+    def _acknowledge(self, topic: bytes, sn: bytes) -> None:
+        """Answer a 0x0093 with a bare 0x0094 (same SN) to its sender: a PUBLISH whose bytes
+        up to the SN are the same for every answer to one sender, so they are built once."""
+        sender = topic.rsplit(b"/", 1)[-1] if topic.count(b"/") >= 2 else b""
+        head = self._ack_heads.get(sender)
+        if head is None:
+            ack = encode_frame(Frame(CMD_ACK_SN, b"", sn=0))
+            packet = publish_packet(f"dev2app/{self.did}/{sender.decode()}", ack)
+            head = self._ack_heads[sender] = packet[:-4]
+        assert self.transport is not None
+        self.transport.write(head + sn)
+        self.acknowledged += 1
 
     def _control(self, buffer: bytearray, start: int, end: int, now: float) -> None:
         """A QoS 0 PUBLISH to a data-template device: a ``control`` whose ``name`` property is
@@ -398,6 +431,7 @@ class Generator:
                     connect_packet(label, passcode, keepalive=KEEPALIVE),
                     f"app2dev/{label}/#",
                     self.tracker,
+                    did=label,
                 )
             await loop.create_connection(functools.partial(_same, device), cmd["host"], cmd["port"])
             code = await asyncio.wait_for(device.accepted, 30)
@@ -659,6 +693,14 @@ class Generator:
                 if device.transport is not None and not device.closed:
                     device.transport.write(PINGREQ)
 
+    def stats(self) -> dict[str, Any]:
+        """Commands acknowledged by the devices, devices connected, this process's CPU."""
+        return {
+            "acknowledged": sum(device.acknowledged for device in self.devices),
+            "connected": sum(1 for device in self.devices if not device.closed),
+            "cpu": own_cpu_seconds(),
+        }
+
     def close(self) -> None:
         for device in self.devices:
             if device.transport is not None:
@@ -679,6 +721,7 @@ async def serve() -> None:
             "publisher": generator.connect_publisher,
             "http": generator.open_http,
             "step": generator.step,
+            "stats": lambda cmd: generator.stats(),
         },
         generator.close,
     )

@@ -14,6 +14,10 @@ and the sections of ``BENCHMARKS.md``.
   any device by did + passcode.
 * The machine is shared with other jobs: `machine_busy_seconds` against the CPU of our own
   processes tells what the others used, and `wait_for_quiet` waits for them to stop.
+* Under load: `edge_counters` reads what the server shed (``GET /admin/v1/stats``),
+  `StatusSampler` times ``GET /status`` from a thread while devices load the server, and
+  `raise_open_files` lifts the open-file limit the server and the generators inherit (one file
+  descriptor per device connection).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import string
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -87,10 +92,15 @@ class Child:
             raise RuntimeError(f"{self.process.args!r}: {reply['error']}")
         return reply
 
-    def call(self, **command: Any) -> dict[str, Any]:
+    def send(self, **command: Any) -> None:
+        """Write one command without waiting for its answer (`read` it later): several
+        helpers then work at once."""
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
+
+    def call(self, **command: Any) -> dict[str, Any]:
+        self.send(**command)
         return self.read()
 
     def close(self) -> None:
@@ -166,8 +176,39 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def peak_rss_mib(pid: int) -> float:
+    """The highest RSS the process has had (``VmHWM``), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise this process's open-file limit (``RLIMIT_NOFILE``) towards ``wanted`` and return
+    the soft limit it now has. Processes started afterwards inherit it (the server, load
+    generators, Mosquitto). Without ``CAP_SYS_RESOURCE`` it stops at the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def open_files_limit(pid: int) -> int:
+    """The soft open-file limit of a running process, from ``/proc/<pid>/limits``."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            value = line.split()[3]
+            return 1 << 62 if value == "unlimited" else int(value)
+    return 0
 
 
 def wait_for_quiet(pids: Iterable[int], limit: float, *, sample: float = 2.0) -> float:
@@ -413,6 +454,90 @@ def wait_online(http: httpx.Client, headers: dict[str, str], count: int) -> None
             return
         time.sleep(0.2)
     raise RuntimeError("the devices did not all come online")
+
+
+def edge_counters(server: RunningServer) -> dict[str, int] | None:
+    """What the server shed under load, from ``GET /admin/v1/stats``: ``shed`` (device
+    reports the transport dropped at the edge) and ``dropped`` (reports the ingest queue
+    refused), plus ``paused_reads`` and ``connections``; None when the server has no such
+    endpoint."""
+    try:
+        with server.operator() as operator:
+            reply = operator.get("/admin/v1/stats", timeout=10)
+    except httpx.HTTPError:
+        return None
+    if reply.status_code != 200:
+        return None
+    body = reply.json()
+    broker = body.get("broker", {})
+    reports = body.get("ingest", {}).get("reports", {})
+    return {
+        "shed": int(broker.get("shed", 0)),
+        "dropped": int(reports.get("dropped", 0)),
+        "paused_reads": int(broker.get("paused_reads", 0)),
+        "connections": int(broker.get("connections", 0)),
+    }
+
+
+def counter_delta(
+    before: dict[str, int] | None, after: dict[str, int] | None, name: str
+) -> int | None:
+    """``after[name] - before[name]``, None when either reading is missing."""
+    if before is None or after is None:
+        return None
+    return after[name] - before[name]
+
+
+def count_text(value: int | None) -> str:
+    """A counter for a table: ``n/a`` when the server could not tell."""
+    return "n/a" if value is None else f"{value:,}"
+
+
+class StatusSampler:
+    """``GET /status`` every ``interval`` seconds from a thread of this process, over one
+    keep-alive connection, while the ``with`` block runs: how quickly the server answers an
+    app while devices load it. A failed or timed-out request counts as an error and as a
+    sample of the time it took."""
+
+    def __init__(self, base_url: str, *, interval: float = 0.02, timeout: float = 5.0) -> None:
+        self.base_url, self.interval, self.timeout = base_url, interval, timeout
+        self.latencies: list[float] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status-sampler", daemon=True)
+
+    def __enter__(self) -> StatusSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=self.timeout) as http:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    ok = http.get("/status").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                took = time.perf_counter() - started
+                self.latencies.append(took)
+                if not ok:
+                    self.errors += 1
+                self._stop.wait(max(0.0, self.interval - took))
+
+    def summary(self) -> dict[str, float]:
+        """Samples, errors, and p50/p99/max latency in ms."""
+        ordered = sorted(self.latencies)
+        return {
+            "samples": len(ordered),
+            "errors": self.errors,
+            "p50": percentile(ordered, 0.50) * 1000,
+            "p99": percentile(ordered, 0.99) * 1000,
+            "max": (ordered[-1] if ordered else 0.0) * 1000,
+        }
 
 
 # -- BENCHMARKS.md ------------------------------------------------------------------------------
