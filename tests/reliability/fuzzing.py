@@ -3,7 +3,7 @@
 ``IOTCLOUD_FUZZ_SEED`` (an integer, `DEFAULT_SEED` when unset) seeds one `random.Random` per
 module, so a run is repeated case for case (the ids the server hands out aside).
 ``IOTCLOUD_FUZZ_CASES`` is the number of cases in all (`DEFAULT_CASES` when unset), shared
-between HTTP, the WebSocket and MQTT by `SHARES`.
+between HTTP, the WebSocket, device MQTT and the MQTT transport's bytes by `SHARES`.
 
 `Mutator` makes hostile values out of well-formed ones: wrong types, huge and negative numbers,
 odd Unicode, NULs, long strings, nesting far deeper than any parser should follow, truncated
@@ -24,8 +24,8 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 DEFAULT_SEED: Final = 1_100_011
-DEFAULT_CASES: Final = 5_400
-SHARES: Final = {"http": 0.6, "ws": 0.25, "mqtt": 0.15}
+DEFAULT_CASES: Final = 6_500
+SHARES: Final = {"http": 0.5, "ws": 0.21, "mqtt": 0.125, "mqtt-transport": 0.165}
 DEEP_LEVELS: Final = (65, 200, 1_000, 5_000, 50_000)
 _MARK: Final = "\u0001deep\u0001"
 

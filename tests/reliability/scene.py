@@ -158,6 +158,37 @@ async def register_device(
     return reply.text.split("did=", 1)[1][:22], mac, passcode
 
 
+async def bound_device(http: httpx.AsyncClient, user: User, products: Products) -> tuple[str, str]:
+    """A Gizwits device registered (`register_device`) and bound to ``user`` with its passcode
+    (``POST /app/bindings``): ``(did, passcode)``."""
+    did, _, passcode = await register_device(http, products)
+    bound = await http.post(
+        "/app/bindings",
+        json={"devices": [{"did": did, "passcode": passcode}]},
+        headers=user.headers(),
+    )
+    assert bound.status_code == 200, bound.text
+    assert bound.json()["success"] == [did], bound.text
+    return did, passcode
+
+
+async def device_history(http: httpx.AsyncClient, user: User, did: str) -> list[dict[str, Any]]:
+    """The attrs of every report in ``did``'s history, oldest first (``GET /app/devdata/{did}``
+    page by page, as ``user``)."""
+    found: list[dict[str, Any]] = []
+    while True:
+        page = await http.get(
+            f"/app/devdata/{did}",
+            params={"sort": "asc", "limit": 1000, "skip": len(found)},
+            headers=user.headers(),
+        )
+        assert page.status_code == 200, page.text
+        objects = page.json()["objects"]
+        found += [item["attrs"] for item in objects]
+        if not objects or len(found) >= page.json()["meta"]["total"]:
+            return found
+
+
 async def sign_up(http: httpx.AsyncClient, appid: str, label: str) -> tuple[str, str, str]:
     """A new user of ``appid``: ``(username, uid, token)``."""
     username = f"{label}{uuid.uuid4().hex[:12]}"

@@ -16,25 +16,29 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import httpx
 import pytest
 
 from iotcloud.codecs import Frame, P0Codec, encode_frame
 from iotcloud.codecs.frame import CMD_REPORT
-from iotcloud.domain.thing_auth import device_password
 from iotcloud.simulator.device import random_status
 from tests.devices import mqtt_port
 from tests.reliability import mqtt_wire as wire
 from tests.reliability.fuzzing import FuzzPlan, Mutator, log_flood, log_problems, report
 from tests.reliability.healthy import HealthyDevices
-from tests.reliability.scene import Products, import_products, operator, register_device
+from tests.reliability.mqtt_fleet import (
+    Device,
+    Fleet,
+    gizwits_device,
+    register_fleet,
+    still_online,
+    thing_device,
+)
+from tests.reliability.scene import Products
 from tests.server import RunningServer
-from tests.thing_devices import SDK_APPID, ThingIdentity, create_thing_device
 
 WORKERS: Final = 10
 """Connections at once."""
@@ -44,75 +48,8 @@ CONNACK_SECONDS: Final = 10.0
 """A device reconnecting waits for the end of its previous session (5 s at most)."""
 QUIET_SECONDS: Final = 0.5
 """How long a case waits for the broker after its last packet (a PINGRESP ends it sooner)."""
-OFFLINE_SECONDS: Final = 15.0
 REFUSED: Final = 0x80
 VALID_LEVELS: Final = {("MQTT", 4), ("MQIsdp", 3)}
-
-
-@dataclass(frozen=True)
-class Device:
-    """A device identity as it signs in, and the topics that are its own."""
-
-    did: str
-    client_id: str
-    password: str
-    level: int
-    thing: ThingIdentity | None = None
-    product_key: str = ""
-
-    @property
-    def username(self) -> str:
-        if self.thing is None:
-            return self.client_id
-        return f"{self.client_id};{SDK_APPID};abcde;{int(time.time()) + 3600}"
-
-    def password_for(self, username: str) -> str:
-        if self.thing is None:
-            return self.password
-        return device_password(self.thing.psk, username)
-
-    def connect(self, **options: Any) -> bytes:
-        username = self.username
-        name = "MQIsdp" if self.level == 3 else "MQTT"
-        options = {"name": name, "level": self.level, **options}
-        return wire.connect(self.client_id, username, self.password_for(username), **options)
-
-    def own_topic(self, topic: str) -> bool:
-        """Whether the cloud may send this device a message on ``topic``."""
-        if self.thing is not None:
-            pid, name = self.thing.product_id, self.thing.name
-            return topic.startswith("$thing/down/") and topic.endswith(f"/{pid}/{name}")
-        return (
-            topic.startswith(
-                (
-                    f"app2dev/{self.did}/",
-                    f"ser2cli_res/{self.did}",
-                    f"ser2cli_noti/{self.product_key}",
-                )
-            )
-            or topic == f"app2dev/{self.did}"
-        )
-
-    def uplinks(self) -> list[str]:
-        if self.thing is not None:
-            pid, name = self.thing.product_id, self.thing.name
-            return [f"$thing/up/{kind}/{pid}/{name}" for kind in ("property", "event", "action")]
-        return [f"dev2app/{self.did}", f"dev2app/{self.did}/client1", "cli2ser_req"]
-
-    def own_filters(self) -> list[str]:
-        if self.thing is not None:
-            pid, name = self.thing.product_id, self.thing.name
-            return [f"$thing/down/{kind}/{pid}/{name}" for kind in ("property", "action")]
-        return [f"app2dev/{self.did}/#", f"ser2cli_res/{self.did}"]
-
-
-def gizwits_device(did: str, passcode: str, product_key: str, level: int) -> Device:
-    return Device(did, did, passcode, level, product_key=product_key)
-
-
-def thing_device(identity: ThingIdentity) -> Device:
-    client_id = identity.product_id + identity.name
-    return Device(identity.did, client_id, "", 4, identity, identity.product_id)
 
 
 def foreign_filters(victim: Device) -> list[str]:
@@ -497,48 +434,11 @@ async def run_case(port: int, case: Case, me: Device) -> list[str]:
     return judge(case, me, wire.parse(bytes(seen)))
 
 
-@dataclass(frozen=True)
-class Fleet:
-    products: Products
-    gizwits: list[Device]
-    things: list[Device]
-
-
 @pytest.fixture(scope="module")
 async def fleet(fuzz_server: RunningServer) -> Fleet:
     """`DEVICES` devices of each kind for the corpus: Gizwits ones (MQTT 3.1 and 3.1.1) and
     data-template ones."""
-    products = await import_products(fuzz_server)
-    gizwits, things = [], []
-    async with httpx.AsyncClient(base_url=fuzz_server.base_url, timeout=30) as http:
-        for n in range(DEVICES):
-            did, _, passcode = await register_device(http, products)
-            gizwits.append(gizwits_device(did, passcode, products.product_key, 3 + n % 2))
-    for _ in range(DEVICES):
-        identity = await create_thing_device(fuzz_server, products.thing_product_id)
-        things.append(thing_device(identity))
-    return Fleet(products, gizwits, things)
-
-
-async def still_online(server: RunningServer, devices: list[Device]) -> list[str]:
-    """Every connection of the corpus is closed: within `OFFLINE_SECONDS` the server counts
-    each fuzzing device offline, else a problem per device still online."""
-    online: list[str] = []
-    async with operator(server) as http:
-        deadline = time.monotonic() + OFFLINE_SECONDS
-        while time.monotonic() < deadline:
-            online = []
-            for device in devices:
-                shown = await http.get(f"/admin/v1/devices/{device.did}")
-                if shown.json()["is_online"]:
-                    online.append(device.did)
-            if not online:
-                return []
-            await asyncio.sleep(0.5)
-    return [
-        f"device {did}: online {OFFLINE_SECONDS:g} s after its last connection closed"
-        for did in online
-    ]
+    return await register_fleet(fuzz_server, DEVICES, DEVICES)
 
 
 def make_case(
@@ -584,12 +484,12 @@ async def test_mqtt_fuzz_corpus(
 
         await asyncio.gather(*(worker() for _ in range(WORKERS)))
         await healthy.assert_healthy()
-    failures += await still_online(fuzz_server, fleet.gizwits + fleet.things)
+    failures += await still_online(fuzz_server, fleet.devices)
 
     async def connects_again(me: Device) -> list[str]:
         return await run_case(port, Case(-1, "a last CONNECT", me.connect(), True), me)
 
-    for problems in await asyncio.gather(*map(connects_again, fleet.gizwits + fleet.things)):
+    for problems in await asyncio.gather(*map(connects_again, fleet.devices)):
         failures += problems
     print(f"MQTT fuzz: {count} cases, seed {fuzz_plan.seed}")
     log = fuzz_server.log()
