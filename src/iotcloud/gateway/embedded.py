@@ -514,7 +514,13 @@ class EmbeddedBroker:
         except Exception as exc:
             if not self._auth_failing:
                 self._auth_failing = True
-                log.exception("MQTT authentication failed; refusing devices until it recovers")
+                if isinstance(exc, TimeoutError):
+                    log.warning(
+                        "MQTT authentication took over %.0f s; refusing devices until it recovers",
+                        self.auth_timeout,
+                    )
+                else:
+                    log.exception("MQTT authentication failed; refusing devices until it recovers")
             raise _Refused(SERVER_UNAVAILABLE, "authenticator failed") from exc
         if self._auth_failing:
             self._auth_failing = False

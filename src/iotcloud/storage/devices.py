@@ -106,6 +106,15 @@ class DeviceRepository:
         ).first()
         return (row[0], row[1]) if row else None
 
+    async def with_products(self, dids: Collection[str]) -> dict[str, tuple[DeviceRow, ProductRow]]:
+        """`with_product` for many dids in one query: the ones that exist, by did."""
+        rows = await self.session.execute(
+            select(DeviceRow, ProductRow)
+            .join(ProductRow, ProductRow.id == DeviceRow.product_id)
+            .where(DeviceRow.did.in_(list(dids)))
+        )
+        return {device.did: (device, product) for device, product in rows.tuples()}
+
     async def with_product_by_name(
         self, product_key: str, name: str
     ) -> tuple[DeviceRow, ProductRow] | None:
