@@ -38,7 +38,8 @@ runs per connection; a connection costs its protocol object, its session and the
   ``session_expiry`` seconds and are re-sent when the device comes back (CONNACK session present
   in 3.1.1; 3.1 has no such flag). A will is checked against the ACL at CONNECT and otherwise
   treated as the device going offline: ``on_disconnect`` is the only thing it causes.
-* **Keep-alive** 1.5 x the device's value (0 disables it); a silent device is closed
+* **Keep-alive** 1.5 x the device's value (0 disables it), counting whole packets; a device
+  silent that long (or only dribbling bytes of one packet) is closed
   (`DisconnectReason.KEEPALIVE_TIMEOUT`).
 
 With a TLS context the transport also listens on ``tls_port`` for MQTT over TLS; asyncio
@@ -879,7 +880,6 @@ class _DeviceConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state == _CLOSED:
             return
-        self.last_received = self.loop.time()
         self.splitter.feed(data)
         if self.state == _AUTHENTICATING:
             return
@@ -925,6 +925,8 @@ class _DeviceConnection(asyncio.Protocol):
                 packet = self.splitter.next_packet()
                 if packet is None:
                     return
+                # the keep-alive counts whole packets: dribbling bytes does not keep a device on
+                self.last_received = self.loop.time()
                 self._handle(*packet)
                 if self.state == _ONLINE and self.broker.behind():
                     self.broker._pause(self)

@@ -663,6 +663,22 @@ async def test_silent_device_is_disconnected_after_one_and_a_half_keepalives() -
         assert broker.connected_dids() == set()
 
 
+async def test_dribbling_bytes_of_a_packet_does_not_count_as_keep_alive() -> None:
+    async with running_broker() as (broker, events):
+        async with raw_device(broker, raw_connect(A, keepalive=1)) as (raw, connack):
+            assert connack[3] == 0
+            partial = _packet(0x30, _string(f"dev2app/{A}") + b"x" * 100)
+            for byte in partial[:8]:  # one byte every 0.4 s: never a whole packet
+                with suppress(ConnectionError):
+                    await raw.send(bytes((byte,)))
+                await asyncio.sleep(0.4)
+                if events.of("disconnect", A):
+                    break
+            assert await raw.closed_by_broker()
+        (disconnect,) = await events.wait_for("disconnect", A)
+        assert disconnect[2] == DisconnectReason.KEEPALIVE_TIMEOUT
+
+
 async def test_pinging_device_stays_connected() -> None:
     async with (
         running_broker() as (broker, events),
