@@ -14,15 +14,13 @@ raise that (`bench.harness.raise_open_files`) before starting it with thousands 
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.mosquitto import start_mosquitto, stop_mosquitto
 from tests.pg import free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -60,39 +58,12 @@ class PassThroughMosquitto:
         return self.process.pid
 
     def __enter__(self) -> PassThroughMosquitto:
-        config = self.dir / "mosquitto.conf"
-        config.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous true",
-                    "persistence false",
-                    "max_connections -1",
-                    "user root" if os.geteuid() == 0 else "",
-                    f"log_dest file {self.dir / 'mosquitto.log'}",
-                    "log_type error",
-                    "log_type warning",
-                    "connection_messages false",
-                    "",
-                ]
-            )
+        self.process = start_mosquitto(
+            self.dir,
+            self.port,
+            ["allow_anonymous true", "max_connections -1", "connection_messages false"],
         )
-        self.process = subprocess.Popen(
-            [mosquitto_path(), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited early:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.__exit__(None, None, None)
-        raise RuntimeError(f"mosquitto did not listen:\n{self.log()}")
+        return self
 
     def __exit__(
         self,
@@ -100,13 +71,7 @@ class PassThroughMosquitto:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_mosquitto(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self) -> str:

@@ -44,6 +44,51 @@ def _mosquitto() -> str:
     return found
 
 
+def start_mosquitto(directory: Path, port: int, lines: list[str]) -> subprocess.Popen[bytes]:
+    """Start mosquitto on loopback ``port`` with ``lines`` of configuration (beside a listener,
+    no persistence, and errors and warnings logged to ``directory/mosquitto.log``); returns once
+    it accepts connections."""
+    config = directory / "mosquitto.conf"
+    log_file = directory / "mosquitto.log"
+    common = [
+        f"listener {port} 127.0.0.1",
+        "persistence false",
+        "user root" if os.geteuid() == 0 else "",
+        f"log_dest file {log_file}",
+        "log_type error",
+        "log_type warning",
+    ]
+    config.write_text("\n".join([*common, *lines, ""]))
+    process = subprocess.Popen(
+        [_mosquitto(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mosquitto exited early:\n{_read(log_file)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    stop_mosquitto(process)
+    raise RuntimeError(f"mosquitto did not listen:\n{_read(log_file)}")
+
+
+def stop_mosquitto(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def dynsec_password(password: str, salt: bytes, iterations: int = 101) -> dict[str, object]:
     """A password entry as the dynamic-security plugin stores it (PBKDF2-SHA512)."""
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
@@ -107,53 +152,23 @@ class MosquittoServer:
             )
             if Path(p).exists()
         )
-        config = self.dir / "mosquitto.conf"
-        config.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous false",
-                    "persistence false",
-                    "user root" if os.geteuid() == 0 else "",
-                    f"plugin {plugin}",
-                    f"plugin_opt_config_file {dynsec}",
-                    "log_dest topic",
-                    f"log_dest file {self.dir / 'mosquitto.log'}",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    "log_type information",
-                    "connection_messages true",
-                    "",
-                ]
-            )
+        self.process = start_mosquitto(
+            self.dir,
+            self.port,
+            [
+                "allow_anonymous false",
+                f"plugin {plugin}",
+                f"plugin_opt_config_file {dynsec}",
+                "log_dest topic",
+                "log_type notice",
+                "log_type information",
+                "connection_messages true",
+            ],
         )
-        self.process = subprocess.Popen(
-            [_mosquitto(), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited early:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen:\n{self.log()}")
 
     def log(self) -> str:
-        path = self.dir / "mosquitto.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return _read(self.dir / "mosquitto.log")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_mosquitto(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)
