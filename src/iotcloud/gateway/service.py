@@ -220,6 +220,8 @@ class DeviceGateway:
         self._replies: dict[tuple[str, str], asyncio.Future[ThingMessage]] = {}
         self._token_prefix = f"iotcloud-{secrets.token_hex(4)}-"
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lookups: dict[str, list[asyncio.Future[tuple[DeviceRow, ProductRow] | None]]] = {}
+        self._lookup_task: asyncio.Task[None] | None = None
 
     def attach(self, broker: BrokerAdapter) -> None:
         """The broker commands go out through (set once, by the composition root)."""
@@ -435,6 +437,9 @@ class DeviceGateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._lookup_task is not None:
+            self._lookup_task.cancel()
+            await asyncio.gather(self._lookup_task, return_exceptions=True)
         await self._stack.aclose()
 
     # -- Authenticator ------------------------------------------------------------------------
@@ -444,8 +449,7 @@ class DeviceGateway:
     ) -> DevicePrincipal | AuthRefusal | None:
         if username is not None and username != client_id:
             return await self._authenticate_thing(client_id, username, password)
-        async with self.db.session() as session:
-            found = await DeviceRepository(session).with_product(client_id)
+        found = await self._look_up(client_id)
         if found is None or not password:
             return AuthRefusal.BAD_CREDENTIALS
         device, product = found
@@ -459,6 +463,38 @@ class DeviceGateway:
             device.id, product.product_key, self._codec(product)
         )
         return DevicePrincipal(did=device.did, product_key=product.product_key)
+
+    async def _look_up(self, did: str) -> tuple[DeviceRow, ProductRow] | None:
+        """The device and its product. CONNECTs that arrive together (a fleet reconnecting
+        after a restart or a network outage) share one query per batch of up to `_PAGE`
+        dids instead of one each."""
+        waiter: asyncio.Future[tuple[DeviceRow, ProductRow] | None]
+        waiter = asyncio.get_running_loop().create_future()
+        self._lookups.setdefault(did, []).append(waiter)
+        if self._lookup_task is None or self._lookup_task.done():
+            self._lookup_task = asyncio.get_running_loop().create_task(
+                self._look_up_batches(), name="device-lookups"
+            )
+        return await waiter
+
+    async def _look_up_batches(self) -> None:
+        await asyncio.sleep(0)  # CONNECTs read in the same loop iteration join the first batch
+        while self._lookups:
+            dids = list(self._lookups)[:_PAGE]
+            waiters = {did: self._lookups.pop(did) for did in dids}
+            try:
+                async with self.db.session() as session:
+                    found = await DeviceRepository(session).with_products(dids)
+            except Exception as exc:  # each CONNECT is refused with "server unavailable"
+                for pending in waiters.values():
+                    for waiter in pending:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                continue
+            for did, pending in waiters.items():
+                for waiter in pending:
+                    if not waiter.done():
+                        waiter.set_result(found.get(did))
 
     async def _authenticate_thing(
         self, client_id: str, username: str, password: str | None

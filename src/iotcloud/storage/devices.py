@@ -113,7 +113,7 @@ class DeviceRepository:
             .join(ProductRow, ProductRow.id == DeviceRow.product_id)
             .where(DeviceRow.did.in_(list(dids)))
         )
-        return {device.did: (device, product) for device, product in rows.tuples()}
+        return {row[0].did: (row[0], row[1]) for row in rows}
 
     async def with_product_by_name(
         self, product_key: str, name: str
