@@ -25,17 +25,26 @@ server's engine is not told: it finds them on its own (it looks every
 
 Measured per run, from the database once every run has finished (``schedule_runs``):
 
-* fired: the first attempt's ``at`` (when the engine claimed the run) minus the scheduled
-  instant;
+* started: the first attempt's ``at`` minus the scheduled instant (0 for an occurrence the
+  engine claimed ahead and started at its instant; how late the claim came otherwise);
 * delivered: when the device got the 0x0093 (its wall clock, same machine) minus the instant;
 * acknowledged: ``finished_at`` (the run recorded ``succeed`` after the 0x0094) minus the
   instant;
 * statuses, runs per schedule (duplicates, lost), commands per schedule at the devices;
 * throughput: runs finished per second from the first attempt to the last finish; the server's
-  CPU and RSS, the devices' CPU and every other process's CPU over that window.
+  CPU, the devices' CPU and every other process's CPU over that window;
+* the servers' garbage collections from the due instant until every run finished, each
+  collection's pause read through ``gc.callbacks`` by a probe (`Probe`: a ``sitecustomize``
+  module on the servers' ``PYTHONPATH``); ``--gc-untuned`` undoes the servers' tuning
+  (`iotcloud.runtime.tune_gc`) for comparison;
+* the servers' RSS before seeding, at most, and ``--settle`` seconds after the last run.
+  ``--memory`` also prints their memory by kind (pymalloc's arenas and live bytes) before and
+  after each pattern and what glibc's ``malloc_trim`` gives back; ``--tracemalloc FRAMES``
+  prints what their heap gained over a pattern (traced from just before seeding);
+  ``--rounds N`` runs the patterns N times on the same servers.
 
-The ceiling (`bench.control_broker`, the same `EmbeddedBroker` class alone in its own process):
-the same number of 0x0093 commands due at once, published by one MQTT client round-robin to the
+The ceiling (`bench.ceiling_broker`, Mosquitto's own pass-through, started by the bench): the
+same number of 0x0093 commands due at once, published by one MQTT client round-robin to the
 same number of devices, at most ``--concurrency`` awaiting their 0x0094 (the engine's own limit,
 ``IOTCLOUD_SCHEDULER_CONCURRENCY``): what the broker and the devices alone allow.
 
@@ -46,30 +55,36 @@ tell which server sent a command by its SN (each gateway numbers its commands fr
 start). ``--mosquitto`` puts a single server on Mosquitto too.
 
 Usage: ``uv run --frozen python -m bench.scheduler [--schedules 10000] [--devices 200]
-[--patterns burst,spread] [--postgres [--engines 2 | --mosquitto]] [--write]``.
+[--patterns burst,spread] [--postgres [--engines 2 | --mosquitto]] [--prepare SECONDS]
+[--gc-untuned] [--memory] [--tracemalloc FRAMES] [--rounds N] [--write]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from datetime import time as wall_time
+from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from tests.mosquitto import GATEWAY_USER, MosquittoServer
 from tests.server import RunningServer
 
+from bench.ceiling_broker import PassThroughMosquitto
 from bench.harness import (
     DATAPOINTS,
     Child,
@@ -83,6 +98,7 @@ from bench.harness import (
     machine_busy_seconds,
     percentile,
     pid_of,
+    raise_open_files,
     register_and_bind,
     rss_mib,
     throwaway_database,
@@ -95,7 +111,7 @@ from iotcloud.config import Settings
 from iotcloud.domain.clock import SystemClock
 from iotcloud.domain.schedules import parse_gizwits_scheduler
 from iotcloud.gateway.service import DeviceGateway
-from iotcloud.scheduler.engine import CLAIM_BATCH, SchedulerEngine
+from iotcloud.scheduler.engine import CLAIM_BATCH, EngineConfig, SchedulerEngine
 from iotcloud.services.bindings import BindingService
 from iotcloud.services.control import ControlService
 from iotcloud.services.products import ProductService
@@ -163,12 +179,16 @@ class Round:
     generator_cpu: float = 0.0
     other_cpu: float = 0.0
     other_before: float = 0.0
+    rss_idle: float = 0.0
+    """The servers' RSS before the pattern's schedules were seeded."""
     rss_before: float = 0.0
     rss_max: float = 0.0
+    rss_after: float = 0.0
+    """The servers' RSS ``--settle`` seconds after the last run finished."""
     timed_out: bool = False
     per_engine: list[int] = field(default_factory=list)
-    claims: int = 0
-    """Claims that fired these runs: a claim stamps every attempt it starts with one instant."""
+    gc: list[tuple[int, float]] = field(default_factory=list)
+    """(generation, pause in seconds) of the servers' collections from due until done."""
 
     @property
     def finished(self) -> int:
@@ -205,6 +225,240 @@ def sqlalchemy_url(server: RunningServer, database_url: str | None) -> str:
     if database_url:
         return database_url
     return f"sqlite+aiosqlite:///{(server.data_dir / 'iotcloud.db').resolve()}"
+
+
+# -- the servers' garbage collector and heap ----------------------------------------------------
+
+PROBE_SITECUSTOMIZE = """
+import gc, json, os, sys, threading, time
+
+if "iotcloud.cli" in sys.orig_argv and os.environ.get("BENCH_SCHEDULER_PROBE"):
+    _dir = os.environ["BENCH_SCHEDULER_PROBE"]
+    _pid = os.getpid()
+    if os.environ.get("BENCH_SCHEDULER_GC_UNTUNED"):  # today's collector, for comparison
+        gc.freeze = lambda: None
+        gc.set_threshold = lambda *args: None
+    elif os.environ.get("BENCH_SCHEDULER_GC_THRESHOLDS"):  # other thresholds, for comparison
+        _wanted = [int(x) for x in os.environ["BENCH_SCHEDULER_GC_THRESHOLDS"].split(",")]
+        _set_threshold = gc.set_threshold
+        gc.set_threshold = lambda *args: _set_threshold(*_wanted)
+    _pauses = []
+    _started = [0.0]
+
+    def _collected(phase, info):
+        if phase == "start":
+            _started[0] = time.perf_counter()
+        else:
+            _pauses.append((time.time(), info["generation"], time.perf_counter() - _started[0]))
+
+    gc.callbacks.append(_collected)
+    _trace = int(os.environ.get("BENCH_SCHEDULER_TRACEMALLOC") or 0)
+    if _trace:
+        import tracemalloc  # started by the "before" request: what is allocated after it
+
+    def _memory(trim):
+        # RSS by kind of mapping, pymalloc's use of its arenas, and (trim) what glibc's
+        # malloc_trim gives back
+        import ctypes
+
+        kinds = {}
+        size = 0
+        name = ""
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                fields = line.split()
+                if "-" in fields[0] and len(fields) >= 5:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    size = (end - start) // 2**20
+                    name = fields[5] if len(fields) > 5 else ""
+                elif fields[0] == "Rss:":
+                    if name.startswith("/"):
+                        kind = "files"
+                    elif name:
+                        kind = name
+                    elif size == 1:
+                        kind = "anon 1 MiB (pymalloc arenas)"
+                    elif 60 <= size <= 64:
+                        kind = "anon 64 MiB (glibc thread arenas)"
+                    else:
+                        kind = "anon other"
+                    kinds[kind] = kinds.get(kind, 0) + int(fields[1]) / 1024
+        found = sorted(kinds.items())
+        lines = ["RSS MiB by mapping: " + ", ".join(f"{k} {v:.1f}" for k, v in found)]
+        saved = os.dup(2)
+        path = os.path.join(_dir, f"mallocstats-{_pid}.txt")
+        with open(path, "w") as out:
+            os.dup2(out.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+        if not trim:
+            os.close(saved)
+        with open(path) as stats:
+            lines += [
+                " ".join(line.split())
+                for line in stats
+                if line.startswith(("# arenas allocated current", "# bytes in"))
+            ]
+        if trim:
+            found = gc.collect()
+            with open(path, "w") as out:
+                os.dup2(out.fileno(), 2)
+                try:
+                    sys._debugmallocstats()
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+            with open(path) as stats:
+                lines += [
+                    f"after a full collection ({found} objects): " + " ".join(line.split())
+                    for line in stats
+                    if line.startswith(("# arenas allocated current", "# bytes in"))
+                ]
+            with open(f"/proc/{_pid}/statm") as statm:
+                before = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            with open(f"/proc/{_pid}/statm") as statm:
+                after = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            lines.append(f"malloc_trim: RSS {before:.1f} -> {after:.1f} MiB")
+        return "\\n".join(lines)
+
+    def _watch():
+        written, snapshots = 0, {}
+        while True:
+            time.sleep(0.5)
+            new = _pauses[written:]
+            written += len(new)
+            if new:
+                with open(os.path.join(_dir, f"gc-{_pid}.jsonl"), "a") as out:
+                    out.writelines(json.dumps(item) + "\\n" for item in new)
+            for name in sorted(os.listdir(_dir)):
+                if name.startswith(f"memory-{_pid}-") and name.endswith(".request"):
+                    os.remove(os.path.join(_dir, name))
+                    label = name[len(f"memory-{_pid}-") : -len(".request")]
+                    with open(os.path.join(_dir, f"memory-{_pid}-{label}.txt"), "w") as out:
+                        out.write(_memory(label.startswith("trim")))
+            if not _trace:
+                continue
+            prefix = f"snapshot-{_pid}-"
+            for name in sorted(os.listdir(_dir)):
+                if not (name.startswith(prefix) and name.endswith(".request")):
+                    continue
+                label = name[len(prefix) : -len(".request")]
+                os.remove(os.path.join(_dir, name))
+                if not tracemalloc.is_tracing():
+                    tracemalloc.start(_trace)
+                gc.collect()
+                snapshot = snapshots[label] = tracemalloc.take_snapshot()
+                lines = [f"traced now {tracemalloc.get_traced_memory()[0] / 2**20:.1f} MiB"]
+                if label != "before" and "before" in snapshots:
+                    by_caller = {}
+                    for stat in snapshot.compare_to(snapshots["before"], "traceback"):
+                        ours = [f for f in stat.traceback if "/iotcloud/" in f.filename]
+                        where = f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "(other)"
+                        by_caller[where] = by_caller.get(where, 0) + stat.size_diff
+                    lines.append("grown, by the innermost iotcloud frame that allocated it:")
+                    for where, size in sorted(by_caller.items(), key=lambda i: -i[1])[:12]:
+                        lines.append(f"  {size / 2**20:+.2f} MiB {where}")
+                    for stat in snapshot.compare_to(snapshots["before"], "traceback")[:6]:
+                        lines.append(f"{stat.size_diff / 2**20:+.2f} MiB {stat.count_diff:+d}")
+                        lines += ["    " + line for line in stat.traceback.format()]
+                with open(os.path.join(_dir, f"snapshot-{_pid}-{label}.txt"), "w") as out:
+                    out.write("\\n".join(lines))
+
+    threading.Thread(target=_watch, daemon=True, name="bench-probe").start()
+"""
+
+
+class Probe:
+    """What the servers' garbage collector does (every collection's pause, through
+    ``gc.callbacks``) and, with ``--tracemalloc``, what their heap gained over a pattern
+    (allocations traced from just before it, still alive after it and a full collection): a
+    ``sitecustomize`` module on the servers' ``PYTHONPATH`` (this process's environment is
+    the servers'), active in ``iotcloud.cli`` processes only."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-scheduler-probe-"))
+        self.requests = 0
+        (self.dir / "sitecustomize.py").write_text(PROBE_SITECUSTOMIZE)
+        os.environ["BENCH_SCHEDULER_PROBE"] = str(self.dir)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(self.dir), os.environ.get("PYTHONPATH")])
+        )
+        if args.gc_untuned:
+            os.environ["BENCH_SCHEDULER_GC_UNTUNED"] = "1"
+        if args.gc_thresholds:
+            os.environ["BENCH_SCHEDULER_GC_THRESHOLDS"] = args.gc_thresholds
+        if args.tracemalloc:
+            os.environ["BENCH_SCHEDULER_TRACEMALLOC"] = str(args.tracemalloc)
+
+    def pauses(self, pids: list[int], start: float, end: float) -> list[tuple[int, float]]:
+        """(generation, seconds) of every collection of ``pids`` between the wall-clock
+        instants ``start`` and ``end``."""
+        found = []
+        for pid in pids:
+            path = self.dir / f"gc-{pid}.jsonl"
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                at, generation, paused = json.loads(line)
+                if start <= at <= end:
+                    found.append((int(generation), float(paused)))
+        return found
+
+    def snapshot(self, pids: list[int], label: str, wait: float = 60.0) -> list[str]:
+        """Ask each server for a tracemalloc snapshot (after a full collection); the report
+        of what grew since the ``before`` one."""
+        if label != "before":
+            self.requests += 1
+            label = f"{label}-{self.requests}"  # each request its own answer
+        for pid in pids:
+            (self.dir / f"snapshot-{pid}-{label}.request").touch()
+        reports = []
+        deadline = time.monotonic() + wait
+        for pid in pids:
+            path = self.dir / f"snapshot-{pid}-{label}.txt"
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.2)
+            reports.append(path.read_text() if path.exists() else "(no snapshot)")
+            path.unlink(missing_ok=True)
+        return reports
+
+    def memory(self, pids: list[int], label: str, wait: float = 30.0) -> list[str]:
+        """Each server's RSS by kind of mapping and pymalloc's arena use; a ``label``
+        starting with ``trim`` also has it return its allocator's free memory (glibc
+        ``malloc_trim``) and says what that gave back."""
+        self.requests += 1
+        label = f"{label}-{self.requests}"  # each request its own answer
+        for pid in pids:
+            (self.dir / f"memory-{pid}-{label}.request").touch()
+        reports = []
+        deadline = time.monotonic() + wait
+        for pid in pids:
+            path = self.dir / f"memory-{pid}-{label}.txt"
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.1)
+            reports += path.read_text().splitlines() if path.exists() else ["(no answer)"]
+        return reports
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def gc_summary(pauses: list[tuple[int, float]]) -> str:
+    """Collections per generation with their total and longest pause."""
+    parts = []
+    for generation in range(3):
+        each = [paused for gen, paused in pauses if gen == generation]
+        if each:
+            parts.append(
+                f"gen{generation} {len(each):,} ({sum(each) * 1000:,.0f} ms, longest "
+                f"{max(each) * 1000:.1f} ms)"
+            )
+    return ", ".join(parts) or "none"
 
 
 # -- seeding and reading back -------------------------------------------------------------------
@@ -300,6 +554,12 @@ class RunRecord:
     finished_at: datetime | None
 
 
+async def forget(url: str, pattern: str) -> None:
+    """Delete the pattern's schedules and their runs (before the pattern runs again)."""
+    async with Database(url) as db, db.session() as session:
+        await session.execute(delete(ScheduleRow).where(ScheduleRow.name.like(f"{pattern} %")))
+
+
 async def read_runs(url: str, pattern: str) -> tuple[list[RunRecord], int]:
     """The runs of the pattern's schedules, and how many of its schedules there are."""
     async with Database(url) as db, db.session() as session:
@@ -338,19 +598,19 @@ async def read_runs(url: str, pattern: str) -> tuple[list[RunRecord], int]:
 
 
 def measure_ceiling(figures: Figures, args: argparse.Namespace) -> None:
-    """The embedded broker alone (`bench.control_broker`), with as many devices."""
-    print("ceiling: embedded broker alone, 0x0093 -> device -> 0x0094", file=sys.stderr)
-    broker = Child("bench.control_broker")
-    devices = Child("bench.scheduler_devices")
-    try:
-        port = broker.read()["port"]
-        fake = [[f"bench{index:017d}", "x"] for index in range(args.devices)]
-        devices.call(cmd="devices", host="127.0.0.1", port=port, devices=fake)
-        devices.call(cmd="cloud", host="127.0.0.1", port=port, client_id="bench-publisher")
-        figures.ceiling = run_ceiling(devices, [broker.pid], "broker alone", args)
-    finally:
-        devices.close()
-        broker.close()
+    """Mosquitto's own pass-through (`bench.ceiling_broker`) with as many devices: one client
+    publishing the 0x0093s, the devices answering each with a 0x0094."""
+    print("ceiling: Mosquitto pass-through, 0x0093 -> device -> 0x0094", file=sys.stderr)
+    raise_open_files(args.devices * 2 + 1024)
+    with PassThroughMosquitto() as broker:
+        devices = Child("bench.scheduler_devices")
+        try:
+            fake = [[f"bench{index:017d}", "x"] for index in range(args.devices)]
+            devices.call(cmd="devices", host="127.0.0.1", port=broker.port, devices=fake)
+            devices.call(cmd="cloud", host="127.0.0.1", port=broker.port, client_id="bench-cloud")
+            figures.ceiling = run_ceiling(devices, [broker.pid], "Mosquitto pass-through", args)
+        finally:
+            devices.close()
 
 
 def run_ceiling(
@@ -413,10 +673,17 @@ def run_pattern(
     devices: Child,
     setup: dict[str, Any],
     args: argparse.Namespace,
+    probe: Probe,
 ) -> Round:
     """Seed the pattern's schedules, wait until they are due, follow them until every run has
     finished (or ``--timeout``), then read what happened. ``pids``: the servers."""
     other_before = wait_for_quiet([*pids, devices.pid], args.quiet_wait)
+    rss_idle = sum(rss_mib(pid) for pid in pids)
+    if args.memory:
+        for line in probe.memory(pids, f"idle-{pattern}"):
+            print(f"      idle: {line}", file=sys.stderr)
+    if args.tracemalloc:
+        probe.snapshot(pids, "before")
     first = minute_from(datetime.now(UTC) + timedelta(seconds=args.lead))
     started = time.monotonic()
     asyncio.run(
@@ -433,6 +700,7 @@ def run_pattern(
     )
     result = Round(pattern, args.schedules, first, seed_seconds=time.monotonic() - started)
     result.other_before = other_before
+    result.rss_idle = rss_idle
     last_due = due_of(pattern, first, 59 if pattern == "spread" else 0)
     print(
         f"  {pattern}: {args.schedules:,} schedules seeded in {result.seed_seconds:.1f} s, due "
@@ -442,6 +710,7 @@ def run_pattern(
     devices.call(cmd="records")  # forget anything before
     time.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds() - 1.0))
     result.rss_before = sum(rss_mib(pid) for pid in pids)
+    wall_start = time.time()
     s0, g0, m0, t0 = (
         sum(cpu_seconds(pid) for pid in pids),
         cpu_seconds(devices.pid),
@@ -466,6 +735,7 @@ def run_pattern(
             progress = time.monotonic()
             print(f"    {datetime.now(UTC):%H:%M:%S} runs: {counts}", file=sys.stderr)
     elapsed = time.monotonic() - t0
+    result.gc = probe.pauses(pids, wall_start, time.time())
     result.server_cpu = (sum(cpu_seconds(pid) for pid in pids) - s0) / elapsed
     result.generator_cpu = (cpu_seconds(devices.pid) - g0) / elapsed
     result.other_cpu = max(
@@ -476,15 +746,29 @@ def run_pattern(
     arrivals = devices.call(cmd="records")["records"]
     account(result, records, schedules, arrivals, setup["dids"], len(pids))
     print(
-        f"    done: {dict(result.statuses)}; fired p50 {percentile(result.fired, 0.5):.2f} p99 "
-        f"{percentile(result.fired, 0.99):.2f} s, acknowledged p99 "
+        f"    done: {dict(result.statuses)}; started p99 {percentile(result.fired, 0.99):.2f} s, "
+        f"delivered p50 {percentile(result.delivered, 0.5):.2f} p99 "
+        f"{percentile(result.delivered, 0.99):.2f} s, acknowledged p50 "
+        f"{percentile(result.acknowledged, 0.5):.2f} p99 "
         f"{percentile(result.acknowledged, 0.99):.2f} "
-        f"max {max(result.acknowledged, default=0):.2f} s; {result.rate:,.0f} runs/s, "
-        f"{result.claims:,} claims; "
+        f"max {max(result.acknowledged, default=0):.2f} s; {result.rate:,.0f} runs/s; "
         f"server CPU {result.server_cpu:.0%}, devices {result.generator_cpu:.0%}, other "
-        f"{result.other_cpu:.0%}",
+        f"{result.other_cpu:.0%}; gc {gc_summary(result.gc)}",
         file=sys.stderr,
     )
+    time.sleep(args.settle)
+    result.rss_after = sum(rss_mib(pid) for pid in pids)
+    print(
+        f"    RSS MiB {result.rss_idle:,.0f} idle, {result.rss_before:,.0f} just before due, "
+        f"{result.rss_max:,.0f} at most, {result.rss_after:,.0f} {args.settle:g} s after",
+        file=sys.stderr,
+    )
+    if args.tracemalloc:
+        for report in probe.snapshot(pids, f"after-{pattern}"):
+            print(report, file=sys.stderr)
+    if args.memory:
+        for line in probe.memory(pids, f"trim-{pattern}"):
+            print(f"      after: {line}", file=sys.stderr)
     return result
 
 
@@ -508,7 +792,6 @@ def account(
         if r.finished_at is not None and r.status == "succeed"
     ]
     result.fired = sorted((at - due).total_seconds() for at, due in fired)
-    result.claims = len({at for at, _ in fired})
     result.acknowledged = sorted((at - due).total_seconds() for at, due in done)
     if fired and done:
         end = max(at for at, _ in done)
@@ -547,11 +830,15 @@ def per_engine(sns: list[int], engines: int) -> list[int]:
     return found + [0] * (engines - len(found))
 
 
-def measure_server(figures: Figures, args: argparse.Namespace, database_url: str | None) -> None:
+def measure_server(
+    figures: Figures, args: argparse.Namespace, database_url: str | None, probe: Probe
+) -> None:
     """``--engines`` servers on one database (more than one: on one Mosquitto broker, whose own
     round trip is then the ceiling), their devices, then each pattern."""
     print(f"iotcloud serve x{args.engines}, {figures.backend}", file=sys.stderr)
     settings: dict[str, Any] = {"scheduler_concurrency": args.concurrency}
+    if args.prepare is not None:
+        settings["scheduler_prepare_seconds"] = args.prepare
     if args.ack_timeout is not None:
         settings["scheduler_ack_timeout_seconds"] = args.ack_timeout
     with ExitStack() as stack:
@@ -607,8 +894,13 @@ def measure_server(figures: Figures, args: argparse.Namespace, database_url: str
         }
         url = sqlalchemy_url(server, database_url)
         query = database_query(server, database_url)
-        for pattern in args.patterns.split(","):
-            figures.rounds.append(run_pattern(pattern, pids, url, query, devices, setup, args))
+        for repeat in range(args.rounds):
+            for pattern in args.patterns.split(","):
+                if repeat:
+                    asyncio.run(forget(url, pattern))
+                figures.rounds.append(
+                    run_pattern(pattern, pids, url, query, devices, setup, args, probe)
+                )
         lost = args.devices - devices.call(cmd="stats")["connected"]
         if lost:
             figures.notes.append(f"{lost} device connections were lost during the run")
@@ -619,6 +911,15 @@ def measure_server(figures: Figures, args: argparse.Namespace, database_url: str
 
 def seconds(value: float) -> str:
     return f"{value:.2f}"
+
+
+def target_text(figures: Figures) -> str:
+    """The issue's lateness target for this configuration, if it sets one."""
+    if figures.engines > 1:
+        return " (target ≤ 1 s with two processes on PostgreSQL and Mosquitto)"
+    if figures.broker == "embedded broker" and figures.backend.startswith("SQLite"):
+        return " (target ≤ 2 s embedded on SQLite)"
+    return ""
 
 
 def render(figures: Figures, args: argparse.Namespace) -> str:
@@ -641,7 +942,7 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
         )
     for r in figures.rounds:
         for label, values in (
-            ("fired (first attempt claimed)", r.fired),
+            ("started (first attempt's instant)", r.fired),
             ("delivered (0x0093 at the device)", r.delivered),
             ("acknowledged (run recorded succeed)", r.acknowledged),
         ):
@@ -653,7 +954,7 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
     outcome = [
         "| schedules due | runs | succeed | failed | missed | running | duplicate runs | lost "
         "| commands at devices (dup / missing) | all done after s | runs/s | server CPU "
-        "| devices CPU | other CPU | server RSS MiB |",
+        "| devices CPU | other CPU | server RSS MiB (idle → max → after) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     if ceiling is not None:
@@ -671,7 +972,7 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
             f"| {r.duplicates:,} | {r.lost:,} | {r.device_duplicates:,} / {r.device_missing:,} "
             f"| {seconds(r.done_after)}{' (timed out)' if r.timed_out else ''} | {r.rate:,.0f} "
             f"| {r.server_cpu:.0%} | {r.generator_cpu:.0%} | {r.other_cpu:.0%} "
-            f"| {r.rss_before:,.0f} → {r.rss_max:,.0f} |"
+            f"| {r.rss_idle:,.0f} → {r.rss_max:,.0f} → {r.rss_after:,.0f} |"
         )
     if figures.engines == 1:
         servers = (
@@ -690,10 +991,17 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
             "devices, the servers idle"
         )
     else:
-        ceiling_text = "for the ceiling, one `bench.control_broker` process instead of the server"
+        ceiling_text = (
+            "for the ceiling, Mosquitto's pass-through (`bench.ceiling_broker`) carrying the same "
+            "commands from one client to as many devices"
+        )
     lines = [
         f"Measured {stamp} on {os.cpu_count()} cores ({platform.machine()}, load average "
-        f"{figures.load_average} at the start): {servers}, claims of at most {CLAIM_BATCH}, "
+        f"{figures.load_average} at the start): {servers}, occurrences claimed "
+        f"{args.prepare if args.prepare is not None else EngineConfig.prepare_seconds:g} s "
+        f"ahead in batches of {CLAIM_BATCH}"
+        f"{', the garbage collector as Python sets it (`--gc-untuned`)' if args.gc_untuned else ''}"
+        ", "
         f"ack timeout {args.ack_timeout if args.ack_timeout is not None else 10:g} s) and one "
         f"device process (`bench.scheduler_devices`: {figures.devices} MQTT 3.1 devices "
         "answering each 0x0093 with a 0x0094 at once) on the same machine, sharing its cores; "
@@ -709,10 +1017,10 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
     ]
     for r in figures.rounds:
         lines.append(
-            f"- {r.pattern}: p99 fired {seconds(percentile(r.fired, 0.99))} s, delivered "
+            f"- {r.pattern}: p99 started {seconds(percentile(r.fired, 0.99))} s, delivered "
             f"{seconds(percentile(r.delivered, 0.99))} s, acknowledged "
-            f"**{seconds(percentile(r.acknowledged, 0.99))} s** after the due instant "
-            "(target ≤ 1 s); "
+            f"**{seconds(percentile(r.acknowledged, 0.99))} s** after the due instant"
+            f"{target_text(figures)}; "
             f"{r.rate:,.0f} runs/s"
             + (
                 f" ({r.rate / ceiling.rate:.0%} of the ceiling's {ceiling.rate:,.0f}/s)"
@@ -725,7 +1033,7 @@ def render(figures: Figures, args: argparse.Namespace) -> str:
                 if r.per_engine
                 else ""
             )
-            + f"; fired by {r.claims:,} claims ({len(r.fired) / max(1, r.claims):.1f} runs each)"
+            + f"; garbage collections until done: {gc_summary(r.gc)}"
             + f"; seeded in {r.seed_seconds:.0f} s; other processes used "
             f"{r.other_before:.0%} of a core just before"
         )
@@ -760,8 +1068,44 @@ def main() -> None:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=256,
+        default=20_000,
         help="IOTCLOUD_SCHEDULER_CONCURRENCY, and the ceiling's commands in flight",
+    )
+    parser.add_argument(
+        "--prepare", type=float, default=None, help="IOTCLOUD_SCHEDULER_PREPARE_SECONDS"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds after a pattern to read RSS again"
+    )
+    parser.add_argument(
+        "--gc-untuned",
+        action="store_true",
+        help="undo the servers' gc tuning (no freeze, default thresholds), for comparison",
+    )
+    parser.add_argument(
+        "--gc-thresholds",
+        default="",
+        metavar="G0,G1,G2",
+        help="other gc thresholds for the servers' tuning, for comparison",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the patterns this many times on the same servers (memory after each)",
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="print the servers' memory by kind before and after each pattern, and what "
+        "glibc's malloc_trim gives back after it",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="trace the servers' allocations and print what each pattern left on the heap",
     )
     parser.add_argument(
         "--ack-timeout", type=float, default=None, help="IOTCLOUD_SCHEDULER_ACK_TIMEOUT_SECONDS"
@@ -795,7 +1139,8 @@ def main() -> None:
     args.mosquitto = args.mosquitto or args.engines > 1
     if args.lead < 10:
         parser.error("--lead must leave time to seed: at least 10 seconds")
-    with throwaway_database(args.postgres, args.database_url) as database_url:
+    probe = Probe(args)
+    with throwaway_database(args.postgres, args.database_url) as database_url, closing(probe):
         figures = Figures(
             backend="PostgreSQL 15" if database_url else "SQLite (WAL)",
             schedules=args.schedules,
@@ -807,7 +1152,7 @@ def main() -> None:
         )
         if not args.skip_ceiling and not args.mosquitto:
             measure_ceiling(figures, args)
-        measure_server(figures, args, database_url)
+        measure_server(figures, args, database_url, probe)
     report = render(figures, args)
     print(report)
     if args.write:

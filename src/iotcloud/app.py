@@ -14,6 +14,7 @@ import httpx
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 
+from iotcloud import runtime
 from iotcloud.api.admin.routes import ROUTER as ADMIN_ROUTER
 from iotcloud.api.errors import EXCEPTION_HANDLERS
 from iotcloud.api.gizwits import accounts as gizwits_accounts
@@ -122,6 +123,8 @@ def edge_stats(broker: BrokerAdapter, gateway: DeviceGateway) -> dict[str, Any]:
             "reports": {**dataclasses.asdict(gateway.reports.stats), "backlog": gateway.backlog},
             "presence": dataclasses.asdict(gateway.presence.stats),
         },
+        # collector pauses since serve() tuned the collector (empty before, or in tests)
+        "gc": runtime.pauses.snapshot() if runtime.pauses.installed else {},
     }
 
 

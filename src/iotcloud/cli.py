@@ -244,6 +244,9 @@ def serve(**options: Any) -> None:
             "HTTPS and WSS on %s:%d", settings.http_host, bound.getsockname()[1]
         )
     server = server_class(_uvicorn_config(app, settings, tls=False), followers)
+    from iotcloud.runtime import tune_gc  # the application is built: freeze it, then serve
+
+    tune_gc()
     server.run()
     if not server.started or server.failed:
         sys.exit(1)

@@ -120,15 +120,17 @@ class Settings:
     # either way); how late an occurrence may still fire after downtime (older ones are logged
     # missed); how long an attempt in flight is owned before another process may take it over;
     # the pause between retries; how long a device has to acknowledge a command; the longest
-    # sleep between looks at the database; attempts in flight; days runs are kept (0: forever)
+    # sleep between looks at the database; attempts in flight; days runs are kept (0: forever);
+    # how far ahead occurrences are claimed and their commands prepared (0: at the instant)
     scheduler_enabled: bool = True
     scheduler_grace_seconds: float = 900.0
     scheduler_lease_seconds: float = 60.0
     scheduler_retry_interval_seconds: float = 60.0
     scheduler_ack_timeout_seconds: float = 10.0
     scheduler_max_sleep_seconds: float = 10.0
-    scheduler_concurrency: int = 256
+    scheduler_concurrency: int = 20_000
     scheduler_run_retention_days: int = 90
+    scheduler_prepare_seconds: float = 10.0
 
     # TLS: PEM files of the certificate chain (server certificate first) and of its unencrypted
     # private key; set both or neither. With them the server also serves HTTPS and WSS on
@@ -325,10 +327,14 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"IOTCLOUD_{name.upper()} must be positive")
-        if self.scheduler_grace_seconds < 0 or self.scheduler_run_retention_days < 0:
+        if (
+            self.scheduler_grace_seconds < 0
+            or self.scheduler_run_retention_days < 0
+            or self.scheduler_prepare_seconds < 0
+        ):
             raise ConfigError(
-                "IOTCLOUD_SCHEDULER_GRACE_SECONDS and IOTCLOUD_SCHEDULER_RUN_RETENTION_DAYS "
-                "must not be negative"
+                "IOTCLOUD_SCHEDULER_GRACE_SECONDS, IOTCLOUD_SCHEDULER_RUN_RETENTION_DAYS and "
+                "IOTCLOUD_SCHEDULER_PREPARE_SECONDS must not be negative"
             )
         # an attempt lasts about one acknowledgement timeout; its lease must outlive it, or a
         # second process could take the run over while the first is still sending

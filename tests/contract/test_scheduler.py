@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -46,7 +47,7 @@ from iotcloud.services.registry import Services
 from iotcloud.services.scheduler import ScheduleSpec, Task
 from iotcloud.storage.database import Database
 from iotcloud.storage.models import ScheduleRow, ScheduleRunRow
-from tests.devices import FIXTURES, MqttDevice
+from tests.devices import FIXTURES, MqttDevice, eventually
 from tests.pg import free_port
 
 # Monday 2026-03-02, 06:00 UTC
@@ -652,6 +653,282 @@ async def test_the_engine_loop_wakes_for_the_nearest_due_instant(
         run = await services.scheduler.latest_run(world.user, schedule_id)
         assert run is not None
         assert run.status == "succeed"
+
+
+# -- preparing ahead ------------------------------------------------------------------------------
+
+PREPARE = 10.0
+
+
+@asynccontextmanager
+async def looping(world: World, owner: str = "looping") -> AsyncIterator[SchedulerEngine]:
+    """An engine of its own running its loop (claims ``PREPARE`` seconds ahead) on the world's
+    database and frozen clock; the world's own engine is never run."""
+    config = EngineConfig(
+        ack_timeout_seconds=ACK_TIMEOUT,
+        lease_seconds=5,
+        prepare_seconds=PREPARE,
+        max_sleep_seconds=0.2,
+        grace_seconds=GRACE,
+    )
+    engine = SchedulerEngine(
+        world.services.devices.db, world.clock, world.services.control, config, owner=owner
+    )
+    async with engine:
+        loop = asyncio.create_task(engine.run())
+        try:
+            yield engine
+        finally:
+            loop.cancel()
+            with suppress(asyncio.CancelledError):
+                await loop
+
+
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    async def probe() -> bool:
+        return await check()
+
+    await eventually(probe, wait=10)
+
+
+async def prepared_run(world: World, schedule_id: str) -> ScheduleRunRow:
+    """Wait for the schedule's run to be claimed ahead; returns it."""
+    found: list[ScheduleRunRow] = []
+
+    async def claimed() -> bool:
+        found[:] = await run_rows(world, schedule_id)
+        return bool(found)
+
+    await until(claimed)
+    [run] = found
+    return run
+
+
+async def test_an_occurrence_claimed_ahead_is_sent_at_its_instant_not_before(world: World) -> None:
+    scheduler = world.services.scheduler
+    target = await bound_device(world)
+    async with Device(world.services, target, answer=True) as device:
+        schedule_id = await scheduler.create(world.user, spec(daily(7), task(world, target)))
+        expected = await world.services.control.encode_attrs(target.did, ON)
+        world.at(utc(2026, 3, 2, 6, 59, 52))  # 8 s ahead: within the preparation window
+        async with looping(world) as engine:
+            run = await prepared_run(world, schedule_id)
+            # claimed and prepared, not started: no attempt yet, leased until 07:00 + lease
+            assert (run.status, run.attempts, run.started_at) == ("running", [], None)
+            assert run.lease_owner is not None
+            assert run.next_attempt_at == utc(2026, 3, 2, 7, 0, 5)
+            assert (await scheduler.get(world.user, schedule_id)).next_due_at == utc(2026, 3, 3, 7)
+            assert engine.held == 1
+            # within the last half second the run is started, still not sent before 07:00
+            world.at(utc(2026, 3, 2, 6, 59, 59, 800_000))
+            engine.wake()
+
+            async def started() -> bool:
+                [row] = await run_rows(world, schedule_id)
+                return row.started_at is not None
+
+            await until(started)
+            await asyncio.sleep(0.3)  # the dispatcher looks at the frozen clock again
+            assert device.frames == []
+
+            world.at(utc(2026, 3, 2, 7))
+            engine.wake()
+
+            async def recorded() -> bool:
+                return engine.held == 0
+
+            await until(recorded)
+        assert [(f.cmd, f.payload) for f in device.frames] == [(CMD_CONTROL_SN, expected)]
+    [run] = await run_rows(world, schedule_id)
+    assert (run.status, run.started_at, run.lease_owner) == ("succeed", utc(2026, 3, 2, 7), None)
+    assert run.attempts == [{"at": "2026-03-02T07:00:00+00:00", "detail": {target.did: True}}]
+
+
+async def test_a_schedule_deleted_after_its_occurrence_was_prepared_sends_nothing(
+    world: World,
+) -> None:
+    scheduler = world.services.scheduler
+    target = await bound_device(world)
+    async with Device(world.services, target, answer=True) as device:
+        schedule_id = await scheduler.create(world.user, spec(daily(7), task(world, target)))
+        world.at(utc(2026, 3, 2, 6, 59, 55))
+        async with looping(world) as engine:
+            await prepared_run(world, schedule_id)
+            await scheduler.delete(world.user, schedule_id)
+            world.at(utc(2026, 3, 2, 7))
+            engine.wake()
+
+            async def dropped() -> bool:
+                return engine.held == 0
+
+            await until(dropped)
+            assert engine.totals.lost == 1
+            await asyncio.sleep(ACK_TIMEOUT)
+        assert device.frames == []
+    assert await count_runs(world) == 0
+
+
+async def test_a_device_unbound_after_preparation_gets_nothing_and_the_run_fails(
+    world: World,
+) -> None:
+    scheduler = world.services.scheduler
+    kept, unbound = await bound_device(world), await bound_device(world)
+    async with (
+        Device(world.services, kept, answer=True) as good,
+        Device(world.services, unbound, answer=True) as dropped,
+    ):
+        schedule_id = await scheduler.create(
+            world.user, spec(daily(7), task(world, kept), task(world, unbound))
+        )
+        world.at(utc(2026, 3, 2, 6, 59, 55))
+        async with looping(world) as engine:
+            await prepared_run(world, schedule_id)
+            await world.services.bindings.unbind(world.user, unbound.did)
+            world.at(utc(2026, 3, 2, 7))
+            engine.wake()
+
+            async def recorded() -> bool:
+                return engine.held == 0
+
+            await until(recorded)
+        assert (len(good.frames), dropped.frames) == (1, [])
+    run = await scheduler.latest_run(world.user, schedule_id)
+    assert run is not None
+    assert (run.status, run.detail) == ("failed", {kept.did: True, unbound.did: False})
+
+
+async def claim_ahead_and_die(world: World, ahead: float = PREPARE) -> list[ClaimedAttempt]:
+    """Claim ahead as a process that then crashes (never starts, sends or records)."""
+    store = ScheduleStore(world.services.devices.db)
+    report = await store.claim_due(
+        world.clock.now(),
+        owner="dead-process",
+        limit=10,
+        grace=timedelta(seconds=GRACE),
+        lease=timedelta(seconds=5),
+        ahead=timedelta(seconds=ahead),
+    )
+    return report.attempts
+
+
+async def test_a_claim_made_ahead_by_a_process_that_died_is_fired_once_after_its_lease(
+    world: World,
+) -> None:
+    scheduler = world.services.scheduler
+    target = await bound_device(world)
+    async with Device(world.services, target, answer=True) as device:
+        schedule_id = await scheduler.create(world.user, spec(daily(7), task(world, target)))
+        world.at(utc(2026, 3, 2, 6, 59, 55))
+        [claimed] = await claim_ahead_and_die(world)
+        assert (claimed.ahead, claimed.at) == (True, utc(2026, 3, 2, 7))
+        world.at(utc(2026, 3, 2, 7, 0, 4))
+        report = await world.run_due()  # its lease (07:00 + 5 s) still holds
+        assert (report.fired, report.retried) == (0, 0)
+        assert device.frames == []
+        world.at(utc(2026, 3, 2, 7, 0, 5))
+        report = await world.run_due()
+        # nothing was sent for it: this is its first attempt, not an interrupted one
+        assert (report.fired, report.retried, report.succeeded) == (1, 0, 1)
+        assert len(device.frames) == 1
+        assert (await world.run_due()).fired == 0
+    [run] = await run_rows(world, schedule_id)
+    assert (run.status, run.started_at) == ("succeed", utc(2026, 3, 2, 7, 0, 5))
+    assert run.attempts == [{"at": "2026-03-02T07:00:05+00:00", "detail": {target.did: True}}]
+
+
+async def test_a_claim_made_ahead_and_abandoned_beyond_grace_is_logged_missed(
+    world: World,
+) -> None:
+    scheduler = world.services.scheduler
+    target = await bound_device(world)
+    schedule_id = await scheduler.create(
+        world.user, spec(daily(7), task(world, target), retry_count=3)
+    )
+    world.at(utc(2026, 3, 2, 6, 59, 55))
+    assert len(await claim_ahead_and_die(world)) == 1
+    world.at(utc(2026, 3, 2, 7, 20))  # nobody took it over within the grace window
+    report = await world.run_due()
+    assert (report.fired, report.retried, report.missed, report.given_up) == (0, 0, 1, 0)
+    run = await scheduler.latest_run(world.user, schedule_id)
+    assert run is not None
+    assert (run.status, run.detail, run.attempts) == ("missed", {target.did: False}, ())
+    assert run.note is not None
+    assert "grace" in run.note
+
+
+async def test_a_stopping_engine_hands_its_prepared_claims_on_to_fire_at_their_instant(
+    world: World, database_url: str
+) -> None:
+    scheduler = world.services.scheduler
+    target = await bound_device(world)
+    async with Device(world.services, target, answer=True) as device:
+        schedule_id = await scheduler.create(world.user, spec(daily(7), task(world, target)))
+        world.at(utc(2026, 3, 2, 6, 59, 55))
+        async with looping(world, owner="stopping") as engine:
+            await prepared_run(world, schedule_id)
+        assert engine.held == 0
+        [released] = await run_rows(world, schedule_id)
+        assert (released.lease_owner, released.next_attempt_at) == (None, utc(2026, 3, 2, 7))
+        assert device.frames == []
+        async with (
+            Database(database_url) as other_db,
+            SchedulerEngine(
+                other_db,
+                world.clock,
+                world.services.control,
+                EngineConfig(ack_timeout_seconds=ACK_TIMEOUT, lease_seconds=5),
+                owner="successor",
+            ) as successor,
+        ):
+            assert (await successor.run_due()).fired == 0  # not before its instant
+            world.at(utc(2026, 3, 2, 7))
+            report = await successor.run_due()
+            assert (report.fired, report.succeeded) == (1, 1)
+        assert len(device.frames) == 1
+    [run] = await run_rows(world, schedule_id)
+    assert (run.status, len(run.attempts)) == ("succeed", 1)
+
+
+async def test_two_looping_engines_fire_a_burst_prepared_ahead_exactly_once(
+    world: World, database_url: str
+) -> None:
+    scheduler = world.services.scheduler
+    targets = [await bound_device(world) for _ in range(4)]
+    devices = [Device(world.services, target, answer=True) for target in targets]
+    for device in devices:
+        await device.__aenter__()
+    try:
+        ids = [
+            await scheduler.create(
+                world.user,
+                spec(daily(7), task(world, targets[n % 4], {"LED_R": n}), name=f"n{n}"),
+            )
+            for n in range(40)
+        ]
+        world.at(utc(2026, 3, 2, 6, 59, 51))
+        async with looping(world, owner="one") as one, looping(world, owner="two") as two:
+
+            async def all_prepared() -> bool:
+                return await count_runs(world) == 40
+
+            await until(all_prepared)
+            assert all(device.frames == [] for device in devices)
+            world.at(utc(2026, 3, 2, 7))
+            one.wake()
+            two.wake()
+
+            async def all_recorded() -> bool:
+                return (
+                    one.held + two.held == 0 and one.totals.succeeded + two.totals.succeeded == 40
+                )
+
+            await until(all_recorded)
+    finally:
+        for device in devices:
+            await device.__aexit__(None, None, None)
+    assert [len(device.frames) for device in devices] == [10] * 4
+    for schedule_id in ids:
+        assert [r.status for r in await run_rows(world, schedule_id)] == ["succeed"]
 
 
 # -- the service ----------------------------------------------------------------------------------

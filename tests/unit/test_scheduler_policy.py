@@ -11,6 +11,7 @@ from iotcloud.scheduler.policy import (
     Attempt,
     Task,
     catch_up,
+    catch_up_ahead,
     interrupted_attempt,
     merged_detail,
     outcome,
@@ -52,6 +53,39 @@ def test_grace_zero_fires_only_what_is_exactly_on_time() -> None:
     on_time = catch_up(DAILY_7, utc(2026, 3, 2, 7), utc(2026, 3, 2, 7), grace=timedelta(0))
     late = catch_up(DAILY_7, utc(2026, 3, 2, 7), utc(2026, 3, 2, 7, 0, 1), grace=timedelta(0))
     assert (on_time.fire, late.fire) == (utc(2026, 3, 2, 7), None)
+
+
+def test_looking_ahead_an_occurrence_within_the_window_fires_at_its_own_instant() -> None:
+    now, horizon = utc(2026, 3, 2, 6, 59, 52), utc(2026, 3, 2, 7, 0, 2)
+    plan = catch_up_ahead(DAILY_7, utc(2026, 3, 2, 7), now, horizon, grace=GRACE)
+    assert (plan.fire, plan.missed, plan.next_due) == (
+        utc(2026, 3, 2, 7),
+        (),
+        utc(2026, 3, 3, 7),
+    )
+    with pytest.raises(ValueError, match="horizon"):
+        catch_up_ahead(DAILY_7, utc(2026, 3, 2, 7), now, utc(2026, 3, 2, 6, 59, 59), grace=GRACE)
+
+
+def test_looking_ahead_keeps_the_catch_up_rules_for_what_is_due_by_now() -> None:
+    # down since Monday: Thursday 07:00 is 14 min late and fires now, not ahead
+    now = utc(2026, 3, 5, 7, 14)
+    plan = catch_up_ahead(
+        DAILY_7, utc(2026, 3, 2, 7), now, now + timedelta(seconds=10), grace=GRACE
+    )
+    assert plan == catch_up(DAILY_7, utc(2026, 3, 2, 7), now, grace=GRACE)
+    # everything due by now is beyond grace: missed, and the next occurrence, within the
+    # window, fires at its instant
+    early = Recurrence(Daily(), time(7, 16))
+    now = utc(2026, 3, 3, 7, 15, 55)
+    plan = catch_up_ahead(
+        early, utc(2026, 3, 2, 7, 16), now, utc(2026, 3, 3, 7, 16, 5), grace=GRACE
+    )
+    assert plan.missed == (utc(2026, 3, 2, 7, 16),)
+    assert (plan.fire, plan.next_due) == (utc(2026, 3, 3, 7, 16), utc(2026, 3, 4, 7, 16))
+    # the window ends before the next occurrence: nothing fires
+    plan = catch_up_ahead(early, utc(2026, 3, 2, 7, 16), now, now, grace=GRACE)
+    assert (plan.fire, plan.next_due) == (None, utc(2026, 3, 3, 7, 16))
 
 
 def test_more_occurrences_than_the_limit_are_handled_over_several_claims_none_dropped() -> None:

@@ -1018,6 +1018,7 @@ class DeviceGateway:
             for _, waiter in awaiting:
                 waiter.cancel()  # no effect on the acknowledged ones
 
+        frames: list[tuple[tuple[str, int], asyncio.Future[SendResult], Frame]] = []
         for did, payload in commands:
             result: asyncio.Future[SendResult] = loop.create_future()
             results.append(result)
@@ -1029,20 +1030,62 @@ class DeviceGateway:
                 self._spawn(control(did, payload, result))
                 continue
             sn = self._next_sn = (self._next_sn + 1) & 0xFFFFFFFF
-            key = (did, sn)
+            frames.append(((did, sn), result, Frame(CMD_CONTROL_SN, payload, sn=sn)))
+        waiters: list[asyncio.Future[None]] = []
+        for key, _, _ in frames:  # registered before any frame goes out
             waiter: asyncio.Future[None] = loop.create_future()
             self._acks[key] = (CLOUD_CLIENT_ID, waiter)
-            try:
-                outcome = await self.publish_frame(did, Frame(CMD_CONTROL_SN, payload, sn=sn))
-            except (ConnectionError, RuntimeError, ValueError) as exc:
+            waiters.append(waiter)
+        # One after another while the broker takes frames without suspending (the embedded
+        # transport writes to the socket at once); once a publish suspends (aiomqtt waits for
+        # its client's write), a few at a time, so that one loop iteration writes several
+        # frames while that client's cost per pending call (it scans them all, and warns past
+        # 10) stays low.
+        window = 8
+        suspended = False
+
+        def mark_suspended() -> None:
+            nonlocal suspended
+            suspended = True
+
+        outcomes: list[SendResult | BaseException] = []
+        try:
+            index = 0
+            while index < len(frames):
+                if suspended:
+                    outcomes += await asyncio.gather(
+                        *(
+                            self.publish_frame(key[0], frame)
+                            for key, _, frame in frames[index : index + window]
+                        ),
+                        return_exceptions=True,
+                    )
+                    index += window
+                    continue
+                key, _, frame = frames[index]
+                marker = loop.call_soon(mark_suspended)
+                try:
+                    outcomes.append(await self.publish_frame(key[0], frame))
+                except Exception as exc:  # as gather's return_exceptions: settled below
+                    outcomes.append(exc)
+                finally:
+                    marker.cancel()
+                index += 1
+        except asyncio.CancelledError:
+            for (key, result, _), waiter in zip(frames, waiters, strict=True):
                 self._acks.pop(key, None)
-                result.set_exception(
-                    exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
-                )
-                continue
-            if outcome is not SendResult.DELIVERED:
+                waiter.cancel()
+                result.cancel()
+            raise
+        for (key, result, _), waiter, outcome in zip(frames, waiters, outcomes, strict=True):
+            if isinstance(outcome, BaseException) or outcome is not SendResult.DELIVERED:
                 self._acks.pop(key, None)
-                result.set_result(outcome)
+                if not isinstance(outcome, BaseException):
+                    result.set_result(outcome)
+                elif isinstance(outcome, ConnectionError):
+                    result.set_exception(outcome)
+                else:
+                    result.set_exception(ConnectionError(str(outcome)))
                 continue
             waiter.add_done_callback(settle(key, result))
             awaiting.append((key, waiter))

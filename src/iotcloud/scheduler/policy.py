@@ -11,6 +11,11 @@ schedule after roughly three years of downtime with the default limit of 1,000),
 ``limit`` are recorded as missed and the rest are handled by the next claims, so nothing is
 dropped, however long the downtime.
 
+Preparing ahead: a claim may look ``ahead`` of now (`catch_up_ahead`), so that an occurrence
+due within the next few seconds is claimed, checked and encoded before its instant and sent at
+it. What is due by now is handled exactly as `catch_up` says; when that fires nothing, the first
+occurrence after now, if it falls within the look-ahead, fires at its own instant.
+
 Attempts and retries (the Gizwits contract): a run succeeds when every task's command reached
 its device. After a failed attempt the run is tried again, up to ``retry_count`` more times:
 ``retry_task`` ``all`` sends every task again, ``failed`` only the tasks not yet delivered. The
@@ -37,6 +42,7 @@ __all__ = [
     "RunStatus",
     "Task",
     "catch_up",
+    "catch_up_ahead",
     "interrupted_attempt",
     "merged_detail",
     "outcome",
@@ -53,7 +59,7 @@ DIALECTS: Final = ("gizwits", "tencent")
 RETRY_TASKS: Final = ("all", "failed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     """One command of a schedule: write ``attrs`` (display values, checked against the product's
     data points and encoded when the run fires) or send ``raw`` P0 bytes, to device ``did`` of
@@ -83,7 +89,7 @@ class Task:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One attempt of a run: when it started and, per did it sent to, whether the command
     reached the device. ``detail`` is None while the attempt is in flight; ``interrupted``
@@ -109,7 +115,7 @@ class Attempt:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CatchUp:
     """What to do with a schedule's due occurrences: ``fire`` one now (None: none), record
     ``missed`` ones, and keep ``next_due`` as the first occurrence not handled (None: the
@@ -146,6 +152,32 @@ def catch_up(
     if now - latest <= grace:
         return CatchUp(latest, tuple(due[:-1]), following)
     return CatchUp(None, tuple(due), following)
+
+
+def catch_up_ahead(
+    recurrence: Recurrence,
+    first_due: datetime,
+    now: datetime,
+    horizon: datetime,
+    *,
+    grace: timedelta,
+    limit: int = OCCURRENCES_LIMIT,
+) -> CatchUp:
+    """`catch_up` for a claim at ``now`` that looks ahead to ``horizon`` (``>= now``): the
+    occurrences due by ``now`` as `catch_up` handles them; when none of them fires, the first
+    occurrence in ``(now, horizon]`` fires (``fire`` after ``now``: at its own instant). Raises
+    ``ValueError`` if ``first_due`` is after ``horizon`` or ``horizon`` before ``now``."""
+    if horizon < now:
+        raise ValueError("horizon is before now")
+    if first_due > horizon:
+        raise ValueError("first_due is after the horizon: nothing is due")
+    if first_due > now:
+        return CatchUp(first_due, (), next_occurrence(recurrence, first_due))
+    plan = catch_up(recurrence, first_due, now, grace=grace, limit=limit)
+    upcoming = plan.next_due
+    if plan.fire is None and upcoming is not None and now < upcoming <= horizon:
+        return CatchUp(upcoming, plan.missed, next_occurrence(recurrence, upcoming))
+    return plan
 
 
 def tasks_to_send(

@@ -12,40 +12,55 @@ Claiming is safe with several engines on one database:
   ``ON CONFLICT DO NOTHING`` on the unique (schedule, scheduled instant): a claimer that lost a
   race changes nothing and fires nothing.
 
-A fired run is inserted already leased to its claimer with its first attempt marked as started,
-in the transaction that advances the schedule; the attempt then executes outside any
-transaction. While an attempt is in flight the run's ``next_attempt_at`` is the lease's expiry: if
-the claimer dies, the run becomes due again at that instant and the next claimer finds it
-abandoned (``lease_owner`` still set).
+A fired run is inserted already leased to its claimer, in the transaction that advances the
+schedule; the attempt then executes outside any transaction. While the run is leased its
+``next_attempt_at`` is the lease's expiry: if the claimer dies, the run becomes due again at that
+instant and the next claimer finds it abandoned (``lease_owner`` still set).
+
+A claim may look ahead (``ahead``): an occurrence due within that window is claimed before its
+instant, so the engine can check and encode its commands in advance. Such a run is inserted
+*not started* (no attempt, ``started_at`` NULL) and leased until its instant plus the lease;
+`ScheduleStore.start` marks it started (its first attempt in flight) just before the engine
+sends. A run found leased but never started was claimed by a process that stopped (or let it
+go, `ScheduleStore.release`) before the instant: nothing was sent for it, so the next claimer
+makes its first attempt (or records it ``missed`` when that is beyond the grace window); an
+attempt started and not finished is *interrupted* and counts (see `policy`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Insert,
+    String,
     Table,
+    bindparam,
     case,
+    column,
     delete,
     func,
-    literal,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeEngine
 
+from iotcloud.codecs.template import DATA_TEMPLATE_PROTOCOL
 from iotcloud.domain.schedules import (
     Daily,
     MonthDays,
@@ -59,23 +74,39 @@ from iotcloud.scheduler.policy import (
     Attempt,
     RetryTask,
     Task,
-    catch_up,
+    catch_up_ahead,
     interrupted_attempt,
     merged_detail,
     outcome,
     tasks_to_send,
 )
 from iotcloud.storage.database import Database
-from iotcloud.storage.models import ScheduleRow, ScheduleRunRow, UTCDateTime
+from iotcloud.storage.models import (
+    JSON_TYPE,
+    BindingRow,
+    DeviceLatestRow,
+    DeviceRow,
+    ProductRow,
+    ScheduleRow,
+    ScheduleRunRow,
+    UTCDateTime,
+)
 
 log = logging.getLogger(__name__)
 
 CLAIM_LOCK: Final = "scheduler"
 _INSERT_CHUNK: Final = 500
 _PURGE_CHUNK: Final = 5000
+_KEYS_CHUNK: Final = 2000
+"""Most keys (run ids with their leases, dids) in one statement's IN list."""
+_FINISH_CHUNK: Final = 5000
+"""Most attempt results in one UPDATE (they travel as one JSON parameter)."""
+
+_T = TypeVar("_T")
+_S = TypeVar("_S")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClaimedAttempt:
     """An attempt this claimer must now execute: send ``send`` (a subset of the run's
     ``tasks``) and report the result with `ScheduleStore.finish_attempt` under ``lease``."""
@@ -94,6 +125,23 @@ class ClaimedAttempt:
     detail: Mapping[str, bool]
     attempts: tuple[Attempt, ...]
     """Every attempt so far, this one (in flight, ``detail`` None) last."""
+    ahead: bool = False
+    """Claimed before its instant (``at``): not started until `ScheduleStore.start`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A device that tasks command, as read for a batch of attempts (`ScheduleStore.targets`):
+    whether it is disabled, which of the asked users are bound to it, its product (as last
+    changed) and its latest reported values."""
+
+    did: str
+    disabled: bool
+    bound_users: frozenset[int]
+    product_key: str
+    product_updated_at: datetime
+    data_template: bool
+    latest: Mapping[str, Any]
 
 
 @dataclass
@@ -113,7 +161,7 @@ class ClaimReport:
     """A select came back full: more may be due right now."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AttemptResult:
     """How `ScheduleStore.finish_attempt` left the run: ``status`` ``succeed``, ``failed`` or
     ``running`` (a retry is due at ``next_attempt_at``); ``stored`` False when the lease was lost
@@ -141,22 +189,27 @@ class ScheduleStore:
         limit: int,
         grace: timedelta,
         lease: timedelta,
+        ahead: timedelta = timedelta(0),
     ) -> ClaimReport:
-        """Claim up to ``limit`` due schedules, then due runs up to ``limit`` attempts in all,
-        as of ``now``.
+        """Claim up to ``limit`` schedules due by ``now + ahead``, then runs due by ``now`` up
+        to ``limit`` attempts in all.
 
         A due schedule fires its latest due occurrence (within ``grace``) as a new run leased to
         ``owner`` until ``now + lease``, records the others as ``missed`` and advances to its
-        next occurrence; a schedule with no next occurrence is switched off. A due run (retry,
-        or abandoned by a dead claimer) gets its next attempt leased the same way, or is finished
-        ``failed`` when its retries are used up or the attempt is more than ``grace`` overdue.
+        next occurrence; a schedule with no next occurrence is switched off. When nothing of it
+        is due by ``now``, its occurrence within ``ahead`` is claimed the same way but *ahead*:
+        leased until that instant plus ``lease``, the attempt's ``at`` its instant, the run not
+        started (see the module docstring). A due run (retry, abandoned by a dead claimer, or
+        never started) gets its next attempt leased, or is finished ``failed`` when its retries
+        are used up or the attempt is more than ``grace`` overdue (``missed`` when it never
+        had an attempt).
         """
         report = ClaimReport([])
         # SQLite: one claimer at a time in this process. PostgreSQL: no lock, SKIP LOCKED
         # lets concurrent claimers (in any process) take disjoint rows.
         lock = CLAIM_LOCK if self.db.is_sqlite else None
         async with self.db.session(lock=lock) as session:
-            await self._claim_schedules(session, report, now, owner, limit, grace, lease)
+            await self._claim_schedules(session, report, now, owner, limit, grace, lease, ahead)
         report.more = report.schedules >= limit
         room = limit - len(report.attempts)
         if room > 0:
@@ -176,10 +229,12 @@ class ScheduleStore:
         limit: int,
         grace: timedelta,
         lease: timedelta,
+        ahead: timedelta,
     ) -> None:
+        horizon = now + ahead
         due = await session.scalars(
             select(ScheduleRow)
-            .where(ScheduleRow.enabled, ScheduleRow.next_due_at <= now)
+            .where(ScheduleRow.enabled, ScheduleRow.next_due_at <= horizon)
             .order_by(ScheduleRow.next_due_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -188,35 +243,31 @@ class ScheduleStore:
         report.schedules += len(rows)
         if not rows:
             return
-        plans = {row.id: catch_up(recurrence_of(row), _due(row), now, grace=grace) for row in rows}
+        plans = {
+            row.id: catch_up_ahead(recurrence_of(row), _due(row), now, horizon, grace=grace)
+            for row in rows
+        }
         # one compare-and-set for the batch: only rows still at the next_due_at read above move
+        rowset = _RowSet(session)
         advanced = set(
             await session.scalars(
-                update(ScheduleRow)
-                .where(
-                    tuple_(ScheduleRow.id, ScheduleRow.next_due_at).in_(
-                        [(row.id, row.next_due_at) for row in rows]
-                    )
-                )
-                .values(
-                    next_due_at=case(
-                        {key: literal(plan.next_due, UTCDateTime()) for key, plan in plans.items()},
-                        value=ScheduleRow.id,
-                    ),
-                    enabled=case(
+                _advance_statement(rowset.is_sqlite),
+                {
+                    "rows": rowset.param(
                         {
-                            key: literal(plan.next_due is not None, Boolean())
-                            for key, plan in plans.items()
-                        },
-                        value=ScheduleRow.id,
-                    ),
-                )
-                .returning(ScheduleRow.id)
-                .execution_options(synchronize_session=False)
+                            "id": row.id,
+                            "due": rowset.instant(row.next_due_at),
+                            "next": rowset.instant(plans[row.id].next_due),
+                            "enabled": plans[row.id].next_due is not None,
+                        }
+                        for row in rows
+                    )
+                },
             )
         )
         new_runs: list[dict[str, Any]] = []
-        fired: dict[tuple[int, datetime], tuple[ScheduleRow, str]] = {}
+        fired: dict[tuple[int, datetime], tuple[ScheduleRow, str, datetime]] = {}
+        leases = _Leases(owner)
         for row in rows:
             if row.id not in advanced:
                 continue  # another claimer (or an edit) got there first
@@ -238,20 +289,23 @@ class ScheduleStore:
                     )
                 )
             if plan.fire is not None:
-                token = _lease_token(owner)
+                token = leases.next()
+                at = max(plan.fire, now)
+                early = plan.fire > now
                 new_runs.append(
                     _run_values(
                         row,
                         plan.fire,
                         status="running",
                         tasks=row.tasks,
-                        attempts=[Attempt(now, None).to_json()],
-                        next_attempt_at=now + lease,
+                        # claimed ahead: no attempt until `start`, just before the instant
+                        attempts=[] if early else [Attempt(at, None).to_json()],
+                        next_attempt_at=at + lease,
                         lease_owner=token,
-                        started_at=now,
+                        started_at=None if early else at,
                     )
                 )
-                fired[(row.id, plan.fire)] = (row, token)
+                fired[(row.id, plan.fire)] = (row, token, at)
         for start in range(0, len(new_runs), _INSERT_CHUNK):
             chunk = new_runs[start : start + _INSERT_CHUNK]
             inserted = await session.execute(_insert_runs(session), chunk)
@@ -259,7 +313,7 @@ class ScheduleStore:
                 if status == "missed":
                     report.missed += 1
                     continue
-                row, token = fired[(schedule_id, scheduled_at)]
+                row, token, at = fired[(schedule_id, scheduled_at)]
                 tasks = tuple(Task.from_json(task) for task in row.tasks)
                 retry_task = cast(RetryTask, row.retry_task)
                 report.attempts.append(
@@ -270,13 +324,14 @@ class ScheduleStore:
                         user_id=row.user_id,
                         app_id=row.app_id,
                         lease=token,
-                        at=now,
+                        at=at,
                         tasks=tasks,
                         send=tuple(tasks_to_send(tasks, retry_task, {})),
                         retry_count=row.retry_count,
                         retry_task=retry_task,
                         detail={},
-                        attempts=(Attempt(now, None),),
+                        attempts=(Attempt(at, None),),
+                        ahead=at > now,
                     )
                 )
 
@@ -298,6 +353,7 @@ class ScheduleStore:
             .limit(limit)
             .with_for_update(of=ScheduleRunRow, skip_locked=True)
         )
+        leases = _Leases(owner)
         for run, public_id, user_id, app_id in due.all():
             report.due_runs += 1
             tasks = tuple(Task.from_json(task) for task in run.tasks or [])
@@ -315,18 +371,32 @@ class ScheduleStore:
                 detail = merged_detail(detail, attempts[-1].detail)
                 due_at = started.at
                 note = "interrupted: the process running an attempt stopped"
-            verdict = outcome(tasks, detail, attempts=len(attempts), retry_count=run.retry_count)
+            if not attempts:
+                # never started (claimed ahead, then let go or abandoned): nothing was sent,
+                # its first attempt is due at its scheduled instant
+                due_at = run.scheduled_at
+            verdict: str = outcome(
+                tasks, detail, attempts=len(attempts), retry_count=run.retry_count
+            )
             overdue = now - due_at
             values: dict[str, Any] = {"attempts": [a.to_json() for a in attempts], "detail": detail}
             token: str | None = None
             if verdict == "retry" and overdue > grace:
-                verdict = "failed"
-                note = (
-                    f"{note + '; ' if note else ''}not retried: the attempt was "
-                    f"{overdue.total_seconds():.0f} s overdue, beyond the grace window"
-                )
+                if attempts:
+                    verdict = "failed"
+                    note = (
+                        f"{note + '; ' if note else ''}not retried: the attempt was "
+                        f"{overdue.total_seconds():.0f} s overdue, beyond the grace window"
+                    )
+                else:
+                    verdict = "missed"
+                    values["detail"] = {task.did: False for task in tasks}
+                    note = (
+                        f"missed: {overdue.total_seconds():.0f} s late, beyond the "
+                        f"{grace.total_seconds():.0f} s grace window"
+                    )
             if verdict == "retry":
-                token = _lease_token(owner)
+                token = leases.next()
                 attempts.append(Attempt(now, None))
                 values.update(
                     attempts=[a.to_json() for a in attempts],
@@ -334,6 +404,8 @@ class ScheduleStore:
                     lease_owner=token,
                     note=note,
                 )
+                if run.started_at is None:
+                    values["started_at"] = now
             else:
                 values.update(
                     status=verdict,
@@ -355,7 +427,10 @@ class ScheduleStore:
             if cast(CursorResult[Any], taken).rowcount != 1:
                 continue
             if token is None:
-                report.finished += 1
+                if verdict == "missed":
+                    report.missed += 1
+                else:
+                    report.finished += 1
                 log.info(
                     "schedule %s run at %s finished %s: %s",
                     public_id,
@@ -405,29 +480,150 @@ class ScheduleStore:
     ) -> list[AttemptResult]:
         """`finish_attempt` for several attempts in one transaction (one commit for a burst of
         results); the results in the same order. All or nothing: when the transaction fails,
-        none is recorded and their leases expire as if the process had died."""
-        prepared = [
-            _finished_values(claimed, sent, now, retry_interval) for claimed, sent in finished
-        ]
-        results: list[AttemptResult] = []
-        async with self.db.session() as session:
-            for (claimed, _), (values, result) in zip(finished, prepared, strict=True):
-                written = await session.execute(
-                    update(ScheduleRunRow)
-                    .where(
-                        ScheduleRunRow.id == claimed.run_id,
-                        ScheduleRunRow.lease_owner == claimed.lease,
-                    )
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
-                )
-                stored = cast(CursorResult[Any], written).rowcount == 1
-                results.append(dataclasses.replace(result, stored=stored))
-        return results
+        none is recorded and their leases expire as if the process had died.
 
-    async def nearest_due(self) -> datetime | None:
-        """The earliest instant at which a schedule or a run needs the engine (None: nothing
-        is scheduled at all). It may be in the past: work is due now."""
+        Each chunk of results is one UPDATE joined to its rows passed as one JSON parameter
+        (``jsonb_to_recordset`` on PostgreSQL, ``json_each`` on SQLite), matched on run id
+        and lease and returning the ids it wrote: a burst's results cost a few statements, not
+        one per run."""
+        prepared = [
+            _finished_record(claimed, sent, now, retry_interval) for claimed, sent in finished
+        ]
+        stored: set[int] = set()
+        async with self.db.session() as session:
+            rowset = _RowSet(session)
+            statement = _finish_statement(rowset.is_sqlite)
+            for chunk in _chunks([record for record, _ in prepared], _FINISH_CHUNK):
+                written = await session.scalars(
+                    statement,
+                    {"rows": rowset.param(chunk), "now": now, "retry_at": now + retry_interval},
+                )
+                stored.update(written.all())
+        return [
+            dataclasses.replace(result, stored=claimed.run_id in stored)
+            for (claimed, _), (_, result) in zip(finished, prepared, strict=True)
+        ]
+
+    async def start(
+        self, claimed: Sequence[ClaimedAttempt]
+    ) -> tuple[set[int], set[tuple[int, str]]]:
+        """Start runs claimed ahead (``claimed.ahead``): each gets its first attempt, in flight
+        since its ``at``, if it is still leased to its claimer and not started. Returns the ids
+        of the runs started - a run whose schedule was deleted since its claim is gone and is
+        not among them - and, read in the same transaction, which (user, did) pairs of their
+        tasks may still be commanded (bound, device enabled; see `usable`)."""
+        started: set[int] = set()
+        by_instant: dict[datetime, list[ClaimedAttempt]] = {}
+        for attempt in claimed:
+            by_instant.setdefault(attempt.at, []).append(attempt)
+        async with self.db.session() as session:
+            rowset = _RowSet(session)
+            for at, group in by_instant.items():
+                result = await session.scalars(
+                    _start_statement(rowset.is_sqlite),
+                    {
+                        "rows": rowset.param(
+                            {"id": attempt.run_id, "lease": attempt.lease} for attempt in group
+                        ),
+                        "at": at,
+                        "attempts": [Attempt(at, None).to_json()],
+                    },
+                )
+                started.update(result.all())
+            pairs = {
+                (attempt.user_id, task.did)
+                for attempt in claimed
+                if attempt.run_id in started
+                for task in attempt.send
+            }
+            usable = await _usable(session, pairs)
+        return started, usable
+
+    async def release(self, claimed: Sequence[ClaimedAttempt]) -> int:
+        """Let go of runs claimed ahead and not started: each becomes due again at its scheduled
+        instant, for any claimer (a stopping engine hands its prepared occurrences on this
+        way). Returns how many were released."""
+        if not claimed:
+            return 0
+        async with self.db.session() as session:
+            rowset = _RowSet(session)
+            result = await session.scalars(
+                _release_statement(rowset.is_sqlite),
+                {
+                    "rows": rowset.param(
+                        {"id": attempt.run_id, "lease": attempt.lease} for attempt in claimed
+                    )
+                },
+            )
+            return len(result.all())
+
+    async def targets(self, dids: Collection[str], users: Collection[int]) -> dict[str, Target]:
+        """The devices ``dids`` (unknown ones left out) with their products, latest values and
+        which of ``users`` are bound to them: everything a batch of attempts needs to check and
+        encode its commands, in one query (per chunk of dids)."""
+        found: dict[str, Target] = {}
+        if not dids or not users:
+            return found
+        wanted = sorted(set(users))
+        bound: dict[str, set[int]] = {}
+        async with self.db.session() as session:
+            for chunk in _chunks(sorted(set(dids)), _KEYS_CHUNK):
+                rows = await session.execute(
+                    select(
+                        DeviceRow.did,
+                        DeviceRow.is_disabled,
+                        ProductRow.product_key,
+                        ProductRow.updated_at,
+                        ProductRow.protocol_type,
+                        DeviceLatestRow.attrs,
+                        BindingRow.user_id,
+                    )
+                    .join(ProductRow, ProductRow.id == DeviceRow.product_id)
+                    .outerjoin(DeviceLatestRow, DeviceLatestRow.device_id == DeviceRow.id)
+                    .outerjoin(
+                        BindingRow,
+                        (BindingRow.device_id == DeviceRow.id) & BindingRow.user_id.in_(wanted),
+                    )
+                    .where(DeviceRow.did.in_(chunk))
+                )
+                for did, disabled, key, updated_at, protocol, attrs, user_id in rows.all():
+                    users_of = bound.setdefault(did, set())
+                    if user_id is not None:
+                        users_of.add(user_id)
+                    if did not in found:
+                        found[did] = Target(
+                            did,
+                            disabled,
+                            frozenset(),
+                            key,
+                            updated_at,
+                            protocol == DATA_TEMPLATE_PROTOCOL,
+                            attrs or {},
+                        )
+        return {
+            did: dataclasses.replace(target, bound_users=frozenset(bound[did]))
+            for did, target in found.items()
+        }
+
+    async def products(self, product_keys: Collection[str]) -> list[ProductRow]:
+        """The products ``product_keys`` (unknown ones left out)."""
+        if not product_keys:
+            return []
+        async with self.db.session() as session:
+            rows = await session.scalars(
+                select(ProductRow).where(ProductRow.product_key.in_(sorted(product_keys)))
+            )
+            return list(rows.all())
+
+    async def usable(self, pairs: Collection[tuple[int, str]]) -> set[tuple[int, str]]:
+        """Which (user id, did) ``pairs`` may be commanded now: bound, device enabled."""
+        async with self.db.session() as session:
+            return await _usable(session, pairs)
+
+    async def nearest_due(self, ahead: timedelta = timedelta(0)) -> datetime | None:
+        """The earliest instant at which a schedule (looked at ``ahead`` of its due instant) or
+        a run needs the engine (None: nothing is scheduled at all). It may be in the past: work
+        is due now."""
         async with self.db.session() as session:
             schedule = await session.scalar(
                 select(func.min(ScheduleRow.next_due_at)).where(ScheduleRow.enabled)
@@ -437,7 +633,7 @@ class ScheduleStore:
                     ScheduleRunRow.status == "running"
                 )
             )
-        found = [instant for instant in (schedule, run) if instant is not None]
+        found = [instant for instant in (schedule and schedule - ahead, run) if instant]
         return min(found) if found else None
 
     async def purge_runs(self, finished_before: datetime) -> int:
@@ -534,30 +730,207 @@ class ScheduleStore:
             return list(rows.all())
 
 
-def _finished_values(
+def _finished_record(
     claimed: ClaimedAttempt, sent: Mapping[str, bool], now: datetime, retry_interval: timedelta
 ) -> tuple[dict[str, Any], AttemptResult]:
-    """The run's columns after the attempt ``claimed`` sent ``sent``, and the result to report
-    if they are stored."""
+    """The run's row after the attempt ``claimed`` sent ``sent``, as a record of the finishing
+    UPDATE (`_finish_statement`: ``status`` ``running`` means a retry is due), and the result
+    to report if it is stored."""
     attempts = [*claimed.attempts[:-1], Attempt(claimed.at, dict(sent))]
     detail = merged_detail(claimed.detail, sent)
     verdict = outcome(
         claimed.tasks, detail, attempts=len(attempts), retry_count=claimed.retry_count
     )
-    values: dict[str, Any] = {
-        "attempts": [a.to_json() for a in attempts],
+    status = "running" if verdict == "retry" else verdict
+    record = {
+        "id": claimed.run_id,
+        "lease": claimed.lease,
+        "status": status,
         "detail": detail,
-        "lease_owner": None,
+        "attempts": [a.to_json() for a in attempts],
     }
-    next_attempt_at: datetime | None = None
-    status = "running"
-    if verdict == "retry":
-        next_attempt_at = now + retry_interval
-        values["next_attempt_at"] = next_attempt_at
-    else:
-        status = verdict
-        values.update(status=verdict, next_attempt_at=None, finished_at=now)
-    return values, AttemptResult(True, status, detail, next_attempt_at)
+    next_attempt_at = now + retry_interval if status == "running" else None
+    return record, AttemptResult(True, status, detail, next_attempt_at)
+
+
+class _RowSet:
+    """Rows handed to one statement as a single JSON parameter ``rows`` (see `_rows`): a
+    batch of any size is one statement with one bound value, compiled once, instead of a
+    statement per row or a statement whose size (and cache entry) follows the batch's."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        dialect = session.get_bind().dialect
+        self.is_sqlite = dialect.name == "sqlite"
+        self._instant = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+
+    def instant(self, value: datetime | None) -> Any:
+        """``value`` as the rows carry it: as SQLite stores the column, ISO 8601 for
+        PostgreSQL."""
+        if value is None:
+            return None
+        if self.is_sqlite:
+            assert self._instant is not None
+            return self._instant(value)
+        return value.isoformat()
+
+    def param(self, records: Iterable[Mapping[str, Any]]) -> Any:
+        found = list(records)
+        return json.dumps(found) if self.is_sqlite else found
+
+
+def _rows(is_sqlite: bool, **columns: TypeEngine[Any]) -> dict[str, ColumnElement[Any]]:
+    """The columns of the JSON records bound as ``rows``: ``jsonb_to_recordset`` on
+    PostgreSQL (typed as given), ``json_each`` with ``json_extract`` on SQLite (values as
+    SQLite stores them: see `_RowSet.instant`)."""
+    if is_sqlite:
+        each = func.json_each(bindparam("rows", type_=String())).table_valued("value").alias("v")
+        return {name: func.json_extract(each.c.value, f"$.{name}") for name in columns}
+    records = (
+        func.jsonb_to_recordset(bindparam("rows", type_=postgresql.JSONB()))
+        .table_valued(*(column(name, type_) for name, type_ in columns.items()))
+        .render_derived(name="v", with_types=True)
+    )
+    return {name: records.c[name] for name in columns}
+
+
+_STATEMENTS: dict[tuple[str, bool], Any] = {}
+
+
+def _statement(name: str, is_sqlite: bool, build: Callable[[bool], _S]) -> _S:
+    key = (name, is_sqlite)
+    found = _STATEMENTS.get(key)
+    if found is None:
+        found = _STATEMENTS[key] = build(is_sqlite)
+    return cast(_S, found)
+
+
+def _advance_statement(is_sqlite: bool) -> ReturningUpdate[int]:
+    """A claim's compare-and-set: each schedule of ``rows`` (``id``, ``due`` as read,
+    ``next``, ``enabled``) still at ``due`` moves to ``next``; returns the ids moved."""
+
+    def build(is_sqlite: bool) -> ReturningUpdate[int]:
+        v = _rows(
+            is_sqlite,
+            id=BigInteger(),
+            due=UTCDateTime(),
+            next=UTCDateTime(),
+            enabled=Boolean(),
+        )
+        return (
+            update(ScheduleRow)
+            .where(ScheduleRow.id == v["id"], ScheduleRow.next_due_at == v["due"])
+            .values(next_due_at=v["next"], enabled=v["enabled"])
+            .returning(ScheduleRow.id)
+            .execution_options(synchronize_session=False)
+        )
+
+    return _statement("advance", is_sqlite, build)
+
+
+def _start_statement(is_sqlite: bool) -> ReturningUpdate[int]:
+    """Start the not-started runs of ``rows`` (``id``, ``lease``) still leased as given:
+    ``started_at`` ``at``, ``attempts`` ``attempts``; returns the ids started."""
+
+    def build(is_sqlite: bool) -> ReturningUpdate[int]:
+        v = _rows(is_sqlite, id=BigInteger(), lease=String())
+        return (
+            update(ScheduleRunRow)
+            .where(
+                ScheduleRunRow.id == v["id"],
+                ScheduleRunRow.lease_owner == v["lease"],
+                ScheduleRunRow.started_at.is_(None),
+            )
+            .values(
+                started_at=bindparam("at", type_=UTCDateTime()),
+                attempts=bindparam("attempts", type_=JSON_TYPE),
+            )
+            .returning(ScheduleRunRow.id)
+            .execution_options(synchronize_session=False)
+        )
+
+    return _statement("start", is_sqlite, build)
+
+
+def _release_statement(is_sqlite: bool) -> ReturningUpdate[int]:
+    """Release the not-started runs of ``rows`` (``id``, ``lease``) still leased as given:
+    no lease, due at their scheduled instant; returns the ids released."""
+
+    def build(is_sqlite: bool) -> ReturningUpdate[int]:
+        v = _rows(is_sqlite, id=BigInteger(), lease=String())
+        return (
+            update(ScheduleRunRow)
+            .where(
+                ScheduleRunRow.id == v["id"],
+                ScheduleRunRow.lease_owner == v["lease"],
+                ScheduleRunRow.started_at.is_(None),
+            )
+            .values(lease_owner=None, next_attempt_at=ScheduleRunRow.scheduled_at)
+            .returning(ScheduleRunRow.id)
+            .execution_options(synchronize_session=False)
+        )
+
+    return _statement("release", is_sqlite, build)
+
+
+def _finish_statement(is_sqlite: bool) -> ReturningUpdate[int]:
+    """Record a chunk of attempt results: ``rows`` (records of `_finished_record`), ``now``
+    and ``retry_at``; returns the ids written (a run whose lease was lost is not)."""
+
+    def build(is_sqlite: bool) -> ReturningUpdate[int]:
+        v = _rows(
+            is_sqlite,
+            id=BigInteger(),
+            lease=String(),
+            status=String(),
+            detail=postgresql.JSONB(),
+            attempts=postgresql.JSONB(),
+        )
+        retrying = v["status"] == "running"
+        return (
+            update(ScheduleRunRow)
+            .where(ScheduleRunRow.id == v["id"], ScheduleRunRow.lease_owner == v["lease"])
+            .values(
+                status=v["status"],
+                detail=v["detail"],
+                attempts=v["attempts"],
+                lease_owner=None,
+                next_attempt_at=case(
+                    (retrying, bindparam("retry_at", type_=UTCDateTime())), else_=None
+                ),
+                finished_at=case((retrying, None), else_=bindparam("now", type_=UTCDateTime())),
+            )
+            .returning(ScheduleRunRow.id)
+            .execution_options(synchronize_session=False)
+        )
+
+    return _statement("finish", is_sqlite, build)
+
+
+async def _usable(
+    session: AsyncSession, pairs: Collection[tuple[int, str]]
+) -> set[tuple[int, str]]:
+    """Which (user id, did) ``pairs`` are bound with the device enabled, within ``session``."""
+    found: set[tuple[int, str]] = set()
+    if not pairs:
+        return found
+    users = sorted({user for user, _ in pairs})
+    for chunk in _chunks(sorted({did for _, did in pairs}), _KEYS_CHUNK):
+        rows = await session.execute(
+            select(BindingRow.user_id, DeviceRow.did)
+            .join(BindingRow, BindingRow.device_id == DeviceRow.id)
+            .where(
+                DeviceRow.did.in_(chunk),
+                BindingRow.user_id.in_(users),
+                DeviceRow.is_disabled.is_(False),
+            )
+        )
+        found.update((user, did) for user, did in rows.all())
+    return found & set(pairs)
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _owned(user_id: int, app_id: int) -> tuple[Any, ...]:
@@ -575,9 +948,16 @@ def _filters(dialect: str | None, device: str | None) -> list[Any]:
     return found
 
 
-def _lease_token(owner: str) -> str:
-    """A lease is per claim, so a claimer never mistakes an old lease of its own for a new one."""
-    return f"{owner}/{secrets.token_hex(6)}"
+class _Leases:
+    """The lease tokens of one claim: ``{owner}/{random}.{n}``. A lease is per claim, so a
+    claimer never mistakes an old lease of its own for a new one, and per run within it."""
+
+    def __init__(self, owner: str) -> None:
+        self._prefix = f"{owner}/{secrets.token_hex(6)}."
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count)}"
 
 
 def _run_values(

@@ -1,8 +1,9 @@
 """``/admin/v1/stats``: the device edge's counters, for operators and load tests.
 
 Connections, messages in and out, ACL refusals, reports shed at the edge under overload, reads
-paused for backpressure, and the ingest queues (submitted, written, dropped, backlog). Counters
-run since the process started and only grow; read them twice and subtract for a rate.
+paused for backpressure, the ingest queues (submitted, written, dropped, backlog) and the
+garbage collector's pauses per generation. Counters run since the process started and only
+grow; read them twice and subtract for a rate.
 """
 
 from __future__ import annotations
