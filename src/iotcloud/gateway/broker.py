@@ -28,11 +28,16 @@ import enum
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Final, Protocol, Self
 
 from iotcloud.codecs.thing import parse_thing_topic
 
 _FORBIDDEN_IN_ID = frozenset("/+#\0")
+
+PUBLISH_WINDOW: Final = 64
+"""Most publishes a sender keeps pending at once on a broker whose `publish` suspends (an
+external broker's client waits for its socket): a burst of commands goes out this many per
+event-loop iteration instead of one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from iotcloud.codecs.thing import parse_thing_topic
 from iotcloud.gateway.broker import (
+    PUBLISH_WINDOW,
     BrokerEvents,
     BrokerStats,
     DeviceCredential,
@@ -314,7 +315,7 @@ class ExternalBroker:
             delay = min(delay * 2, 30.0)
 
     def _new_client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.target.host,
             self.target.port,
             username=self.target.username,
@@ -326,6 +327,10 @@ class ExternalBroker:
             tls_context=ssl.create_default_context() if self.target.tls else None,
             max_queued_incoming_messages=self.queue_capacity,
         )
+        # the gateway keeps up to PUBLISH_WINDOW publishes pending at once (a burst of
+        # commands); aiomqtt logs a warning for each call made past this many
+        client.pending_calls_threshold = 2 * PUBLISH_WINDOW
+        return client
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         topics = [DEVICE_TOPICS, THING_TOPICS, *LOG_TOPICS]

@@ -65,6 +65,7 @@ from iotcloud.domain.thing_auth import (
 )
 from iotcloud.errors import DeviceOffline
 from iotcloud.gateway.broker import (
+    PUBLISH_WINDOW,
     AclAction,
     AuthRefusal,
     BrokerAdapter,
@@ -1038,10 +1039,9 @@ class DeviceGateway:
             waiters.append(waiter)
         # One after another while the broker takes frames without suspending (the embedded
         # transport writes to the socket at once); once a publish suspends (aiomqtt waits for
-        # its client's write), a few at a time, so that one loop iteration writes several
-        # frames while that client's cost per pending call (it scans them all, and warns past
-        # 10) stays low.
-        window = 8
+        # its client's write), PUBLISH_WINDOW at a time, so that one loop iteration writes
+        # that many frames (aiomqtt scans its pending calls on each call: cheap at 64).
+        window = PUBLISH_WINDOW
         suspended = False
 
         def mark_suspended() -> None:

@@ -827,6 +827,15 @@ def _advance_statement(is_sqlite: bool) -> ReturningUpdate[int]:
     return _statement("advance", is_sqlite, build)
 
 
+def _not_started_as_leased(v: Mapping[str, ColumnElement[Any]]) -> tuple[ColumnElement[bool], ...]:
+    """The run of the row ``v`` (``id``, ``lease``), if still leased as read and not started."""
+    return (
+        ScheduleRunRow.id == v["id"],
+        ScheduleRunRow.lease_owner == v["lease"],
+        ScheduleRunRow.started_at.is_(None),
+    )
+
+
 def _start_statement(is_sqlite: bool) -> ReturningUpdate[int]:
     """Start the not-started runs of ``rows`` (``id``, ``lease``) still leased as given:
     ``started_at`` ``at``, ``attempts`` ``attempts``; returns the ids started."""
@@ -835,11 +844,7 @@ def _start_statement(is_sqlite: bool) -> ReturningUpdate[int]:
         v = _rows(is_sqlite, id=BigInteger(), lease=String())
         return (
             update(ScheduleRunRow)
-            .where(
-                ScheduleRunRow.id == v["id"],
-                ScheduleRunRow.lease_owner == v["lease"],
-                ScheduleRunRow.started_at.is_(None),
-            )
+            .where(*_not_started_as_leased(v))
             .values(
                 started_at=bindparam("at", type_=UTCDateTime()),
                 attempts=bindparam("attempts", type_=JSON_TYPE),
@@ -859,11 +864,7 @@ def _release_statement(is_sqlite: bool) -> ReturningUpdate[int]:
         v = _rows(is_sqlite, id=BigInteger(), lease=String())
         return (
             update(ScheduleRunRow)
-            .where(
-                ScheduleRunRow.id == v["id"],
-                ScheduleRunRow.lease_owner == v["lease"],
-                ScheduleRunRow.started_at.is_(None),
-            )
+            .where(*_not_started_as_leased(v))
             .values(lease_owner=None, next_attempt_at=ScheduleRunRow.scheduled_at)
             .returning(ScheduleRunRow.id)
             .execution_options(synchronize_session=False)
