@@ -63,6 +63,10 @@ class PostgresServer:
             "UTF8",
             "--no-sync",
         )
+        self.start_again()
+
+    def start_again(self) -> None:
+        """Start the server on its existing data directory (after `stop_only`)."""
         options = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
@@ -89,6 +93,10 @@ class PostgresServer:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("PostgreSQL did not start")
+
+    def stop_only(self) -> None:
+        """Stop the server (fast shutdown), keeping its data for `start_again`."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:

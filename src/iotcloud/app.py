@@ -5,16 +5,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from litestar import Litestar
+from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
+from litestar.types import (
+    HTTPScope,
+    LifeSpanReceive,
+    LifeSpanScope,
+    LifeSpanSend,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
+from prometheus_client.core import Metric
 
 from iotcloud import runtime
+from iotcloud.api import ops
 from iotcloud.api.admin.routes import ROUTER as ADMIN_ROUTER
 from iotcloud.api.errors import EXCEPTION_HANDLERS
 from iotcloud.api.gizwits import accounts as gizwits_accounts
@@ -34,11 +48,20 @@ from iotcloud.gateway.broker import BrokerAdapter
 from iotcloud.gateway.embedded import EmbeddedBroker
 from iotcloud.gateway.external import BrokerTarget, CredentialMode, ExternalBroker
 from iotcloud.gateway.service import DeviceGateway
+from iotcloud.metrics import (
+    UNMATCHED_ROUTE,
+    Metrics,
+    counter,
+    gauge,
+    labelled_counter,
+    labelled_gauge,
+)
 from iotcloud.notify.captcha import CaptchaRenderer
 from iotcloud.notify.mail import Mailer, OutboxMailer, SmtpMailer, SmtpTarget
 from iotcloud.notify.oauth import ThirdPartyVerifier, parse_providers
 from iotcloud.notify.sms import OutboxSmsSender, SmsSender, WebhookSmsSender
 from iotcloud.scheduler.engine import EngineConfig, SchedulerEngine
+from iotcloud.scheduler.store import AttemptResult, ClaimedAttempt
 from iotcloud.services.accounts import AccountService, CurrentUser, TokensRevoked
 from iotcloud.services.apps import AppService
 from iotcloud.services.auth_cache import AuthCache
@@ -126,6 +149,98 @@ def edge_stats(broker: BrokerAdapter, gateway: DeviceGateway) -> dict[str, Any]:
         # collector pauses since serve() tuned the collector (empty before, or in tests)
         "gc": runtime.pauses.snapshot() if runtime.pauses.installed else {},
     }
+
+
+def build_metrics(
+    broker: BrokerAdapter,
+    gateway: DeviceGateway,
+    engine: SchedulerEngine,
+    clock: Clock,
+    auth_cache: AuthCache[CurrentUser],
+) -> Metrics:
+    """This process's metrics: the measured ones, and the components' own counters read at
+    scrape time (see `iotcloud.metrics`)."""
+    metrics = Metrics()
+
+    def edge() -> Iterator[Metric]:
+        stats = broker.stats
+        yield gauge(
+            "iotcloud_devices_connected",
+            "Device sessions this process's broker connection knows of now.",
+            len(broker.connected_dids()),
+        )
+        yield counter(
+            "iotcloud_device_reports",
+            "Device reports (Gizwits 0x0091 and data-template property reports) taken in.",
+            gateway.stats.reports,
+        )
+        yield counter(
+            "iotcloud_device_reports_shed",
+            "Device messages dropped at the edge because ingestion was too far behind, and "
+            "reports the ingest queue dropped.",
+            stats.shed + gateway.reports.stats.dropped,
+        )
+        yield counter("iotcloud_broker_connects", "Device sessions started.", stats.connects)
+        yield counter(
+            "iotcloud_broker_auth_failures", "Device CONNECTs refused.", stats.auth_failures
+        )
+        yield labelled_counter(
+            "iotcloud_device_acl_denials",
+            "Device publishes and subscriptions the ACL refused.",
+            "action",
+            [("publish", stats.denied_publish), ("subscribe", stats.denied_subscribe)],
+        )
+        yield labelled_gauge(
+            "iotcloud_queue_depth",
+            "Items waiting in this process's queues.",
+            "queue",
+            [
+                ("reports", gateway.backlog),
+                ("presence", gateway.presence.backlog),
+            ],
+        )
+        yield labelled_counter(
+            "iotcloud_commands",
+            "Commands sent to devices, by outcome.",
+            "result",
+            sorted(gateway.command_results.items()),
+        )
+
+    def scheduler() -> Iterator[Metric]:
+        totals = engine.totals
+        yield labelled_counter(
+            "iotcloud_schedule_runs",
+            "Scheduled runs and attempts this process recorded, by result (succeed and "
+            "failed: runs finished; retry: attempts to be retried; missed: occurrences past "
+            "the grace window; given_up: runs finished without an attempt).",
+            "result",
+            [
+                ("succeed", totals.succeeded),
+                ("failed", totals.failed),
+                ("retry", totals.will_retry),
+                ("missed", totals.missed),
+                ("given_up", totals.given_up + totals.exhausted),
+            ],
+        )
+
+    def caches() -> Iterator[Metric]:
+        yield labelled_counter(
+            "iotcloud_cache_requests",
+            "Lookups in this process's caches of checked user tokens, by result.",
+            "result",
+            [("hit", auth_cache.hits), ("miss", auth_cache.misses)],
+        )
+
+    for source in (edge, scheduler, caches):
+        metrics.sources.add(source)
+
+    def lateness(attempt: ClaimedAttempt, result: AttemptResult) -> None:
+        if result.stored and len(attempt.attempts) == 1:
+            late = (clock.now() - attempt.scheduled_at).total_seconds()
+            metrics.schedule_lateness.observe(max(0.0, late))
+
+    engine.add_listener(lateness)
+    return metrics
 
 
 @asynccontextmanager
@@ -239,6 +354,9 @@ async def running_services(
             scheduler=SchedulerService(db, clock, bindings, control, engine),
             things=ThingService(db, clock, bindings, products),
             edge_stats=lambda: edge_stats(broker, gateway),
+            metrics=build_metrics(broker, gateway, engine, clock, auth_cache),
+            database=db,
+            broker_unready=broker.unready_reason,
         )
         async with asyncio.TaskGroup() as tasks:
             housekeeping = tasks.create_task(
@@ -289,6 +407,42 @@ async def _housekeeping(db: Database, clock: Clock, settings: Settings) -> None:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
 
+class MeasuredApp(Litestar):
+    """Litestar with every HTTP request counted and timed in the process's metrics
+    (``iotcloud_http_requests_total``, ``iotcloud_http_request_duration_seconds``): here, around
+    the whole application, so that requests no route matched and those a middleware answered
+    (throttled, too large) are counted too."""
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        services = self.state.get("services") if scope["type"] == ScopeType.HTTP else None
+        if services is None:
+            await super().__call__(scope, receive, send)
+            return
+        http_send = cast(Send, send)
+        started = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def measured(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await http_send(message)
+
+        try:
+            await super().__call__(scope, receive, measured)
+        finally:
+            route = cast(str | None, scope.get("path_template")) or UNMATCHED_ROUTE
+            method = cast(HTTPScope, scope)["method"]
+            metrics = services.metrics
+            metrics.http_requests.labels(route, method, str(status)).inc()
+            metrics.http_duration.labels(route, method).observe(time.perf_counter() - started)
+
+
 def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
     """The ASGI application for the ``api`` role; components start with its lifespan."""
 
@@ -302,8 +456,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
 
     per_address = TokenBuckets(settings.rate_limit_per_address, settings.rate_limit_burst_seconds)
     per_app = TokenBuckets(settings.rate_limit_per_app, settings.rate_limit_burst_seconds)
-    return Litestar(
+    return MeasuredApp(
         route_handlers=[
+            *ops.ROUTES,
             *system.ROUTES,
             *gizwits_accounts.ROUTES,
             *gizwits_devices.ROUTES,

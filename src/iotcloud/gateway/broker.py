@@ -250,6 +250,10 @@ class BrokerAdapter(Protocol):
         """The dids with a session now (a snapshot)."""
         ...
 
+    def unready_reason(self) -> str | None:
+        """None while the broker can carry messages; else why not (``GET /readyz``)."""
+        ...
+
     async def devices_changed(self, credentials: Sequence[DeviceCredential]) -> None:
         """The registry changed these devices (created, new passcode, disabled, enabled).
 

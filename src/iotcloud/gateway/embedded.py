@@ -354,6 +354,11 @@ class EmbeddedBroker:
             return self._requested_tls_port
         return int(self._tls_server.sockets[0].getsockname()[1])
 
+    def unready_reason(self) -> str | None:
+        if self._server is None or not self._server.is_serving():
+            return "the MQTT device transport is not listening"
+        return None
+
     @property
     def connection_count(self) -> int:
         """TCP connections open now (admitted or not)."""

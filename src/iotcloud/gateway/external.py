@@ -249,6 +249,11 @@ class ExternalBroker:
     def stats(self) -> BrokerStats:
         return self._stats
 
+    def unready_reason(self) -> str | None:
+        if self._connected.is_set():
+            return None
+        return f"not connected to the MQTT broker at {self.target}"
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:

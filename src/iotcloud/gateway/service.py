@@ -16,6 +16,7 @@ the same `DeviceGateway.send` (a ``control``) and `DeviceGateway.call_action`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import json
 import logging
@@ -25,7 +26,7 @@ from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from sqlalchemy import select
 
@@ -117,6 +118,10 @@ class _Ingest:
     frame: FrameEvent
     state: StateChange | None
     events: tuple[ThingEvent, ...] = ()
+
+
+BROKER_UNAVAILABLE: Final = "broker_unavailable"
+"""`DeviceGateway.command_results`'s key for commands the broker could not take."""
 
 
 class SendResult(enum.StrEnum):
@@ -221,6 +226,9 @@ class DeviceGateway:
         self._replies: dict[tuple[str, str], asyncio.Future[ThingMessage]] = {}
         self._token_prefix = f"iotcloud-{secrets.token_hex(4)}-"
         self._tasks: set[asyncio.Task[None]] = set()
+        self.command_results: collections.Counter[str] = collections.Counter()
+        """Commands sent through `send` and `send_many`, by `SendResult` value (and
+        ``broker_unavailable``: the broker could not take them)."""
         self._lookups: dict[str, list[asyncio.Future[tuple[DeviceRow, ProductRow] | None]]] = {}
         self._lookup_task: asyncio.Task[None] | None = None
 
@@ -251,6 +259,41 @@ class DeviceGateway:
     # -- commands -----------------------------------------------------------------------------
 
     async def send(
+        self,
+        did: str,
+        payload: bytes,
+        *,
+        require_ack: bool = False,
+        client_id: str = CLOUD_CLIENT_ID,
+        ack_timeout: float = 5.0,
+        sn: int | None = None,
+    ) -> SendResult:
+        """`_send`, its outcome counted in `command_results`."""
+        try:
+            result = await self._send(
+                did,
+                payload,
+                require_ack=require_ack,
+                client_id=client_id,
+                ack_timeout=ack_timeout,
+                sn=sn,
+            )
+        except ConnectionError:
+            self.command_results[BROKER_UNAVAILABLE] += 1
+            raise
+        self.command_results[result.value] += 1
+        return result
+
+    def _count_result(self, result: asyncio.Future[SendResult]) -> None:
+        if result.cancelled():
+            return
+        failed = result.exception()
+        if failed is not None:
+            self.command_results[BROKER_UNAVAILABLE] += 1
+        else:
+            self.command_results[result.result().value] += 1
+
+    async def _send(
         self,
         did: str,
         payload: bytes,
@@ -1004,7 +1047,7 @@ class DeviceGateway:
 
         async def control(did: str, payload: bytes, result: asyncio.Future[SendResult]) -> None:
             try:
-                sent = await self.send(did, payload, require_ack=True, ack_timeout=ack_timeout)
+                sent = await self._send(did, payload, require_ack=True, ack_timeout=ack_timeout)
             except asyncio.CancelledError:
                 result.cancel()
                 raise
@@ -1091,4 +1134,6 @@ class DeviceGateway:
             awaiting.append((key, waiter))
         if awaiting:
             loop.call_later(ack_timeout, expire)
+        for result in results:
+            result.add_done_callback(self._count_result)
         return results

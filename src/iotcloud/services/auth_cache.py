@@ -27,17 +27,22 @@ class AuthCache(Generic[T]):
         self.max_entries = max_entries
         self.clock = clock
         self.epoch = 0
+        self.hits = 0
+        self.misses = 0
         self._entries: OrderedDict[str, tuple[float, int, datetime, T]] = OrderedDict()
 
     def get(self, token_digest: str) -> tuple[T, datetime] | None:
         """The cached value and token expiry, if still fresh."""
         entry = self._entries.get(token_digest)
         if entry is None:
+            self.misses += 1
             return None
         deadline, _, expires, value = entry
         if deadline <= self.clock():
             del self._entries[token_digest]
+            self.misses += 1
             return None
+        self.hits += 1
         return value, expires
 
     def put(self, token_digest: str, user_id: int, expires: datetime, value: T, epoch: int) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotcloud.config import Settings
+from iotcloud.metrics import Metrics
 from iotcloud.services.accounts import AccountService
 from iotcloud.services.apps import AppService
 from iotcloud.services.bindings import BindingService
@@ -19,6 +20,7 @@ from iotcloud.services.scheduler import SchedulerService
 from iotcloud.services.telemetry import TelemetryService
 from iotcloud.services.things import ThingService
 from iotcloud.services.verification import VerificationService
+from iotcloud.storage.database import Database
 
 
 @dataclass(frozen=True)
@@ -38,3 +40,8 @@ class Services:
     things: ThingService
     edge_stats: Callable[[], dict[str, Any]]
     """The device edge's counters: broker, gateway and ingest queues (``GET /admin/v1/stats``)."""
+    metrics: Metrics
+    """This process's Prometheus metrics (``GET /metrics``)."""
+    database: Database
+    broker_unready: Callable[[], str | None]
+    """None while the MQTT broker carries messages; else why not (``GET /readyz``)."""

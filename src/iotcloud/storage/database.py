@@ -96,6 +96,11 @@ class Database:
                 await session.rollback()
                 raise
 
+    async def ping(self) -> None:
+        """One round trip to the database (``SELECT 1``); raises what the driver raises."""
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent, safe from several processes)."""
         async with self.engine.begin() as conn:
