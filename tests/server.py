@@ -61,7 +61,7 @@ class RunningServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"iotcloud serve exited early:\n{self.log()}")
             try:
-                if httpx.get(self.base_url + "/status", timeout=1).status_code == 200:
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

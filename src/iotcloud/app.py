@@ -291,7 +291,12 @@ async def running_services(
             ),
         )
         gateway = await stack.enter_async_context(
-            DeviceGateway(db, clock, keep_history=settings.history_retention_days > 0)
+            DeviceGateway(
+                db,
+                clock,
+                keep_history=settings.history_retention_days > 0,
+                consumer="gateway" in settings.roles,
+            )
         )
         broker = await stack.enter_async_context(build_broker(settings, gateway))
         gateway.attach(broker)
@@ -363,7 +368,7 @@ async def running_services(
                 _housekeeping(db, clock, settings), name="housekeeping"
             )
             scheduling = None
-            if settings.scheduler_enabled:
+            if settings.scheduler_enabled and "scheduler" in settings.roles:
                 scheduling = tasks.create_task(engine.run(), name="scheduler")
             try:
                 yield services
@@ -444,35 +449,41 @@ class MeasuredApp(Litestar):
 
 
 def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
-    """The ASGI application for the ``api`` role; components start with its lifespan."""
+    """The ASGI application of this process's roles (``IOTCLOUD_ROLE``): every role serves
+    ``/healthz``, ``/readyz`` and ``/metrics``, the ``api`` role everything else; components
+    start with its lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with running_services(settings, clock) as services:
             app.state.services = services
-            log.info("iotcloud HTTP API ready on %s", settings.base_url)
+            log.info(
+                "iotcloud ready on %s (roles: %s)",
+                settings.base_url,
+                ", ".join(sorted(settings.roles)),
+            )
             yield
         log.info("iotcloud stopped")
 
     per_address = TokenBuckets(settings.rate_limit_per_address, settings.rate_limit_burst_seconds)
     per_app = TokenBuckets(settings.rate_limit_per_app, settings.rate_limit_burst_seconds)
+    api_routes: list[Any] = [
+        *system.ROUTES,
+        *gizwits_accounts.ROUTES,
+        *gizwits_devices.ROUTES,
+        *gizwits_products.ROUTES,
+        *devdata.ROUTES,
+        *app_devices.ROUTES,
+        *gizwits_bindings.ROUTES,
+        *gizwits_control.ROUTES,
+        *gizwits_scheduler.ROUTES,
+        *gizwits_ws.ROUTES,
+        *reset_page.ROUTES,
+        ADMIN_ROUTER,
+        TENCENT_ROUTER,
+    ]
     return MeasuredApp(
-        route_handlers=[
-            *ops.ROUTES,
-            *system.ROUTES,
-            *gizwits_accounts.ROUTES,
-            *gizwits_devices.ROUTES,
-            *gizwits_products.ROUTES,
-            *devdata.ROUTES,
-            *app_devices.ROUTES,
-            *gizwits_bindings.ROUTES,
-            *gizwits_control.ROUTES,
-            *gizwits_scheduler.ROUTES,
-            *gizwits_ws.ROUTES,
-            *reset_page.ROUTES,
-            ADMIN_ROUTER,
-            TENCENT_ROUTER,
-        ],
+        route_handlers=[*ops.ROUTES, *(api_routes if "api" in settings.roles else [])],
         exception_handlers=with_tencent_errors(EXCEPTION_HANDLERS),
         middleware=[DefineMiddleware(ThrottleMiddleware, per_address=per_address, per_app=per_app)],
         lifespan=[lifespan],

@@ -31,6 +31,7 @@ from iotcloud.config import ConfigError, Settings
 from iotcloud.domain.clock import SystemClock
 from iotcloud.domain.registration import POLICIES
 from iotcloud.errors import FormInvalid, IotCloudError
+from iotcloud.logs import JsonLogFormatter
 from iotcloud.services.apps import App, AppService
 from iotcloud.services.devices import DeviceService, ImportReport, read_device_csv
 from iotcloud.services.products import ProductService
@@ -71,6 +72,9 @@ def load_settings(options: dict[str, Any]) -> Settings:
         flag.replace("-", "_"): options.pop(flag.replace("-", "_"), None)
         for flag, _, _ in _SETTING_OPTIONS
     }
+    roles = options.pop("role", None)
+    if roles:  # --role api --role gateway, or --role api,gateway
+        overrides["role"] = ",".join(roles)
     try:
         return Settings.load(**overrides)
     except ConfigError as exc:
@@ -85,12 +89,13 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(detail) from exc
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 @click.group()
@@ -220,13 +225,18 @@ def _listen(host: str, port: int, setting: str) -> socket.socket:
 
 @main.command()
 @settings_options
+@click.option(
+    "--role",
+    multiple=True,
+    help="api, gateway or scheduler; repeat or comma-separate (IOTCLOUD_ROLE, default all three)",
+)
 def serve(**options: Any) -> None:
     """Run the server (embedded mode: SQLite, in-process services; migrates the database).
 
     With ``IOTCLOUD_TLS_CERT`` and ``IOTCLOUD_TLS_KEY`` it also serves HTTPS and WSS on
     ``IOTCLOUD_HTTPS_PORT`` (the same app) and MQTT over TLS on ``IOTCLOUD_MQTTS_PORT``."""
     settings = load_settings(options)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # bound before anything starts: a port in use stops the server before its components
     bound = (
         _listen(settings.http_host, settings.https_port, "IOTCLOUD_HTTPS_PORT")
@@ -257,7 +267,7 @@ def serve(**options: Any) -> None:
 def migrate(**options: Any) -> None:
     """Create or upgrade the database schema."""
     settings = load_settings(options)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     async def go() -> None:
         async with Database(settings.resolved_database_url) as db:

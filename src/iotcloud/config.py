@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Final, Literal, get_args, get_type_hints
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 Environment = Literal["production", "development"]
@@ -54,6 +54,14 @@ class Settings:
     timezone: str = "UTC"
     env: Environment = "production"
     log_level: str = "INFO"
+    # "text" (one line per record, for people) or "json" (one JSON object per line, for log
+    # collectors)
+    log_format: str = "text"
+    # what this process does: "api" (HTTP and WebSocket), "gateway" (consumes device traffic:
+    # stores reports, events and presence) and "scheduler" (fires timers), comma-separated;
+    # every process also serves /healthz, /readyz and /metrics. Fewer than all three needs an
+    # external broker: the embedded transport cannot share its devices with other processes.
+    role: str = "api,gateway,scheduler"
     # operator API (/admin/v1): callers send "Authorization: Bearer <admin_token>"; empty turns
     # the operator API off (every call answers 403)
     admin_token: str = field(default="", repr=False)
@@ -287,8 +295,30 @@ class Settings:
             )
         if not isinstance(self.auth_providers, Mapping):
             raise ConfigError("IOTCLOUD_AUTH_PROVIDERS must be a JSON object")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"IOTCLOUD_LOG_FORMAT must be text or json, not {self.log_format!r}")
+        self._validate_roles()
         self._validate_scheduler()
         self._validate_tls()
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The roles this process runs (`role`, parsed)."""
+        return frozenset(part.strip() for part in self.role.split(",") if part.strip())
+
+    def _validate_roles(self) -> None:
+        unknown = sorted(self.roles - set(ROLES))
+        if unknown or not self.roles:
+            raise ConfigError(
+                f"IOTCLOUD_ROLE must be one or more of {', '.join(ROLES)} (comma-separated), "
+                f"not {self.role!r}"
+            )
+        if self.roles != set(ROLES) and not self.mqtt_url:
+            raise ConfigError(
+                f"IOTCLOUD_ROLE {','.join(sorted(self.roles))}: a process with only some roles "
+                "needs an external broker (IOTCLOUD_MQTT_URL); the embedded MQTT transport "
+                "cannot share its devices with other processes"
+            )
 
     def _validate_tls(self) -> None:
         for name in ("https_port", "mqtts_port"):
@@ -343,6 +373,9 @@ class Settings:
                 "IOTCLOUD_SCHEDULER_LEASE_SECONDS must be at least twice "
                 "IOTCLOUD_SCHEDULER_ACK_TIMEOUT_SECONDS"
             )
+
+
+ROLES: Final = ("api", "gateway", "scheduler")
 
 
 class _EncryptedKey(Exception):

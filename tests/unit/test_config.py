@@ -65,3 +65,26 @@ def test_external_broker_settings_are_checked_naming_the_variable() -> None:
         Settings.load({"IOTCLOUD_MQTT_CREDENTIALS": "files"})
     with pytest.raises(ConfigError, match="IOTCLOUD_MQTT_SYNC_SECONDS"):
         Settings.load({"IOTCLOUD_MQTT_SYNC_SECONDS": "0"})
+
+
+def test_roles_are_parsed_and_checked_naming_the_variable() -> None:
+    assert Settings.load({}).roles == {"api", "gateway", "scheduler"}
+    external = {"IOTCLOUD_MQTT_URL": "mqtt://gw:secret@broker:1883"}
+    assert Settings.load({**external, "IOTCLOUD_ROLE": " api , scheduler"}).roles == {
+        "api",
+        "scheduler",
+    }
+    assert Settings.load(external, role="gateway").roles == {"gateway"}
+    for wrong in ("api,worker", ",", "API"):
+        with pytest.raises(ConfigError, match="IOTCLOUD_ROLE must be one or more of"):
+            Settings.load({**external, "IOTCLOUD_ROLE": wrong})
+    # the embedded transport cannot share its devices with another process
+    with pytest.raises(ConfigError, match="needs an external broker"):
+        Settings.load({"IOTCLOUD_ROLE": "api"})
+
+
+def test_log_format_is_text_or_json() -> None:
+    assert Settings.load({}).log_format == "text"
+    assert Settings.load({"IOTCLOUD_LOG_FORMAT": "json"}).log_format == "json"
+    with pytest.raises(ConfigError, match="IOTCLOUD_LOG_FORMAT"):
+        Settings.load({"IOTCLOUD_LOG_FORMAT": "xml"})

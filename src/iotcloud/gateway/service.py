@@ -200,12 +200,18 @@ class DeviceGateway:
         clock: Clock,
         *,
         keep_history: bool = True,
+        consumer: bool = True,
         max_batch: int = 1000,
         queue_capacity: int = 50_000,
     ) -> None:
         self.db = db
         self.clock = clock
         self.keep_history = keep_history
+        self.consumer = consumer
+        """Whether this process consumes device traffic (the ``gateway`` role): stores reports,
+        events and presence, and answers data-template devices. Without it the process still
+        knows who is connected, matches acknowledgements of its own commands and tells its
+        listeners (real-time pushes), but writes and answers nothing for the devices."""
         self.stats = GatewayStats()
         self.reports: Batcher[_Ingest] = Batcher(
             self._write_reports, max_batch=max_batch, capacity=queue_capacity, name="reports"
@@ -692,6 +698,8 @@ class DeviceGateway:
             return
         self._sessions[principal.did] = session
         self._tell(PresenceEvent(principal.did, online=True))
+        if not self.consumer:
+            return
         now = self.clock.now()
         self.presence.offer(
             (
@@ -707,6 +715,8 @@ class DeviceGateway:
         if session is None:
             return
         self._tell(PresenceEvent(principal.did, online=False))
+        if not self.consumer:
+            return
         now = self.clock.now()
         self.presence.offer(
             (
@@ -740,6 +750,11 @@ class DeviceGateway:
         """Device messages taken and not yet committed (reports and presence changes)."""
         return self.reports.backlog
 
+    def _ingest(self, item: _Ingest) -> None:
+        """Queue what a device sent for storage, in the process that consumes device traffic."""
+        if self.consumer:
+            self.reports.offer(item)
+
     async def _handle_publish(self, principal: DevicePrincipal, topic: str, payload: bytes) -> None:
         session = self._sessions.get(principal.did)
         if session is not None and session.template is not None:
@@ -758,7 +773,7 @@ class DeviceGateway:
             if frame.cmd == CMD_ACK_SN:  # acknowledged, whatever its payload turns out to be
                 self._acknowledged(principal.did, frame.sn, detail)
             if frame.cmd == CMD_ACK_SN and not frame.payload:  # a bare acknowledgement
-                self.reports.offer(
+                self._ingest(
                     _Ingest(FrameEvent(session.device_id, now, "dev2app", payload, detail), None)
                 )
                 self._tell(
@@ -773,16 +788,14 @@ class DeviceGateway:
         state = None
         if message.action in _STATUS_ACTIONS:
             state = StateChange(session.device_id, now, json_values(message.values))
-            self.stats.reports += 1
+            self.stats.reports += 1 if self.consumer else 0
         elif message.action is Action.TRANSPARENT_UP:
             self.stats.transparent += 1
         else:
             self.stats.malformed += 1
             self._warn_once(principal.did, "dropped action 0x%02x on %s", message.action, topic)
             return
-        self.reports.offer(
-            _Ingest(FrameEvent(session.device_id, now, "dev2app", payload, detail), state)
-        )
+        self._ingest(_Ingest(FrameEvent(session.device_id, now, "dev2app", payload, detail), state))
         event = DeviceMessage(
             principal.did,
             frame.cmd,
@@ -815,14 +828,15 @@ class DeviceGateway:
         if kind == "property" and method == "report":
             await self._thing_report(did, session, template, message, payload)
         elif kind == "property" and method == "get_status":
-            self._spawn(self._thing_status(did, session, message))
+            if self.consumer:  # the consuming process answers
+                self._spawn(self._thing_status(did, session, message))
         elif (kind == "property" and method in ("control_reply", "")) or (
             kind == "action" and method == "action_reply"
         ):
             self._thing_reply(did, message)
         elif kind == "property" and method in ("report_info", "clear_control"):
             # report_info (module, firmware and SDK versions) is kept in the frame log
-            self.reports.offer(
+            self._ingest(
                 _Ingest(FrameEvent(session.device_id, self.clock.now(), "dev2app", payload), None)
             )
             await self._thing_answer(session, "property", f"{method}_reply", message, REPLY_OK)
@@ -851,8 +865,8 @@ class DeviceGateway:
         now = self.clock.now()
         session.reported.update(values)
         state = StateChange(session.device_id, now, values)
-        self.stats.reports += 1
-        self.reports.offer(_Ingest(FrameEvent(session.device_id, now, "dev2app", payload), state))
+        self.stats.reports += 1 if self.consumer else 0
+        self._ingest(_Ingest(FrameEvent(session.device_id, now, "dev2app", payload), state))
         self._tell(
             DeviceMessage(
                 did,
@@ -941,7 +955,7 @@ class DeviceGateway:
             )
             return
         self.stats.events += len(events)
-        self.reports.offer(
+        self._ingest(
             _Ingest(FrameEvent(session.device_id, now, "dev2app", payload), None, tuple(events))
         )
         await self._thing_answer(
@@ -958,7 +972,7 @@ class DeviceGateway:
         status: str = "success",
         **extra: Any,
     ) -> None:
-        if self._broker is None:
+        if self._broker is None or not self.consumer:  # the consuming process answers
             return
         topic = thing_topic("down", kind, session.product_key, session.name)
         data = thing.reply(method, message.client_token, code, status, **extra)
