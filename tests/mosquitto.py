@@ -32,6 +32,9 @@ GATEWAY_ACLS = [
     ("publishClientReceive", "$thing/up/#"),
     ("subscribePattern", "$thing/up/#"),
     ("publishClientSend", "$thing/down/#"),
+    ("publishClientSend", "iotcloud/bus"),
+    ("publishClientReceive", "iotcloud/bus"),
+    ("subscribePattern", "iotcloud/bus"),
 ]
 
 

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any, cast
@@ -14,7 +14,6 @@ from typing import Any, cast
 import httpx
 from litestar import Litestar
 from litestar.enums import ScopeType
-from litestar.middleware import DefineMiddleware
 from litestar.types import (
     HTTPScope,
     LifeSpanReceive,
@@ -28,6 +27,7 @@ from litestar.types import (
 from prometheus_client.core import Metric
 
 from iotcloud import runtime
+from iotcloud.api import broker_auth as broker_auth_routes
 from iotcloud.api import ops
 from iotcloud.api.admin.routes import ROUTER as ADMIN_ROUTER
 from iotcloud.api.errors import EXCEPTION_HANDLERS
@@ -41,7 +41,7 @@ from iotcloud.api.gizwits import scheduler as gizwits_scheduler
 from iotcloud.api.gizwits import ws as gizwits_ws
 from iotcloud.api.tencent import ROUTER as TENCENT_ROUTER
 from iotcloud.api.tencent import with_tencent_errors
-from iotcloud.api.throttle import ThrottleMiddleware, TokenBuckets
+from iotcloud.api.throttle import Throttle
 from iotcloud.config import ConfigError, Settings
 from iotcloud.domain.clock import Clock, SystemClock
 from iotcloud.gateway.broker import BrokerAdapter
@@ -66,6 +66,8 @@ from iotcloud.services.accounts import AccountService, CurrentUser, TokensRevoke
 from iotcloud.services.apps import AppService
 from iotcloud.services.auth_cache import AuthCache
 from iotcloud.services.bindings import BindingChange, BindingService
+from iotcloud.services.broker_auth import BrokerAuthService, parse_networks
+from iotcloud.services.bus import ProcessBus
 from iotcloud.services.control import ControlService
 from iotcloud.services.credentials import PasswordHasher
 from iotcloud.services.devices import DeviceService
@@ -84,6 +86,7 @@ from iotcloud.storage.accounts import (
     UserTokenRepository,
 )
 from iotcloud.storage.database import Database
+from iotcloud.storage.rate_limits import RateLimitRepository
 from iotcloud.storage.telemetry import TelemetryRepository
 
 log = logging.getLogger(__name__)
@@ -322,18 +325,80 @@ async def running_services(
                 token_check_seconds=settings.auth_cache_seconds or 1.0,
             )
         )
-        accounts.on_tokens_revoked = realtime.tokens_revoked
+        # changes made here are applied here and announced to the other processes, which apply
+        # them on receipt (see `iotcloud.services.bus`)
+        bus = ProcessBus()
+        if isinstance(broker, ExternalBroker):
+            bus.attach(broker.publish_bus)
+            broker.bus_receiver = bus.received
+        stack.push_async_callback(bus.close)
+
+        def tokens_revoked(revoked: TokensRevoked) -> None:
+            realtime.tokens_revoked(revoked)
+            bus.announce("tokens_revoked", **dataclasses.asdict(revoked))
+
+        def tokens_revoked_elsewhere(message: Mapping[str, Any]) -> None:
+            revoked = TokensRevoked(
+                int(message["user_id"]),
+                str(message["reason"]),
+                message.get("digest"),
+                message.get("kept"),
+            )
+            if revoked.digest is not None:
+                auth_cache.drop_token(revoked.digest)
+            else:
+                auth_cache.drop_user(revoked.user_id)
+            realtime.tokens_revoked(revoked)
+
+        accounts.on_tokens_revoked = tokens_revoked
+        bus.on("tokens_revoked", tokens_revoked_elsewhere)
+        accounts.on_user_changed = lambda user_id: bus.announce("user_changed", user_id=user_id)
+        bus.on("user_changed", lambda message: auth_cache.drop_user(int(message["user_id"])))
+
+        # answers to an external broker's device questions; never trusted longer than a checked
+        # user token, the bound within which other processes' device changes must apply
+        broker_auth = await stack.enter_async_context(
+            BrokerAuthService(
+                gateway,
+                gateway,
+                clock,
+                cache_seconds=min(settings.broker_auth_cache_seconds, settings.auth_cache_seconds),
+                allowed_from=parse_networks(settings.broker_auth_from),
+            )
+        )
 
         async def devices_changed(dids: Sequence[str] | None) -> None:
             control.devices_changed(dids)
+            broker_auth.devices_changed(dids)
+            bus.announce("devices_changed", dids=None if dids is None else list(dids))
             async for page in gateway.credentials(dids):
                 await broker.devices_changed(page)
+
+        def devices_changed_elsewhere(message: Mapping[str, Any]) -> None:
+            dids = message["dids"]
+            control.devices_changed(None if dids is None else [str(did) for did in dids])
+            broker_auth.devices_changed(None if dids is None else [str(did) for did in dids])
+
+        bus.on("devices_changed", devices_changed_elsewhere)
 
         async def binding_changed(change: BindingChange) -> None:
             control.binding_changed(change)
             await realtime.binding_changed(change)
+            bus.announce("binding_changed", **dataclasses.asdict(change))
+
+        async def binding_changed_elsewhere(message: Mapping[str, Any]) -> None:
+            change = BindingChange(
+                int(message["user_id"]),
+                str(message["uid"]),
+                int(message["app_id"]),
+                str(message["did"]),
+                bool(message["bound"]),
+            )
+            control.binding_changed(change)
+            await realtime.binding_changed(change)
 
         bindings.on_change = binding_changed
+        bus.on("binding_changed", binding_changed_elsewhere)
 
         async def new_owner(did: str, ended: Sequence[BindingChange]) -> None:
             # the session that signed in with the old passcode must not hear the new owner
@@ -362,7 +427,9 @@ async def running_services(
             metrics=build_metrics(broker, gateway, engine, clock, auth_cache),
             database=db,
             broker_unready=broker.unready_reason,
+            broker_auth=broker_auth,
         )
+        services.metrics.sources.add(broker_auth.metrics)
         async with asyncio.TaskGroup() as tasks:
             housekeeping = tasks.create_task(
                 _housekeeping(db, clock, settings), name="housekeeping"
@@ -399,6 +466,7 @@ async def _housekeeping(db: Database, clock: Clock, settings: Settings) -> None:
                         now - timedelta(days=settings.history_retention_days),
                         now - timedelta(days=settings.frame_log_retention_days),
                     )
+                    + await RateLimitRepository(session).purge_full()
                 )
             if failing:
                 log.info("housekeeping recovered")
@@ -465,9 +533,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
             yield
         log.info("iotcloud stopped")
 
-    per_address = TokenBuckets(settings.rate_limit_per_address, settings.rate_limit_burst_seconds)
-    per_app = TokenBuckets(settings.rate_limit_per_app, settings.rate_limit_burst_seconds)
+    throttle = Throttle.from_settings(settings)
     api_routes: list[Any] = [
+        *broker_auth_routes.ROUTES,
         *system.ROUTES,
         *gizwits_accounts.ROUTES,
         *gizwits_devices.ROUTES,
@@ -485,8 +553,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
     return MeasuredApp(
         route_handlers=[*ops.ROUTES, *(api_routes if "api" in settings.roles else [])],
         exception_handlers=with_tencent_errors(EXCEPTION_HANDLERS),
-        middleware=[DefineMiddleware(ThrottleMiddleware, per_address=per_address, per_app=per_app)],
-        lifespan=[lifespan],
+        middleware=[throttle.middleware()],
+        lifespan=[lifespan, throttle.lifespan],  # the throttle's store after the migration
         openapi_config=None,
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,

@@ -207,6 +207,9 @@ def _uvicorn_config(app: Any, settings: Settings, *, tls: bool) -> Any:
         log_config=None,
         access_log=False,
         server_header=False,
+        # the client's address is read by iotcloud.api.client_address (IOTCLOUD_TRUSTED_PROXIES),
+        # not by uvicorn, which would believe X-Forwarded-For from any loopback peer
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
         ssl_context_factory=None if context is None else (lambda _config, _default: context),
     )

@@ -7,6 +7,7 @@ components that need it; nothing reads the environment after start-up.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import ssl
@@ -123,6 +124,12 @@ class Settings:
     rate_limit_per_app: float = 1000.0
     rate_limit_per_address: float = 100.0
     rate_limit_burst_seconds: float = 2.0
+    # whether the buckets hold across every process serving the database (a table in it,
+    # leased from in tenths of a second): on, off, or auto (on unless the database is SQLite)
+    rate_limit_shared: str = "auto"
+    # comma-separated addresses or CIDR networks of reverse proxies / load balancers whose
+    # X-Forwarded-For or Forwarded header names the client (empty: the socket peer is the client)
+    trusted_proxies: str = ""
 
     # scheduler (cloud timers): whether this process fires schedules (its API serves them
     # either way); how late an occurrence may still fire after downtime (older ones are logged
@@ -139,6 +146,14 @@ class Settings:
     scheduler_concurrency: int = 20_000
     scheduler_run_retention_days: int = 90
     scheduler_prepare_seconds: float = 10.0
+
+    # broker authentication over HTTP (/broker/rabbitmq/*, /broker/emqx/*): the socket peers
+    # that may ask (comma-separated addresses or CIDR networks; empty: nobody), how long an
+    # answer is reused (0: never; at most auth_cache_seconds), and the only RabbitMQ virtual
+    # host devices may use
+    broker_auth_from: str = "127.0.0.0/8,::1"
+    broker_auth_cache_seconds: float = 5.0
+    rabbitmq_vhost: str = "/"
 
     # TLS: PEM files of the certificate chain (server certificate first) and of its unencrypted
     # private key; set both or neither. With them the server also serves HTTPS and WSS on
@@ -274,6 +289,20 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"IOTCLOUD_{name.upper()} must not be negative")
+        shared_values = {"auto", "on", "off", "true", "false", "yes", "no", "1", "0"}
+        if self.rate_limit_shared.strip().lower() not in shared_values:
+            raise ConfigError(
+                "IOTCLOUD_RATE_LIMIT_SHARED must be auto, on or off, "
+                f"not {self.rate_limit_shared!r}"
+            )
+        for entry in filter(None, (part.strip() for part in self.trusted_proxies.split(","))):
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"IOTCLOUD_TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR network "
+                    f"({exc})"
+                ) from exc
         if self.mqtt_credentials not in ("dynsec", "none"):
             raise ConfigError(
                 f"IOTCLOUD_MQTT_CREDENTIALS must be dynsec or none, not {self.mqtt_credentials!r}"
@@ -300,6 +329,7 @@ class Settings:
         self._validate_roles()
         self._validate_scheduler()
         self._validate_tls()
+        self._validate_broker_auth()
 
     @property
     def roles(self) -> frozenset[str]:
@@ -319,6 +349,20 @@ class Settings:
                 "needs an external broker (IOTCLOUD_MQTT_URL); the embedded MQTT transport "
                 "cannot share its devices with other processes"
             )
+
+    def _validate_broker_auth(self) -> None:
+        for entry in filter(None, (part.strip() for part in self.broker_auth_from.split(","))):
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"IOTCLOUD_BROKER_AUTH_FROM: {entry!r} is not an IP address or CIDR network "
+                    f"({exc})"
+                ) from exc
+        if self.broker_auth_cache_seconds < 0:
+            raise ConfigError("IOTCLOUD_BROKER_AUTH_CACHE_SECONDS must not be negative")
+        if not self.rabbitmq_vhost:
+            raise ConfigError("IOTCLOUD_RABBITMQ_VHOST must not be empty")
 
     def _validate_tls(self) -> None:
         for name in ("https_port", "mqtts_port"):

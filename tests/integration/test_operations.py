@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import uuid
@@ -17,6 +18,8 @@ from tests.devices import Online, eventually, import_product
 from tests.mosquitto import MosquittoServer
 from tests.pg import PostgresServer
 from tests.server import RunningServer, serving
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +181,24 @@ async def test_readyz_names_the_broker_and_the_database_when_they_are_down(
     finally:
         broker.stop()
         postgres.stop()
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_server_exposes(
+    server: RunningServer,
+) -> None:
+    dashboard = json.loads((REPOSITORY / "deploy" / "grafana" / "iotcloud.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\biotcloud_[a-z_]+", target["expr"])
+    }
+    assert queried
+    with server.client() as http:
+        text = http.get("/metrics").text
+    families = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+    exposed = set(families)
+    for name, kind in families.items():
+        if kind == "histogram":
+            exposed |= {f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    assert queried <= exposed, sorted(queried - exposed)

@@ -34,6 +34,10 @@ from iotcloud.codecs.thing import parse_thing_topic
 
 _FORBIDDEN_IN_ID = frozenset("/+#\0")
 
+BUS_TOPIC: Final = "iotcloud/bus"
+"""Where the iotcloud processes sharing an external broker tell each other of changes
+(`iotcloud.services.bus`); devices may neither publish nor subscribe there."""
+
 PUBLISH_WINDOW: Final = 64
 """Most publishes a sender keeps pending at once on a broker whose `publish` suspends (an
 external broker's client waits for its socket): a burst of commands goes out this many per

@@ -40,7 +40,7 @@ import re
 import socket
 import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -52,6 +52,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from iotcloud.codecs.thing import parse_thing_topic
 from iotcloud.gateway.broker import (
+    BUS_TOPIC,
     PUBLISH_WINDOW,
     BrokerEvents,
     BrokerStats,
@@ -234,6 +235,8 @@ class ExternalBroker:
         self.connect_timeout = connect_timeout
         self.queue_capacity = queue_capacity
         self._stats = BrokerStats()
+        self.bus_receiver: Callable[[bytes], Awaitable[None]] | None = None
+        """Where messages on `BUS_TOPIC` go (`ProcessBus.received`)."""
         self._sessions: dict[str, DevicePrincipal] = {}
         """Device sessions by MQTT client id."""
         self._client: aiomqtt.Client | None = None
@@ -294,6 +297,7 @@ class ExternalBroker:
             try:
                 async with self._new_client() as client:
                     await self._subscribe(client)
+                    await self._subscribe_bus(client)
                     self._client = client
                     self._connected.set()
                     self._resync.set()
@@ -358,6 +362,27 @@ class ExternalBroker:
                     "grant the gateway's account subscribe and receive rights on it"
                 )
 
+    async def _subscribe_bus(self, client: aiomqtt.Client) -> None:
+        granted = await client.subscribe(BUS_TOPIC, qos=1)
+        codes = [code.value if isinstance(code, ReasonCode) else code for code in granted]
+        if any(code >= 0x80 for code in codes):
+            log.warning(
+                "the broker refused the subscription to %r: this process will not hear other "
+                "processes' sign-outs, binding and device changes before its caches expire; "
+                "grant the gateway's account subscribe, receive and send rights on it",
+                BUS_TOPIC,
+            )
+
+    async def publish_bus(self, payload: bytes) -> None:
+        """Publish a message to the other iotcloud processes on this broker (`ProcessBus`)."""
+        client = self._client
+        if client is None:
+            raise BrokerUnavailable(f"not connected to the MQTT broker at {self.target}")
+        try:
+            await client.publish(BUS_TOPIC, payload, qos=1)
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
     async def _end_all(self, reason: DisconnectReason) -> None:
         sessions, self._sessions = self._sessions, {}
         for client_id, principal in sessions.items():
@@ -377,6 +402,8 @@ class ExternalBroker:
             await self._log_line(payload.decode("utf-8", "replace").strip())
         elif topic == RESPONSE_TOPIC:
             self._control_response(payload)
+        elif topic == BUS_TOPIC and self.bus_receiver is not None:
+            await self._safely(self.bus_receiver(payload))
 
     async def _device_message(self, client_id: str, topic: str, payload: bytes) -> None:
         principal = self._sessions.get(client_id)

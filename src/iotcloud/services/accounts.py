@@ -163,6 +163,7 @@ class AccountService:
     ) -> None:
         self.auth_cache = auth_cache
         self.on_tokens_revoked: Callable[[TokensRevoked], None] | None = None
+        self.on_user_changed: Callable[[int], None] | None = None
         self.db = db
         self.clock = clock
         self.settings = settings
@@ -402,6 +403,13 @@ class AccountService:
         except Exception:  # the revocation stands whether or not anybody could be told
             log.exception("telling of revoked tokens of user %d failed", revoked.user_id)
 
+    def user_changed(self, user_id: int) -> None:
+        """Tell this process that a user's profile changed (committed): checked tokens of the
+        user are read again; ``on_user_changed`` hears of it."""
+        self.auth_cache.drop_user(user_id)
+        if self.on_user_changed is not None:
+            self.on_user_changed(user_id)
+
     async def token_expiries(self, digests: Collection[str]) -> dict[str, datetime]:
         """When each live token among the token ``digests`` expires; revoked and unknown ones
         are absent. Read from the database (never the cache), in one query per
@@ -516,7 +524,7 @@ class AccountService:
                 )
             )
         else:
-            self.auth_cache.drop_user(current.user_id)
+            self.user_changed(current.user_id)
         return now
 
     # -- the Tencent app's profile, password and settings --------------------------------------
@@ -556,7 +564,7 @@ class AccountService:
             if changed:
                 user.updated_at = self.clock.now()
                 await session.flush()
-        self.auth_cache.drop_user(current.user_id)
+        self.user_changed(current.user_id)
 
     async def change_password(self, current: CurrentUser, password: str, new_password: str) -> None:
         """Replace the password, given the current one (the rules of ``PUT /app/users``

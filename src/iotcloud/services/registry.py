@@ -11,6 +11,7 @@ from iotcloud.metrics import Metrics
 from iotcloud.services.accounts import AccountService
 from iotcloud.services.apps import AppService
 from iotcloud.services.bindings import BindingService
+from iotcloud.services.broker_auth import BrokerAuthService
 from iotcloud.services.control import ControlService
 from iotcloud.services.devices import DeviceService
 from iotcloud.services.password_reset import PasswordResetService
@@ -45,3 +46,5 @@ class Services:
     database: Database
     broker_unready: Callable[[], str | None]
     """None while the MQTT broker carries messages; else why not (``GET /readyz``)."""
+    broker_auth: BrokerAuthService
+    """Answers an external broker's questions about devices (``/broker/...``)."""
