@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from iotcloud.storage import rate_limits  # noqa: F401  (its table is on Base's metadata too)
 from iotcloud.storage.models import Base
 
 connection = context.config.attributes.get("connection")
