@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from tests.reliability.routes import WEBSOCKET, Route, fill_path
 from tests.reliability.scene import (
@@ -140,6 +140,55 @@ def _bind_mac(t: Target) -> HttpCall:
 
 def _form(method: str, path: str, text: str, **parts: Any) -> HttpCall:
     return _call(method, path, content=text.encode(), headers={"Content-Type": FORM}, **parts)
+
+
+def _broker_question(method: str, kind: str) -> Build:
+    """A RabbitMQ auth-backend question naming the owner's device, with a wrong password."""
+
+    def build(t: Target) -> HttpCall:
+        did = t.owner.did
+        params = {
+            "user": {"username": did, "password": "wrong-passcode", "vhost": "/", "client_id": did},
+            "vhost": {"username": did, "vhost": "/", "ip": "127.0.0.1", "tags": ""},
+            "resource": {
+                "username": did,
+                "vhost": "/",
+                "resource": "queue",
+                "name": f"mqtt-subscription-{did}qos1",
+                "permission": "configure",
+                "tags": "",
+            },
+            "topic": {
+                "username": did,
+                "vhost": "/",
+                "resource": "topic",
+                "name": "amq.topic",
+                "permission": "read",
+                "routing_key": f"app2dev.{did}.#",
+                "tags": "",
+            },
+        }[kind]
+        path = f"/broker/rabbitmq/{kind}"
+        if method == "GET":
+            return _call("GET", path, query=params)
+        return _form("POST", path, urlencode(params))
+
+    return build
+
+
+def _emqx_question(kind: str) -> Build:
+    """An EMQX authentication or authorization request naming the owner's device."""
+
+    def build(t: Target) -> HttpCall:
+        did = t.owner.did
+        body: dict[str, Any] = {"username": did, "clientid": did}
+        if kind == "authn":
+            body["password"] = "wrong-passcode"
+        else:
+            body.update(topic=f"app2dev/{did}/cloud", action="subscribe")
+        return _call("POST", f"/broker/emqx/{kind}", json=body)
+
+    return build
 
 
 ROUTES: Final[dict[Route, RouteEntry]] = {
@@ -277,6 +326,38 @@ ROUTES: Final[dict[Route, RouteEntry]] = {
     ("GET", "/status"): RouteEntry(
         "public", lambda t: _call("GET", "/status"), reason="liveness and version"
     ),
+    ("GET", "/healthz"): RouteEntry(
+        "public", lambda t: _call("GET", "/healthz"), reason="liveness, for orchestrators"
+    ),
+    ("GET", "/readyz"): RouteEntry(
+        "public",
+        lambda t: _call("GET", "/readyz"),
+        reason="readiness, for load balancers: names a dependency that is down, nothing else",
+    ),
+    ("GET", "/metrics"): RouteEntry(
+        "public",
+        lambda t: _call("GET", "/metrics"),
+        reason="Prometheus: counts by route template and outcome, never a user's data",
+    ),
+    **{
+        (method, f"/broker/rabbitmq/{kind}"): RouteEntry(
+            "public",
+            _broker_question(method, kind),
+            reason="the broker's HTTP auth backend: allow or deny for what was sent, answered "
+            "only to IOTCLOUD_BROKER_AUTH_FROM",
+        )
+        for method in ("GET", "POST")
+        for kind in ("user", "vhost", "resource", "topic")
+    },
+    **{
+        ("POST", f"/broker/emqx/{kind}"): RouteEntry(
+            "public",
+            _emqx_question(kind),
+            reason="EMQX's HTTP authentication and authorization: allow, deny or ignore for "
+            "what was sent, answered only to IOTCLOUD_BROKER_AUTH_FROM",
+        )
+        for kind in ("authn", "authz")
+    },
     ("POST", "/app/users"): RouteEntry(
         "public",
         lambda t: _call("POST", "/app/users", json={"username": new_mac(), "password": "pw-1234"}),

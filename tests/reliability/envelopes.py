@@ -5,7 +5,9 @@
 - Everything else answers failures in the Gizwits shape, exactly ``{"error_code",
   "error_message", "detail_message"}``, and successes as JSON, except the device routes
   (``/dev/...``: form text or hex), the captcha image, the password-reset page (HTML, which also
-  answers its own refusals as HTML).
+  answers its own refusals as HTML), the broker-auth endpoints (RabbitMQ's ``allow``/``deny``
+  as plain text, EMQX's ``{"result"}``; a caller not allowed gets a bare 403) and ``/metrics``
+  (Prometheus text).
 - A 204 has no body, in either dialect (``DELETE /app/logout``, ``OPTIONS``).
 """
 
@@ -13,9 +15,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote
 
 TENCENT_PREFIX = "/api/exploreropen"
 RESET_PREFIX = "/account/reset/"
+RABBITMQ_PREFIX = "/broker/rabbitmq/"
+EMQX_PREFIX = "/broker/emqx/"
 
 
 def is_tencent(path: str) -> bool:
@@ -33,6 +38,8 @@ def envelope_problem(status: int, content_type: str, body: bytes, path: str) -> 
         return _tencent_problem(status, content_type, body)
     if status >= 400 and path.startswith(RESET_PREFIX) and content_type.startswith("text/html"):
         return None
+    if status == 403 and path.startswith((RABBITMQ_PREFIX, EMQX_PREFIX)):
+        return None if not body else "a broker-auth refusal with a body"
     if status >= 400:
         return _gizwits_error_problem(content_type, body)
     return _success_problem(status, content_type, body, path)
@@ -98,5 +105,14 @@ def _success_problem(status: int, content_type: str, body: bytes, path: str) -> 
         return None if content_type.startswith("image/png") else "a captcha that is not a PNG"
     if path.startswith(RESET_PREFIX):
         return None if content_type.startswith("text/html") else "a reset page that is not HTML"
-    _, problem = _json(content_type, body)
+    if path.startswith(RABBITMQ_PREFIX):
+        if not content_type.startswith("text/plain"):
+            return f"Content-Type {content_type!r} on a RabbitMQ auth-backend route"
+        return None if body in (b"allow", b"deny") else f"{body[:40]!r}, not allow or deny"
+    if unquote(path).rstrip("/") == "/metrics":  # the router ignores a trailing slash
+        return None if content_type.startswith("text/plain") else "metrics that are not text"
+    value, problem = _json(content_type, body)
+    answered = isinstance(value, dict) and value.get("result") in ("allow", "deny", "ignore")
+    if problem is None and path.startswith(EMQX_PREFIX) and not answered:
+        return "an EMQX answer without result allow, deny or ignore"
     return problem
