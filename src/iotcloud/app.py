@@ -47,6 +47,7 @@ from iotcloud.domain.clock import Clock, SystemClock
 from iotcloud.gateway.broker import BrokerAdapter
 from iotcloud.gateway.embedded import EmbeddedBroker
 from iotcloud.gateway.external import BrokerTarget, CredentialMode, ExternalBroker
+from iotcloud.gateway.rabbitmq import ManagementTarget, RabbitBroker
 from iotcloud.gateway.service import DeviceGateway
 from iotcloud.metrics import (
     UNMATCHED_ROUTE,
@@ -129,6 +130,14 @@ def build_broker(settings: Settings, gateway: DeviceGateway) -> BrokerAdapter:
         target = BrokerTarget.parse(settings.mqtt_url)
     except ValueError as exc:
         raise ConfigError(f"IOTCLOUD_MQTT_URL: {exc}") from exc
+    if settings.mqtt_broker == "rabbitmq":
+        try:
+            management = ManagementTarget.parse(settings.rabbitmq_management_url)
+        except ValueError as exc:
+            raise ConfigError(f"IOTCLOUD_RABBITMQ_MANAGEMENT_URL: {exc}") from exc
+        return RabbitBroker(
+            target, settings.amqp_url, management, gateway, prefetch=settings.rabbitmq_prefetch
+        )
     mode: CredentialMode = "none" if settings.mqtt_credentials == "none" else "dynsec"
     return ExternalBroker(
         target, gateway, gateway, credentials=mode, sync_interval=settings.mqtt_sync_seconds
@@ -328,7 +337,7 @@ async def running_services(
         # changes made here are applied here and announced to the other processes, which apply
         # them on receipt (see `iotcloud.services.bus`)
         bus = ProcessBus()
-        if isinstance(broker, ExternalBroker):
+        if isinstance(broker, ExternalBroker | RabbitBroker):
             bus.attach(broker.publish_bus)
             broker.bus_receiver = bus.received
         stack.push_async_callback(bus.close)

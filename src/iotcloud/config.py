@@ -47,6 +47,17 @@ class Settings:
     mqtt_credentials: str = "dynsec"
     # how often device credentials in an external broker are reconciled with the registry
     mqtt_sync_seconds: float = 30.0
+    # which external broker IOTCLOUD_MQTT_URL names: "mosquitto" or "rabbitmq" (a RabbitMQ
+    # cluster: presence from its event exchange, reports from a durable queue over AMQP, device
+    # accounts checked by iotcloud's HTTP auth endpoints, so nothing is written into the broker)
+    mqtt_broker: str = "mosquitto"
+    # with rabbitmq: amqp://USER:PASS@host:port/%2F (iotcloud's administrator account)
+    amqp_url: str = field(default="", repr=False)
+    # with rabbitmq: http://USER:PASS@host:15672, the management plugin's HTTP API
+    rabbitmq_management_url: str = field(default="", repr=False)
+    # with rabbitmq: device messages one gateway process takes from the shared queue before
+    # acknowledging (see docs/decisions.md "Scale-out on RabbitMQ" for the measurement)
+    rabbitmq_prefetch: int = 500
     # device connections the embedded MQTT transport holds at most (each is a file descriptor:
     # the process's open-file limit must be higher, see the README)
     mqtt_max_connections: int = 10_000
@@ -307,6 +318,7 @@ class Settings:
             raise ConfigError(
                 f"IOTCLOUD_MQTT_CREDENTIALS must be dynsec or none, not {self.mqtt_credentials!r}"
             )
+        self._validate_broker_kind()
         if self.tencent_envelope not in ("response", "sdk"):
             raise ConfigError(
                 f"IOTCLOUD_TENCENT_ENVELOPE must be response or sdk, not {self.tencent_envelope!r}"
@@ -391,6 +403,26 @@ class Settings:
                     f"(both are {getattr(self, tls)})"
                 )
         self.tls_context()
+
+    def _validate_broker_kind(self) -> None:
+        if self.mqtt_broker not in ("mosquitto", "rabbitmq"):
+            raise ConfigError(
+                f"IOTCLOUD_MQTT_BROKER must be mosquitto or rabbitmq, not {self.mqtt_broker!r}"
+            )
+        if self.rabbitmq_prefetch < 1:
+            raise ConfigError("IOTCLOUD_RABBITMQ_PREFETCH must be at least 1")
+        if self.mqtt_broker != "rabbitmq":
+            return
+        for name, value, schemes in (
+            ("IOTCLOUD_MQTT_URL", self.mqtt_url, ("mqtt", "mqtts")),
+            ("IOTCLOUD_AMQP_URL", self.amqp_url, ("amqp", "amqps")),
+            ("IOTCLOUD_RABBITMQ_MANAGEMENT_URL", self.rabbitmq_management_url, ("http", "https")),
+        ):
+            if not value:
+                raise ConfigError(f"IOTCLOUD_MQTT_BROKER=rabbitmq needs {name}")
+            if value.split("://", 1)[0] not in schemes:
+                allowed = " or ".join(scheme + "://" for scheme in schemes)
+                raise ConfigError(f"{name} must start with {allowed}")
 
     def _validate_scheduler(self) -> None:
         for name in (

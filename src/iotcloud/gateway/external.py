@@ -75,6 +75,10 @@ ROLE_PREFIX: Final = "iotcloud-device-"
 UNKNOWN_PEER: Final = "unknown"
 
 CredentialMode = Literal["dynsec", "none"]
+PresenceSource = Literal["log", "none"]
+"""Where presence comes from: Mosquitto's ``$SYS`` connection log (``log``), or the caller
+(``none``: `start_session`/`end_session`, as `iotcloud.gateway.rabbitmq` does from RabbitMQ's
+event exchange)."""
 
 _CONNECTED = re.compile(r"New client connected from (\S+) as (\S+) \(p\d+, c\d+, k(\d+)")
 _CLIENT_LINE = re.compile(r"(?:^|: )Client (\S+) (.+)$")
@@ -221,6 +225,8 @@ class ExternalBroker:
         events: BrokerEvents,
         *,
         credentials: CredentialMode = "dynsec",
+        presence: PresenceSource = "log",
+        dotted_levels: bool = False,
         sync_interval: float = 30.0,
         request_timeout: float = 10.0,
         connect_timeout: float = 10.0,
@@ -230,6 +236,10 @@ class ExternalBroker:
         self.directory = directory
         self.events = events
         self.credentials = credentials
+        self.presence = presence
+        self.dotted_levels = dotted_levels
+        """The broker delivers a ``.`` of a topic as a level separator (RabbitMQ's MQTT
+        plugin): a data-template device name with dots arrives split over several levels."""
         self.sync_interval = sync_interval
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
@@ -318,7 +328,9 @@ class ExternalBroker:
                     if not future.done():
                         future.set_exception(BrokerUnavailable("lost the MQTT broker"))
                 self._pending.clear()
-            if was_connected:
+            if was_connected and self.presence == "log":
+                # a lost Mosquitto dropped every device; a clustered broker's presence source
+                # (presence="none") says for itself who is gone
                 await self._end_all(DisconnectReason.LOST)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -342,7 +354,9 @@ class ExternalBroker:
         return client
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        topics = [DEVICE_TOPICS, THING_TOPICS, *LOG_TOPICS]
+        topics = [DEVICE_TOPICS, THING_TOPICS]
+        if self.presence == "log":
+            topics += LOG_TOPICS
         if self.credentials == "dynsec":
             topics.append(RESPONSE_TOPIC)
         for topic in topics:
@@ -392,8 +406,12 @@ class ExternalBroker:
 
     async def _dispatch(self, topic: str, payload: bytes) -> None:
         if topic.startswith("dev2app/"):
+            if self.dotted_levels:
+                topic = rejoin_device_name(topic)
             await self._device_message(topic.split("/")[1], topic, payload)
         elif topic.startswith("$thing/up/"):
+            if self.dotted_levels:
+                topic = rejoin_device_name(topic)
             parsed = parse_thing_topic(topic)
             if parsed is not None:
                 client_id = parsed.product_id + parsed.device_name
@@ -461,6 +479,31 @@ class ExternalBroker:
         self._stats.connects += 1
         await self._safely(self.events.on_connect(principal, client_id, keepalive, peer))
         return principal
+
+    async def start_session(self, client_id: str, peer: str) -> DevicePrincipal | None:
+        """Presence from outside (``presence="none"``): the client ``client_id`` connected.
+        A session it already has is kept (no second ``on_connect``); a client that is not an
+        enabled device of ours is ignored (None)."""
+        known = self._sessions.get(client_id)
+        if known is not None:
+            return known
+        return await self._start_session(client_id, 0, peer)
+
+    async def end_session(self, client_id: str, reason: DisconnectReason) -> bool:
+        """Presence from outside: the client's session ended; False if it had none."""
+        principal = self._sessions.pop(client_id, None)
+        if principal is None:
+            return False
+        await self._safely(self.events.on_disconnect(principal, client_id, reason))
+        return True
+
+    def session_clients(self) -> set[str]:
+        """The MQTT client ids with a device session now (a snapshot)."""
+        return set(self._sessions)
+
+    def session_of(self, client_id: str) -> DevicePrincipal | None:
+        """The device with a session under ``client_id``, if any."""
+        return self._sessions.get(client_id)
 
     def _client_of(self, did: str) -> str | None:
         """The client id of the device's session, if it has one."""
@@ -649,6 +692,17 @@ class ExternalBroker:
                 if not failing:
                     log.warning("broker credential reconciliation failed: %s; will retry", exc)
                 failing = True
+
+
+def rejoin_device_name(topic: str) -> str:
+    """A device topic whose last field's dots a broker delivered as level separators, made
+    whole again: the device name of ``$thing/up/{kind}/{PID}/{name}`` (``.../lamp/kitchen`` ->
+    ``.../lamp.kitchen``), the app client id of ``dev2app/{did}/{client id}``."""
+    fixed = 2 if topic.startswith("dev2app/") else 4
+    levels = topic.split("/", fixed)
+    if len(levels) <= fixed:
+        return topic
+    return "/".join([*levels[:fixed], levels[fixed].replace("/", ".")])
 
 
 def _ending(rest: str) -> DisconnectReason | None:

@@ -23,8 +23,9 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -95,8 +96,26 @@ _STATUS_ACTIONS = frozenset(
 _WARN_LIMIT = 10_000
 _PAGE = 500
 CLOUD_CLIENT_ID = "cloud"
+STORED_DEVICE_TTL: Final = timedelta(seconds=5)
+"""How long `DeviceGateway.store_publish` reuses a device lookup: one query per device and 5 s
+instead of one per queued message; a device disabled meanwhile may have reports stored for that
+long (it is refused at the broker at once)."""
+_STORED_DEVICES_MAX = 100_000
 DATA_TEMPLATE = "data_template"
 """``products.protocol_type`` of a data-template (Tencent) product."""
+
+
+class _Path(enum.Enum):
+    """Which half of a device message's handling runs (see `DeviceGateway.shared_ingest`)."""
+
+    BOTH = "both"
+    OBSERVE = "observe"
+    """Tell listeners, settle acknowledgements; store and answer nothing."""
+    STORE = "store"
+    """Store and answer (the consuming process); tell and settle nothing."""
+
+
+_PATH: ContextVar[_Path] = ContextVar("iotcloud_gateway_path", default=_Path.BOTH)
 
 
 @dataclass(frozen=True)
@@ -212,6 +231,12 @@ class DeviceGateway:
         events and presence, and answers data-template devices. Without it the process still
         knows who is connected, matches acknowledgements of its own commands and tells its
         listeners (real-time pushes), but writes and answers nothing for the devices."""
+        self.shared_ingest = False
+        """Set by a broker adapter that hands every device message (and presence change) to
+        this process twice: once to every process (`on_publish`, `on_connect`,
+        `on_disconnect`: observed only, for listeners and acknowledgements) and once to one
+        consuming process (`store_publish`, `store_presence`: stored and answered). False (the
+        embedded and Mosquitto adapters): one path does both."""
         self.stats = GatewayStats()
         self.reports: Batcher[_Ingest] = Batcher(
             self._write_reports, max_batch=max_batch, capacity=queue_capacity, name="reports"
@@ -222,6 +247,8 @@ class DeviceGateway:
         self._sessions: dict[str, _Session] = {}
         self._authenticated: dict[str, _Session] = {}
         self._codecs: dict[str, tuple[datetime, P0Codec]] = {}
+        self._stored_devices: dict[str, tuple[datetime, DevicePrincipal, _Session]] = {}
+        """`store_publish`'s device lookups by client id, with when they expire."""
         self._warned: set[str] = set()
         self._stack = AsyncExitStack()
         self._broker: BrokerAdapter | None = None
@@ -254,7 +281,16 @@ class DeviceGateway:
     def is_online(self, did: str) -> bool:
         return did in self._sessions
 
+    def _stores(self) -> bool:
+        """Whether the handling running now stores and answers (see `shared_ingest`)."""
+        return self.consumer and _PATH.get() is not _Path.OBSERVE
+
+    def _observes(self) -> bool:
+        return _PATH.get() is not _Path.STORE
+
     def _tell(self, event: GatewayEvent) -> None:
+        if not self._observes():
+            return
         for listener in self._listeners:
             try:
                 listener(event)
@@ -698,7 +734,7 @@ class DeviceGateway:
             return
         self._sessions[principal.did] = session
         self._tell(PresenceEvent(principal.did, online=True))
-        if not self.consumer:
+        if not self.consumer or self.shared_ingest:
             return
         now = self.clock.now()
         self.presence.offer(
@@ -715,7 +751,7 @@ class DeviceGateway:
         if session is None:
             return
         self._tell(PresenceEvent(principal.did, online=False))
-        if not self.consumer:
+        if not self.consumer or self.shared_ingest:
             return
         now = self.clock.now()
         self.presence.offer(
@@ -734,9 +770,71 @@ class DeviceGateway:
     ) -> asyncio.Future[None] | None:
         """Handle one device message; the returned future is done once what it carried is
         committed (None when nothing was stored)."""
+        if self.shared_ingest:  # observed here; stored through store_publish
+            token = _PATH.set(_Path.OBSERVE)
+            try:
+                await self._handle_publish(principal, topic, payload)
+            finally:
+                _PATH.reset(token)
+            return None
+        return await self._stored(principal, topic, payload, None)
+
+    async def store_publish(
+        self, client_id: str, topic: str, payload: bytes
+    ) -> asyncio.Future[None] | None:
+        """The consuming half of a device message (`shared_ingest`): store what it carried and
+        answer a data-template device, without telling listeners or settling
+        acknowledgements (`on_publish` did). The device need not be connected any more (the
+        message may have waited in a queue): it is looked up by its MQTT ``client_id``; a
+        device that is unknown or disabled now is dropped (None). Returns like `on_publish`."""
+        now = self.clock.now()
+        cached = self._stored_devices.get(client_id)
+        if cached is not None and cached[0] > now:
+            _, principal, looked_up = cached
+        else:
+            found = await self.principal_of_client(client_id)
+            looked_up_now = self._authenticated.pop(found.did, None) if found else None
+            if found is None or looked_up_now is None:
+                self.stats.ignored += 1
+                return None
+            principal, looked_up = found, looked_up_now
+            if len(self._stored_devices) >= _STORED_DEVICES_MAX:
+                self._stored_devices.clear()
+            self._stored_devices[client_id] = (now + STORED_DEVICE_TTL, principal, looked_up)
+        session = self._sessions.get(principal.did) or looked_up
+        token = _PATH.set(_Path.STORE)
+        try:
+            return await self._stored(principal, topic, payload, session)
+        finally:
+            _PATH.reset(token)
+
+    async def store_presence(self, client_id: str, online: bool, detail: str) -> bool:
+        """The consuming half of a presence change (`shared_ingest`): store that the device
+        with MQTT ``client_id`` went online or offline; False if no enabled device has it."""
+        if not self.consumer:
+            return False
+        principal = await self.principal_of_client(client_id)
+        if principal is None:
+            return False
+        session = self._authenticated.pop(principal.did, None) or self._sessions.get(principal.did)
+        if session is None:
+            return False
+        now = self.clock.now()
+        kind = "dev_online" if online else "dev_offline"
+        self.presence.offer(
+            (
+                PresenceChange(session.device_id, now, online=online),
+                FrameEvent(session.device_id, now, kind, detail=detail),
+            )
+        )
+        return True
+
+    async def _stored(
+        self, principal: DevicePrincipal, topic: str, payload: bytes, session: _Session | None
+    ) -> asyncio.Future[None] | None:
         stats = self.reports.stats
         queued, dropped = stats.submitted, stats.dropped
-        await self._handle_publish(principal, topic, payload)
+        await self._handle_publish(principal, topic, payload, session)
         if stats.dropped != dropped:
             lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             lost.set_exception(BatchDropped("the report queue is full"))
@@ -752,11 +850,17 @@ class DeviceGateway:
 
     def _ingest(self, item: _Ingest) -> None:
         """Queue what a device sent for storage, in the process that consumes device traffic."""
-        if self.consumer:
+        if self._stores():
             self.reports.offer(item)
 
-    async def _handle_publish(self, principal: DevicePrincipal, topic: str, payload: bytes) -> None:
-        session = self._sessions.get(principal.did)
+    async def _handle_publish(
+        self,
+        principal: DevicePrincipal,
+        topic: str,
+        payload: bytes,
+        session: _Session | None = None,
+    ) -> None:
+        session = session or self._sessions.get(principal.did)
         if session is not None and session.template is not None:
             await self._thing_message(principal.did, session, session.template, topic, payload)
             return
@@ -788,7 +892,7 @@ class DeviceGateway:
         state = None
         if message.action in _STATUS_ACTIONS:
             state = StateChange(session.device_id, now, json_values(message.values))
-            self.stats.reports += 1 if self.consumer else 0
+            self.stats.reports += 1 if self._stores() else 0
         elif message.action is Action.TRANSPARENT_UP:
             self.stats.transparent += 1
         else:
@@ -828,7 +932,7 @@ class DeviceGateway:
         if kind == "property" and method == "report":
             await self._thing_report(did, session, template, message, payload)
         elif kind == "property" and method == "get_status":
-            if self.consumer:  # the consuming process answers
+            if self._stores():  # the consuming process answers
                 self._spawn(self._thing_status(did, session, message))
         elif (kind == "property" and method in ("control_reply", "")) or (
             kind == "action" and method == "action_reply"
@@ -865,7 +969,7 @@ class DeviceGateway:
         now = self.clock.now()
         session.reported.update(values)
         state = StateChange(session.device_id, now, values)
-        self.stats.reports += 1 if self.consumer else 0
+        self.stats.reports += 1 if self._stores() else 0
         self._ingest(_Ingest(FrameEvent(session.device_id, now, "dev2app", payload), state))
         self._tell(
             DeviceMessage(
@@ -906,6 +1010,8 @@ class DeviceGateway:
     def _thing_reply(self, did: str, message: ThingMessage) -> None:
         """A ``control_reply`` (its method may be missing) or ``action_reply``: completes the
         command with its clientToken; a reply nobody waits for is only counted."""
+        if not self._observes():
+            return
         self.stats.acks += 1
         waiter = self._replies.get((did, message.client_token))
         if waiter is not None and not waiter.done():
@@ -972,7 +1078,7 @@ class DeviceGateway:
         status: str = "success",
         **extra: Any,
     ) -> None:
-        if self._broker is None or not self.consumer:  # the consuming process answers
+        if self._broker is None or not self._stores():  # the consuming process answers
             return
         topic = thing_topic("down", kind, session.product_key, session.name)
         data = thing.reply(method, message.client_token, code, status, **extra)
@@ -987,6 +1093,8 @@ class DeviceGateway:
         task.add_done_callback(self._tasks.discard)
 
     def _acknowledged(self, did: str, sn: int | None, client_id: str | None) -> None:
+        if not self._observes():
+            return
         self.stats.acks += 1
         pending = self._acks.get((did, sn or 0))
         if pending is None:

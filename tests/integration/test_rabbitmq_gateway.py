@@ -1,0 +1,353 @@
+"""iotcloud on a two-node RabbitMQ cluster (``IOTCLOUD_MQTT_BROKER=rabbitmq``) and PostgreSQL:
+an ``api,scheduler`` process (which also answers RabbitMQ's HTTP auth backend) and two
+``gateway`` processes, one on each broker node; real MQTT devices on both nodes.
+
+Reports are stored exactly once although every process hears them; presence follows connects
+and disconnects on either node; a command from the API process reaches a device on node 1 and
+its 0x0094 comes back to the WebSocket that asked; a gateway killed with ``kill -9`` loses no
+report; reports sent while no gateway runs are stored when one comes back; a disabled device is
+disconnected and refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from iotcloud.codecs import P0Codec
+from iotcloud.codecs.frame import CMD_REPORT, Frame, encode_frame
+from iotcloud.storage.database import Database
+from iotcloud.storage.devices import DeviceRepository
+from iotcloud.storage.models import DeviceEventRow, DeviceHistoryRow, DeviceRow
+from iotcloud.storage.telemetry import TelemetryRepository
+from tests.accounts import User, bind, sign_up
+from tests.conftest import new_database_url
+from tests.devices import PASSCODE, MqttDevice, Product, eventually, import_product, register
+from tests.integration.test_websocket import app_socket
+from tests.pg import free_port
+from tests.rabbitmq import RabbitCluster, rabbitmq_installed
+from tests.server import ADMIN_TOKEN, RunningServer, make_server, serving
+from tests.thing_devices import (
+    ThingDevice,
+    create_thing_device,
+    import_thing_product,
+    new_device_name,
+)
+
+pytestmark = pytest.mark.skipif(
+    not rabbitmq_installed() and not os.environ.get("IOTCLOUD_TEST_REQUIRE_RABBITMQ"),
+    reason="RabbitMQ is not installed (/usr/lib/rabbitmq/bin); bin/test installs it",
+)
+
+STATE = {
+    "LED_OnOff": True,
+    "LED_Color": "Pink",
+    "LED_R": 1,
+    "LED_G": 2,
+    "LED_B": 3,
+    "Motor_Speed": 0,
+    "Temperature": 20,
+    "Humidity": 5,
+}
+
+
+@dataclass
+class Stack:
+    cluster: RabbitCluster
+    api: RunningServer
+    gateways: list[RunningServer]
+
+
+def broker_settings(cluster: RabbitCluster, node: int) -> dict[str, object]:
+    return {
+        "mqtt_broker": "rabbitmq",
+        "mqtt_url": cluster.mqtt_url(node),
+        "mqtt_port": cluster.mqtt_port(node),
+        "amqp_url": cluster.amqp_url(node),
+        "rabbitmq_management_url": cluster.management_url(node),
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    base = Path(tempfile.mkdtemp(prefix="iotcloud-rabbitmq-"))
+    url = new_database_url(request.getfixturevalue("postgres"), "postgres", base)
+    # the auth base must be known when the cluster starts: the API process's port comes first
+    port = free_port()
+    limits = {"rate_limit_per_address": 0, "rate_limit_per_app": 0}
+    with RabbitCluster(f"http://127.0.0.1:{port}/broker/rabbitmq") as cluster:
+        gateways = [
+            make_server(
+                base / f"gateway{node}", url, role="gateway", **broker_settings(cluster, node)
+            )
+            for node in (0, 1)
+        ]
+        with serving(
+            base / "api",
+            url,
+            role="api,scheduler",
+            http_port=port,
+            **limits,
+            **broker_settings(cluster, 0),
+        ) as api:
+            for gateway in gateways:
+                gateway.start()
+            try:
+                yield Stack(cluster, api, gateways)
+            finally:
+                for gateway in gateways:
+                    if gateway.process is not None and gateway.process.poll() is None:
+                        assert gateway.stop() == 0, gateway.log()
+
+
+@pytest.fixture(scope="module")
+def pet_house(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Product:
+    return import_product(stack.api, tmp_path_factory.mktemp("products"), "pet_house.json")
+
+
+@pytest.fixture(scope="module")
+def appid(stack: Stack) -> str:
+    return stack.api.create_app("RabbitMQ")["appid"]
+
+
+def device_on(stack: Stack, node: int, did: str, *, answer: bool = False) -> MqttDevice:
+    return MqttDevice(
+        stack.cluster.mqtt_port(node),
+        did,
+        PASSCODE,
+        protocol=aiomqtt.ProtocolVersion.V31,
+        answer=answer,
+    )
+
+
+async def new_bound_device(stack: Stack, appid: str, product: Product) -> tuple[User, str]:
+    user = sign_up(stack.api, appid)
+    did, _ = register(stack.api, product)
+    await bind(stack.api, user, did)
+    return user, did
+
+
+async def is_online(http: httpx.AsyncClient, user: User, did: str) -> bool:
+    reply = await http.get(f"/app/devices/{did}", headers=user.headers())
+    return reply.status_code == 200 and bool(reply.json()["is_online"])
+
+
+async def stored_reports(stack: Stack, did: str) -> int:
+    async with Database(stack.api.database_url) as db, db.session() as session:
+        device_id = (
+            await session.execute(select(DeviceRow.id).where(DeviceRow.did == did))
+        ).scalar_one()
+        return int(
+            (
+                await session.execute(
+                    select(func.count())
+                    .select_from(DeviceHistoryRow)
+                    .where(DeviceHistoryRow.device_id == device_id)
+                )
+            ).scalar_one()
+        )
+
+
+async def stored_online(stack: Stack, did: str) -> bool:
+    async with Database(stack.api.database_url) as db, db.session() as session:
+        return bool(
+            (
+                await session.execute(select(DeviceRow.is_online).where(DeviceRow.did == did))
+            ).scalar_one()
+        )
+
+
+async def presence_log(stack: Stack, did: str) -> list[str]:
+    """The device's stored online/offline changes, oldest first."""
+    async with Database(stack.api.database_url) as db, db.session() as session:
+        rows = await session.execute(
+            select(DeviceEventRow.kind)
+            .join(DeviceRow, DeviceRow.id == DeviceEventRow.device_id)
+            .where(DeviceRow.did == did, DeviceEventRow.kind.in_(("dev_online", "dev_offline")))
+            .order_by(DeviceEventRow.id)
+        )
+        return [str(kind) for kind in rows.scalars()]
+
+
+async def send_reports(device: MqttDevice, codec: P0Codec, count: int, start: int = 0) -> None:
+    assert device.client is not None
+    for index in range(start, start + count):
+        await device.client.publish(
+            f"dev2app/{device.did}",
+            _report(codec, index),
+            qos=1,
+        )
+
+
+def _report(codec: P0Codec, index: int) -> bytes:
+    values = {**STATE, "Temperature": index % 100, "LED_R": index % 250}
+    return encode_frame(Frame(CMD_REPORT, codec.encode_status(values)))
+
+
+async def count_is(stack: Stack, did: str, expected: int, wait: float = 30.0) -> None:
+    async def reached() -> bool:
+        return await stored_reports(stack, did) >= expected
+
+    await eventually(reached, wait=wait)
+    await asyncio.sleep(1)  # a duplicate would land within the batcher's next flush
+    assert await stored_reports(stack, did) == expected
+
+
+async def test_devices_on_both_nodes_are_online_and_their_reports_stored_once(
+    stack: Stack, appid: str, pet_house: Product
+) -> None:
+    codec = P0Codec(pet_house.definition)
+    first_user, first = await new_bound_device(stack, appid, pet_house)
+    second_user, second = await new_bound_device(stack, appid, pet_house)
+    async with httpx.AsyncClient(base_url=stack.api.base_url, timeout=30) as http:
+        async with device_on(stack, 0, first) as on_0, device_on(stack, 1, second) as on_1:
+
+            async def both_online() -> bool:
+                return await is_online(http, first_user, first) and await is_online(
+                    http, second_user, second
+                )
+
+            await eventually(both_online, wait=5)
+            await eventually(lambda: stored_online(stack, second), wait=5)
+            await send_reports(on_0, codec, 5)
+            await send_reports(on_1, codec, 5)
+            await count_is(stack, first, 5)
+            await count_is(stack, second, 5)
+
+        async def both_offline() -> bool:
+            return not await is_online(http, first_user, first) and not await is_online(
+                http, second_user, second
+            )
+
+        await eventually(both_offline, wait=5)
+
+        async def stored_offline() -> bool:
+            return not await stored_online(stack, second)
+
+        await eventually(stored_offline, wait=5)
+        await asyncio.sleep(1)
+        # stored once per change, though two gateways run
+        assert await presence_log(stack, first) == ["dev_online", "dev_offline"]
+        assert await presence_log(stack, second) == ["dev_online", "dev_offline"]
+
+
+async def test_a_websocket_command_reaches_a_device_on_node_1_and_its_ack_comes_back(
+    stack: Stack, appid: str, pet_house: Product
+) -> None:
+    user, did = await new_bound_device(stack, appid, pet_house)
+    async with (
+        httpx.AsyncClient(base_url=stack.api.base_url, timeout=30) as http,
+        device_on(stack, 1, did, answer=True) as device,
+        app_socket(stack.api, user) as socket,
+    ):
+        await eventually(lambda: is_online(http, user, did), wait=5)
+        await socket.send("c2s_read", {"did": did}, req_sn=8)
+        topic, payload = await device.next_message()
+        assert topic.startswith(f"app2dev/{did}/")
+        assert payload == bytes.fromhex("00000003080000930000000802")
+        acked = await socket.expect("s2c_ack")
+        assert acked["res_sn"] == 8
+        # plain delivery
+        sent = await http.post(f"/app/control/{did}", headers=user.headers(), json={"raw": [1]})
+        assert sent.status_code == 200, sent.text
+        assert (await device.next_message())[0] == f"app2dev/{did}/cloud"
+
+
+async def test_a_gateway_killed_mid_stream_loses_no_report(
+    stack: Stack, appid: str, pet_house: Product
+) -> None:
+    codec = P0Codec(pet_house.definition)
+    user, did = await new_bound_device(stack, appid, pet_house)
+    victim = stack.gateways[0]
+    async with (
+        httpx.AsyncClient(base_url=stack.api.base_url, timeout=30) as http,
+        device_on(stack, 1, did) as device,
+    ):
+        await eventually(lambda: is_online(http, user, did), wait=5)
+        sending = asyncio.create_task(send_reports(device, codec, 1000))
+
+        async def midway() -> bool:
+            return await stored_reports(stack, did) > 0
+
+        await eventually(midway)  # the gateways are storing: kill one of them now
+        await asyncio.to_thread(victim.stop, signal.SIGKILL)
+        await sending
+        await count_is(stack, did, 1000)
+    await asyncio.to_thread(victim.start)
+
+
+async def test_reports_sent_while_every_gateway_is_down_are_stored_when_one_returns(
+    stack: Stack, appid: str, pet_house: Product
+) -> None:
+    codec = P0Codec(pet_house.definition)
+    user, did = await new_bound_device(stack, appid, pet_house)
+    async with (
+        httpx.AsyncClient(base_url=stack.api.base_url, timeout=30) as http,
+        device_on(stack, 0, did) as device,
+    ):
+        await eventually(lambda: is_online(http, user, did), wait=5)
+        for gateway in stack.gateways:
+            assert await asyncio.to_thread(gateway.stop) == 0, gateway.log()
+        await send_reports(device, codec, 50)
+        await asyncio.sleep(1)
+        assert await stored_reports(stack, did) == 0
+        await asyncio.to_thread(stack.gateways[1].start)
+        await count_is(stack, did, 50, wait=30)
+    await asyncio.to_thread(stack.gateways[0].start)
+
+
+async def test_a_disabled_device_is_disconnected_and_refused(
+    stack: Stack, appid: str, pet_house: Product
+) -> None:
+    user, did = await new_bound_device(stack, appid, pet_house)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=stack.api.base_url, timeout=30) as http:
+        async with device_on(stack, 1, did) as device:
+            await eventually(lambda: is_online(http, user, did), wait=5)
+            await asyncio.sleep(5.5)  # the management API lists a connection after its stats tick
+            changed = await http.put(
+                f"/admin/v1/devices/{did}", headers=admin, json={"is_disabled": True}
+            )
+            assert changed.status_code == 200, changed.text
+            assert device._task is not None
+            # the broker closed the connection: the device's reading task ends with the error
+            done, _ = await asyncio.wait({device._task}, timeout=10)
+            assert done, "the disabled device is still connected"
+            assert isinstance(device._task.exception(), aiomqtt.MqttError)
+            device._task = None
+        with pytest.raises(aiomqtt.MqttCodeError, match=r"Not authorized|Bad user name"):
+            async with device_on(stack, 0, did):
+                pass
+
+
+async def test_a_data_template_device_on_node_1_is_answered_once_and_stored(
+    stack: Stack,
+) -> None:
+    """Its ``$thing/up/...`` topics come back from routing keys (RabbitMQ's MQTT plugin turns
+    ``/`` into ``.``); one gateway answers, although every process hears the report."""
+    product = await import_thing_product(stack.api)
+    identity = await create_thing_device(stack.api, product, "lamp.kitchen." + new_device_name())
+    async with ThingDevice(stack.cluster.mqtt_port(1), identity) as thing:
+        reply = await thing.report({"power_switch": 1, "brightness": 30})
+        assert reply["code"] == 0, reply
+        status = await thing.get_status()
+        assert status["data"]["report"] == {"power_switch": 1, "brightness": 30}
+        await asyncio.sleep(1)  # a second answer would have come by now
+        replies = [body for _, body in thing.received if body.get("method") == "report_reply"]
+        assert len(replies) == 1, thing.received
+
+    async with Database(stack.api.database_url) as db, db.session() as session:
+        device = await DeviceRepository(session).by_did(identity.did)
+        assert device is not None
+        latest = await TelemetryRepository(session).latest(device.id)
+    assert latest is not None
+    assert dict(latest.attrs) == {"power_switch": 1, "brightness": 30}
