@@ -14,7 +14,7 @@ share counters, and nothing registers in prometheus-client's global registry.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from typing import Final, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -94,10 +94,7 @@ def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
 def labelled_counter(
     name: str, documentation: str, label: str, values: Iterable[tuple[str, float]]
 ) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=[label])
-    for key, value in values:
-        family.add_metric([key], value)
-    return family
+    return _labelled(CounterMetricFamily(name, documentation, labels=[label]), values)
 
 
 def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -107,7 +104,14 @@ def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 def labelled_gauge(
     name: str, documentation: str, label: str, values: Iterable[tuple[str, float]]
 ) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=[label])
+    return _labelled(GaugeMetricFamily(name, documentation, labels=[label]), values)
+
+
+Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _labelled(family: Family, values: Iterable[tuple[str, float]]) -> Family:
+    """``family`` with one sample per ``(label value, value)``."""
     for key, value in values:
         family.add_metric([key], value)
     return family

@@ -17,6 +17,7 @@ from iotcloud.simulator import VirtualDevice
 from tests.devices import Online, eventually, import_product
 from tests.mosquitto import MosquittoServer
 from tests.pg import PostgresServer
+from tests.prometheus import sample
 from tests.server import RunningServer, serving
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -27,21 +28,6 @@ def server() -> Iterator[RunningServer]:
     data_dir = Path(tempfile.mkdtemp(prefix="iotcloud-operations-"))
     with serving(data_dir, None) as running:
         yield running
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of ``name{labels}`` in a Prometheus exposition (labels matched exactly, in
-    any order), or None."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if match is None or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        if found == labels:
-            return float(match.group(3))
-    return None
 
 
 def test_healthz_answers_without_touching_anything(server: RunningServer) -> None:

@@ -21,8 +21,8 @@ from iotcloud.storage.models import DeviceHistoryRow, DeviceRow
 from tests.accounts import bind, sign_up
 from tests.conftest import new_database_url
 from tests.devices import MqttDevice, Product, eventually, import_product, register, until_online
-from tests.integration.test_operations import sample
 from tests.mosquitto import MosquittoServer
+from tests.prometheus import sample
 from tests.server import IOTCLOUD, RunningServer, server_env, serving
 
 

@@ -243,58 +243,58 @@ def _plain(result: str) -> Response[bytes]:
 # -- EMQX -----------------------------------------------------------------------------------------
 
 
-@post("/broker/emqx/authn", status_code=200)
-async def emqx_authn(request: AnyRequest) -> Response[bytes]:
+EmqxDecision = Callable[[Services, Mapping[str, Any], str], Awaitable[str]]
+
+
+async def _emqx_answer(
+    request: AnyRequest, kind: str, decide: EmqxDecision, **extra: Any
+) -> Response[bytes]:
+    """One EMQX question: the caller checked, ``ignore`` for a user name that cannot be a
+    device, else ``decide(services, body, username)``; malformed is ``deny``, a registry
+    failure ``deny`` counted as ``error``. ``extra`` fields go into every answer."""
     services: Services = request.app.state.services
     if not _peer_allowed(request, services.broker_auth):
-        return _forbidden(services, "authn")
+        return _forbidden(services, kind)
     try:
         body = await _emqx_body(request)
         username = _text(body, "username")
-        if not device_shaped(username):
-            result = IGNORE
-        else:
-            password, client_id = _text(body, "password"), _text(body, "clientid")
-            admitted = await services.broker_auth.admit(username, password, client_id)
-            result = ALLOW if isinstance(admitted, DevicePrincipal) else DENY
+        result = await decide(services, body, username) if device_shaped(username) else IGNORE
     except _Malformed as why:
-        log.debug("broker auth authn: malformed question (%s)", why)
+        log.debug("broker auth %s: malformed question (%s)", kind, why)
         result = DENY
     except Exception:  # the registry is down: refuse, counted apart (logged by the service)
-        _count(services, "authn", ERROR)
-        return json_response({"result": DENY, "is_superuser": False})
-    _count(services, "authn", result)
-    return json_response({"result": result, "is_superuser": False})
+        _count(services, kind, ERROR)
+        return json_response({"result": DENY, **extra})
+    _count(services, kind, result)
+    return json_response({"result": result, **extra})
+
+
+async def _authn(services: Services, body: Mapping[str, Any], username: str) -> str:
+    password, client_id = _text(body, "password"), _text(body, "clientid")
+    admitted = await services.broker_auth.admit(username, password, client_id)
+    return ALLOW if isinstance(admitted, DevicePrincipal) else DENY
+
+
+async def _authz(services: Services, body: Mapping[str, Any], username: str) -> str:
+    topic, action = _text(body, "topic"), _text(body, "action")
+    client_id = body.get("clientid")
+    device = await services.broker_auth.device(username)
+    allowed = (
+        device is not None
+        and (client_id is None or client_id == device.client_id)
+        and emqx_allowed(device, action, topic)
+    )
+    return ALLOW if allowed else DENY
+
+
+@post("/broker/emqx/authn", status_code=200)
+async def emqx_authn(request: AnyRequest) -> Response[bytes]:
+    return await _emqx_answer(request, "authn", _authn, is_superuser=False)
 
 
 @post("/broker/emqx/authz", status_code=200)
 async def emqx_authz(request: AnyRequest) -> Response[bytes]:
-    services: Services = request.app.state.services
-    if not _peer_allowed(request, services.broker_auth):
-        return _forbidden(services, "authz")
-    try:
-        body = await _emqx_body(request)
-        username = _text(body, "username")
-        if not device_shaped(username):
-            result = IGNORE
-        else:
-            topic, action = _text(body, "topic"), _text(body, "action")
-            client_id = body.get("clientid")
-            device = await services.broker_auth.device(username)
-            allowed = (
-                device is not None
-                and (client_id is None or client_id == device.client_id)
-                and emqx_allowed(device, action, topic)
-            )
-            result = ALLOW if allowed else DENY
-    except _Malformed as why:
-        log.debug("broker auth authz: malformed question (%s)", why)
-        result = DENY
-    except Exception:  # the registry is down: refuse, counted apart (logged by the service)
-        _count(services, "authz", ERROR)
-        return json_response({"result": DENY})
-    _count(services, "authz", result)
-    return json_response({"result": result})
+    return await _emqx_answer(request, "authz", _authz)
 
 
 async def _emqx_body(request: AnyRequest) -> Mapping[str, Any]:

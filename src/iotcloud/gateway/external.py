@@ -389,11 +389,15 @@ class ExternalBroker:
 
     async def publish_bus(self, payload: bytes) -> None:
         """Publish a message to the other iotcloud processes on this broker (`ProcessBus`)."""
+        await self._send(BUS_TOPIC, payload, qos=1)
+
+    async def _send(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
+        """Hand one message to the broker; `BrokerUnavailable` when it cannot take it."""
         client = self._client
         if client is None:
             raise BrokerUnavailable(f"not connected to the MQTT broker at {self.target}")
         try:
-            await client.publish(BUS_TOPIC, payload, qos=1)
+            await client.publish(topic, payload, qos=qos, retain=retain)
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
@@ -540,13 +544,7 @@ class ExternalBroker:
             raise ValueError(f"{topic!r} is not a topic name")
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS must be 0, 1 or 2, not {qos}")
-        client = self._client
-        if client is None:
-            raise BrokerUnavailable(f"not connected to the MQTT broker at {self.target}")
-        try:
-            await client.publish(topic, payload, qos=qos, retain=retain)
-        except aiomqtt.MqttError as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        await self._send(topic, payload, qos, retain)
         self._stats.messages_out += 1
 
     async def disconnect_device(self, did: str) -> bool:
