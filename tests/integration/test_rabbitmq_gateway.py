@@ -193,13 +193,20 @@ def _report(codec: P0Codec, index: int) -> bytes:
     return encode_frame(Frame(CMD_REPORT, codec.encode_status(values)))
 
 
-async def count_is(stack: Stack, did: str, expected: int, wait: float = 30.0) -> None:
+async def count_is(
+    stack: Stack, did: str, expected: int, wait: float = 30.0, redelivered: int = 0
+) -> None:
+    """Exactly ``expected`` reports stored, or, after a crash, up to ``redelivered`` more: a
+    gateway killed between committing a batch and acknowledging it to the broker has those
+    messages delivered again (at least once, never lost)."""
+
     async def reached() -> bool:
         return await stored_reports(stack, did) >= expected
 
     await eventually(reached, wait=wait)
     await asyncio.sleep(1)  # a duplicate would land within the batcher's next flush
-    assert await stored_reports(stack, did) == expected
+    stored = await stored_reports(stack, did)
+    assert expected <= stored <= expected + redelivered, stored
 
 
 async def test_devices_on_both_nodes_are_online_and_their_reports_stored_once(
@@ -279,10 +286,14 @@ async def test_a_gateway_killed_mid_stream_loses_no_report(
             return await stored_reports(stack, did) > 0
 
         await eventually(midway)  # the gateways are storing: kill one of them now
-        await asyncio.to_thread(victim.stop, signal.SIGKILL)
-        await sending
-        await count_is(stack, did, 1000)
-    await asyncio.to_thread(victim.start)
+        try:
+            await asyncio.to_thread(victim.stop, signal.SIGKILL)
+            await sending
+            # what the victim had committed but not yet acknowledged comes again: at most
+            # its prefetch (IOTCLOUD_RABBITMQ_PREFETCH, 500)
+            await count_is(stack, did, 1000, redelivered=500)
+        finally:
+            await asyncio.to_thread(victim.start)
 
 
 async def test_reports_sent_while_every_gateway_is_down_are_stored_when_one_returns(
