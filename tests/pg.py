@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -12,9 +13,23 @@ import tempfile
 import time
 from pathlib import Path
 
+LISTEN_PORTS = range(20000, 32000)
+"""Where servers started by the tests listen: below the kernel's ephemeral range
+(``net.ipv4.ip_local_port_range``, 32768-60999 by default), so a port picked here is not taken
+by some client's outgoing connection before the server binds it."""
+
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port nothing listens on now, picked at random from `LISTEN_PORTS`."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: any port the kernel gives
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -112,10 +112,13 @@ class RabbitCluster:
     seconds, after cleaning up what it had started; ``stop`` kills every process the cluster
     started (nodes, their Erlang helpers, epmd) and deletes the directory. ``extra_config``
     lines are appended to every node's ``rabbitmq.conf`` (RabbitMQ refuses to start on a key it
-    does not know).
+    does not know). ``auth_base`` is the iotcloud ``.../broker/rabbitmq`` URL every node asks,
+    or one per node (a local ``api`` process per node, as the deploy guide sets it up).
     """
 
-    def __init__(self, auth_base: str, nodes: int = 2, *, extra_config: Sequence[str] = ()) -> None:
+    def __init__(
+        self, auth_base: str | Sequence[str], nodes: int = 2, *, extra_config: Sequence[str] = ()
+    ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         if not rabbitmq_installed():
@@ -123,7 +126,10 @@ class RabbitCluster:
                 f"RabbitMQ not found under {RABBITMQ_BIN}; run the test command (bin/test), "
                 "which installs rabbitmq-server with apt-get"
             )
-        self.auth_base = auth_base.rstrip("/")
+        bases = [auth_base] * nodes if isinstance(auth_base, str) else list(auth_base)
+        if len(bases) != nodes:
+            raise ValueError(f"{len(bases)} auth bases for {nodes} nodes")
+        self.auth_bases = [base.rstrip("/") for base in bases]
         self.extra_config = list(extra_config)
         self.dir = Path(tempfile.mkdtemp(prefix="iotcloud-rabbitmq-"))
         self.home = self.dir / "home"
@@ -278,6 +284,7 @@ class RabbitCluster:
             node.config.write_text("\n".join([*self._config(node), *self.extra_config, ""]))
 
     def _config(self, node: RabbitNode) -> list[str]:
+        auth_base = self.auth_bases[node.index]
         lines = [
             f"listeners.tcp.default = 127.0.0.1:{node.amqp_port}",
             f"mqtt.listeners.tcp.default = 127.0.0.1:{node.mqtt_port}",
@@ -295,10 +302,10 @@ class RabbitCluster:
             "auth_backends.1 = internal",
             "auth_backends.2 = http",
             "auth_http.http_method = get",
-            f"auth_http.user_path = {self.auth_base}/user",
-            f"auth_http.vhost_path = {self.auth_base}/vhost",
-            f"auth_http.resource_path = {self.auth_base}/resource",
-            f"auth_http.topic_path = {self.auth_base}/topic",
+            f"auth_http.user_path = {auth_base}/user",
+            f"auth_http.vhost_path = {auth_base}/vhost",
+            f"auth_http.resource_path = {auth_base}/resource",
+            f"auth_http.topic_path = {auth_base}/topic",
             "log.file.level = info",
             "log.console = false",
         ]

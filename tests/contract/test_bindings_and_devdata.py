@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from iotcloud.app import running_services
 from iotcloud.config import Settings
@@ -34,7 +35,13 @@ from iotcloud.services.apps import App
 from iotcloud.services.registry import Services
 from iotcloud.services.telemetry import Aggregator, BucketUnit, FrameLogType
 from iotcloud.storage.devices import DeviceRepository
-from iotcloud.storage.telemetry import FrameEvent, StateChange, TelemetryRepository
+from iotcloud.storage.models import DeviceRow
+from iotcloud.storage.telemetry import (
+    FrameEvent,
+    PresenceChange,
+    StateChange,
+    TelemetryRepository,
+)
 from tests.pg import free_port
 
 # A Thursday; the week of 2026-03-02 starts on Monday 2026-03-02.
@@ -104,6 +111,46 @@ async def frames(world: World, *events: tuple[datetime, str, bytes | None, str |
 
 def at(hours: float) -> datetime:
     return START + timedelta(hours=hours)
+
+
+# -- presence --------------------------------------------------------------------------------------
+
+
+async def presence(world: World, *changes: PresenceChange) -> tuple[bool, Any, Any]:
+    """Apply ``changes`` as one batch; the device's (is_online, last_online_at,
+    last_offline_at) after it."""
+    async with world.services.devices.db.session() as session:
+        await TelemetryRepository(session).set_presence(list(changes))
+    async with world.services.devices.db.session() as session:
+        row = (
+            await session.execute(
+                select(
+                    DeviceRow.is_online, DeviceRow.last_online_at, DeviceRow.last_offline_at
+                ).where(DeviceRow.id == world.device_id)
+            )
+        ).one()
+    return bool(row[0]), row[1], row[2]
+
+
+async def test_presence_changes_stored_out_of_order_leave_the_latest(world: World) -> None:
+    """Two gateways may store a quick connect and disconnect in either order: a change with the
+    broker's instant (``ordered``) applies only if nothing later is stored."""
+    device = world.device_id
+
+    def change(hours: float, online: bool, ordered: bool = True) -> PresenceChange:
+        return PresenceChange(device, at(hours), online, ordered=ordered)
+
+    # the disconnect is stored first: the older connect does not bring the device back
+    assert await presence(world, change(2, False)) == (False, None, at(2))
+    assert await presence(world, change(1, True)) == (False, None, at(2))
+    # a later connect does
+    assert await presence(world, change(3, True)) == (True, at(3), at(2))
+    # an older disconnect changes nothing
+    assert await presence(world, change(2.5, False)) == (True, at(3), at(2))
+    # within one batch the latest wins, wherever it is
+    assert await presence(world, change(5, False), change(4, True)) == (False, at(3), at(5))
+    # a change with the process's own clock (one broker, in order) always applies
+    assert await presence(world, change(4.5, True, ordered=False)) == (True, at(4.5), at(5))
 
 
 # -- bindings --------------------------------------------------------------------------------------

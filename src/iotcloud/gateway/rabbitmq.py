@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import quote, unquote, urlsplit
@@ -103,6 +104,8 @@ class ConnectionEvent:
     user: str | None = None
     client_id: str | None = None
     """The MQTT client id (``connection.created`` only)."""
+    at: datetime | None = None
+    """When the node that had the connection emitted the event (``timestamp_in_ms``)."""
 
 
 def _text(value: Any) -> str | None:
@@ -118,8 +121,9 @@ def parse_connection_event(routing_key: str, headers: dict[str, Any]) -> Connect
     name = _text(headers.get("name"))
     if not name or routing_key not in (CREATED, CLOSED):
         return None
+    at = _instant(headers.get("timestamp_in_ms"))
     if routing_key == CLOSED:
-        return ConnectionEvent(False, name)
+        return ConnectionEvent(False, name, at=at)
     protocol = _text(headers.get("protocol")) or ""
     if "MQTT" not in protocol:
         return None
@@ -127,7 +131,16 @@ def parse_connection_event(routing_key: str, headers: dict[str, Any]) -> Connect
     found = _CLIENT_ID.search(variables)
     user = _text(headers.get("user"))
     client_id = found.group(1) if found else client_id_of_user(user)
-    return ConnectionEvent(True, name, user, client_id)
+    return ConnectionEvent(True, name, user, client_id, at)
+
+
+def _instant(milliseconds: Any) -> datetime | None:
+    if isinstance(milliseconds, bool) or not isinstance(milliseconds, int) or milliseconds <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(milliseconds / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def client_id_of_user(user: str | None) -> str | None:
@@ -192,6 +205,8 @@ class RabbitBroker:
         gateway.shared_ingest = True
         self._names: dict[str, str] = {}
         """MQTT client id by connection name, of the device connections open."""
+        self._opened: dict[str, datetime | None] = {}
+        """When each of them opened (``connection.created``'s instant; None when unknown)."""
         self._closed: OrderedDict[str, str] = OrderedDict()
         """The same for the last `CLOSED_KEPT` connections closed: the shared queue's copy of
         a ``connection.closed`` may be handled after this process's own."""
@@ -201,6 +216,7 @@ class RabbitBroker:
         self._closing = False
         self._resync_lock = asyncio.Lock()
         self._presence_order = asyncio.Lock()
+        self._observe_order = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -316,12 +332,20 @@ class RabbitBroker:
         event = parse_connection_event(message.routing_key or "", dict(message.headers))
         if event is None:
             return
+        # the consumer runs each message in a task of its own: taking the lock first keeps
+        # them in the queue's order (a quick connect and disconnect must not end online)
+        async with self._observe_order:
+            await self._observe(event)
+
+    async def _observe(self, event: ConnectionEvent) -> None:
         if event.created:
             if event.user == self.admin_user or event.client_id is None:
                 return  # iotcloud's own connections
             self._names[event.name] = event.client_id
+            self._opened[event.name] = event.at
             await self.mqtt.start_session(event.client_id, event.name)
             return
+        self._opened.pop(event.name, None)
         client_id = self._names.pop(event.name, None)
         if client_id is not None:
             self._closed[event.name] = client_id
@@ -333,7 +357,8 @@ class RabbitBroker:
     async def _connections(self) -> list[dict[str, Any]]:
         assert self._http is not None
         response = await self._http.get(
-            "/connections", params={"columns": "name,user,protocol,client_properties"}
+            "/connections",
+            params={"columns": "name,user,protocol,client_properties,connected_at"},
         )
         response.raise_for_status()
         listed: list[dict[str, Any]] = response.json()
@@ -350,6 +375,7 @@ class RabbitBroker:
                 log.warning("could not list RabbitMQ's connections: %s", exc)
                 return
             names: dict[str, str] = {}
+            opened: dict[str, datetime | None] = {}
             for connection in listed:
                 if "MQTT" not in str(connection.get("protocol", "")):
                     continue
@@ -359,8 +385,11 @@ class RabbitBroker:
                 properties = connection.get("client_properties") or {}
                 client_id = properties.get("client_id") or client_id_of_user(user)
                 if client_id:
-                    names[str(connection["name"])] = str(client_id)
+                    name = str(connection["name"])
+                    names[name] = str(client_id)
+                    opened[name] = _instant(connection.get("connected_at"))
             self._names = names
+            self._opened = opened
             present = set(names.values())
             for client_id in self.mqtt.session_clients() - present:
                 await self.mqtt.end_session(client_id, DisconnectReason.LOST)
@@ -414,12 +443,21 @@ class RabbitBroker:
                 client_id = self._client_of_name(event.name)
         if client_id is None:
             return
-        if not event.created and any(
-            other == client_id for name, other in self._names.items() if name != event.name
-        ):
-            return  # a takeover: the device's newer connection is open
-        await self.gateway.store_presence(client_id, event.created, event.name)
+        if not event.created and self._taken_over(client_id, event):
+            return  # the device's newer connection is open: it did not go offline
+        await self.gateway.store_presence(client_id, event.created, event.name, at=event.at)
         await self.gateway.presence.committed()
+
+    def _taken_over(self, client_id: str, closed: ConnectionEvent) -> bool:
+        """Whether another connection of ``client_id`` opened before ``closed`` (a session
+        takeover), rather than after it (the device reconnected once it was offline)."""
+        for name, other in self._names.items():
+            if other != client_id or name == closed.name:
+                continue
+            opened = self._opened.get(name)
+            if opened is None or closed.at is None or opened <= closed.at:
+                return True
+        return False
 
     def _client_of_name(self, name: str) -> str | None:
         return self._names.get(name) or self._closed.get(name)

@@ -808,9 +808,16 @@ class DeviceGateway:
         finally:
             _PATH.reset(token)
 
-    async def store_presence(self, client_id: str, online: bool, detail: str) -> bool:
+    async def store_presence(
+        self, client_id: str, online: bool, detail: str, *, at: datetime | None = None
+    ) -> bool:
         """The consuming half of a presence change (`shared_ingest`): store that the device
-        with MQTT ``client_id`` went online or offline; False if no enabled device has it."""
+        with MQTT ``client_id`` went online or offline; False if no enabled device has it.
+
+        ``at`` is when the broker saw the change. Several consumers may store a device's
+        changes out of order (a quick connect and disconnect taken by two gateways): with
+        ``at`` the change is applied only if the device has no later one stored, and logged
+        at that instant."""
         if not self.consumer:
             return False
         principal = await self.principal_of_client(client_id)
@@ -819,12 +826,12 @@ class DeviceGateway:
         session = self._authenticated.pop(principal.did, None) or self._sessions.get(principal.did)
         if session is None:
             return False
-        now = self.clock.now()
+        when = at if at is not None else self.clock.now()
         kind = "dev_online" if online else "dev_offline"
         self.presence.offer(
             (
-                PresenceChange(session.device_id, now, online=online),
-                FrameEvent(session.device_id, now, kind, detail=detail),
+                PresenceChange(session.device_id, when, online=online, ordered=at is not None),
+                FrameEvent(session.device_id, when, kind, detail=detail),
             )
         )
         return True

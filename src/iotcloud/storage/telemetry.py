@@ -11,14 +11,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
+    bindparam,
     delete,
     func,
+    or_,
     select,
     type_coerce,
     update,
@@ -152,6 +155,9 @@ class PresenceChange:
     device_id: int
     at: datetime
     online: bool
+    ordered: bool = False
+    """Applied only if the device has no later change stored (``at`` is the broker's instant
+    and changes may arrive out of order); otherwise ``at`` is now and it always applies."""
 
 
 class TelemetryRepository:
@@ -265,12 +271,18 @@ class TelemetryRepository:
         await connection.exec_driver_sql(statement.sql(self.dialect), rows)
 
     async def set_presence(self, changes: Sequence[PresenceChange]) -> None:
-        """Apply the last presence change per device of the batch."""
+        """Apply the last presence change per device of the batch (the latest one, for
+        ``ordered`` changes, and only if the device has no later change stored)."""
         last: dict[int, PresenceChange] = {}
         for change in changes:
-            last[change.device_id] = change
-        online = [c for c in last.values() if c.online]
-        offline = [c for c in last.values() if not c.online]
+            kept = last.get(change.device_id)
+            if kept is None or not (change.ordered and kept.ordered and change.at < kept.at):
+                last[change.device_id] = change
+        ordered = [c for c in last.values() if c.ordered]
+        if ordered:
+            await self._set_presence_if_newer(ordered)
+        online = [c for c in last.values() if c.online and not c.ordered]
+        offline = [c for c in last.values() if not c.online and not c.ordered]
         if online:  # ORM bulk UPDATE by primary key: one executemany
             await self.session.execute(
                 update(DeviceRow),
@@ -281,6 +293,21 @@ class TelemetryRepository:
                 update(DeviceRow),
                 [{"id": c.device_id, "is_online": False, "last_offline_at": c.at} for c in offline],
             )
+
+    async def _set_presence_if_newer(self, changes: Sequence[PresenceChange]) -> None:
+        devices = cast(Table, DeviceRow.__table__)
+        at = bindparam("b_at", type_=devices.c.last_online_at.type)
+        newer = (
+            devices.c.id == bindparam("b_id"),
+            or_(devices.c.last_online_at.is_(None), devices.c.last_online_at <= at),
+            or_(devices.c.last_offline_at.is_(None), devices.c.last_offline_at <= at),
+        )
+        for online, stamp in ((True, "last_online_at"), (False, "last_offline_at")):
+            rows = [{"b_id": c.device_id, "b_at": c.at} for c in changes if c.online is online]
+            if rows:
+                await self.session.execute(
+                    update(devices).where(*newer).values({"is_online": online, stamp: at}), rows
+                )
 
     async def mark_all_offline(self, at: datetime) -> None:
         """After a restart nobody is connected to this broker yet."""

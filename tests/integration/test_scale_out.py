@@ -1,12 +1,16 @@
-"""iotcloud on a two-node RabbitMQ cluster (``IOTCLOUD_MQTT_BROKER=rabbitmq``) and PostgreSQL:
-an ``api,scheduler`` process (which also answers RabbitMQ's HTTP auth backend) and two
-``gateway`` processes, one on each broker node; real MQTT devices on both nodes.
+"""iotcloud scaled out (`tests.scale_out`): a two-node RabbitMQ cluster
+(``IOTCLOUD_MQTT_BROKER=rabbitmq``), PostgreSQL, and two ``api``, two ``gateway`` and two
+``scheduler`` processes, one of each on each broker node; real MQTT devices on both nodes.
 
 Reports are stored exactly once although every process hears them; presence follows connects
-and disconnects on either node; a command from the API process reaches a device on node 1 and
-its 0x0094 comes back to the WebSocket that asked; a gateway killed with ``kill -9`` loses no
-report; reports sent while no gateway runs are stored when one comes back; a disabled device is
-disconnected and refused."""
+and disconnects on either node, and a device's quick reconnections, stored by two gateways in
+whatever order, end in its real state; a WebSocket on either ``api`` process hears reports,
+presence and binding changes whichever process handled them, and a sign-out on one process ends
+the token on the other at once; a command from one ``api`` process reaches a device on node 1
+and its 0x0094 comes back to the WebSocket that asked; a gateway killed with ``kill -9`` loses
+no report; reports sent while no gateway runs are stored when one comes back; a disabled device
+is disconnected and refused. (Faults of the broker, the database and the schedulers:
+``test_scale_out_faults``.)"""
 
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ import os
 import signal
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
@@ -32,10 +35,12 @@ from iotcloud.storage.telemetry import TelemetryRepository
 from tests.accounts import User, bind, sign_up
 from tests.conftest import new_database_url
 from tests.devices import PASSCODE, MqttDevice, Product, eventually, import_product, register
+from tests.errors import assert_error
 from tests.integration.test_websocket import app_socket
-from tests.pg import free_port
-from tests.rabbitmq import RabbitCluster, rabbitmq_installed
-from tests.server import ADMIN_TOKEN, RunningServer, make_server, serving
+from tests.integration.test_websocket import bind as bind_over_http
+from tests.rabbitmq import rabbitmq_installed
+from tests.scale_out import ScaleOut, scale_out
+from tests.server import ADMIN_TOKEN
 from tests.thing_devices import (
     ThingDevice,
     create_thing_device,
@@ -60,66 +65,32 @@ STATE = {
 }
 
 
-@dataclass
-class Stack:
-    cluster: RabbitCluster
-    api: RunningServer
-    gateways: list[RunningServer]
-
-
-def broker_settings(cluster: RabbitCluster, node: int) -> dict[str, object]:
-    return {
-        "mqtt_broker": "rabbitmq",
-        "mqtt_url": cluster.mqtt_url(node),
-        "mqtt_port": cluster.mqtt_port(node),
-        "amqp_url": cluster.amqp_url(node),
-        "rabbitmq_management_url": cluster.management_url(node),
-    }
-
-
 @pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    base = Path(tempfile.mkdtemp(prefix="iotcloud-rabbitmq-"))
+def stack(request: pytest.FixtureRequest) -> Iterator[ScaleOut]:
+    base = Path(tempfile.mkdtemp(prefix="iotcloud-scale-out-"))
     url = new_database_url(request.getfixturevalue("postgres"), "postgres", base)
-    # the auth base must be known when the cluster starts: the API process's port comes first
-    port = free_port()
-    limits = {"rate_limit_per_address": 0, "rate_limit_per_app": 0}
-    with RabbitCluster(f"http://127.0.0.1:{port}/broker/rabbitmq") as cluster:
-        gateways = [
-            make_server(
-                base / f"gateway{node}", url, role="gateway", **broker_settings(cluster, node)
-            )
-            for node in (0, 1)
-        ]
-        with serving(
-            base / "api",
-            url,
-            role="api,scheduler",
-            http_port=port,
-            **limits,
-            **broker_settings(cluster, 0),
-        ) as api:
-            for gateway in gateways:
-                gateway.start()
-            try:
-                yield Stack(cluster, api, gateways)
-            finally:
-                for gateway in gateways:
-                    if gateway.process is not None and gateway.process.poll() is None:
-                        assert gateway.stop() == 0, gateway.log()
+    assert url is not None
+    settings = {
+        "rate_limit_per_address": 0,
+        "rate_limit_per_app": 0,
+        # only the process bus can make a change on one process apply on another in time
+        "auth_cache_seconds": 60,
+    }
+    with scale_out(base, url, **settings) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
-def pet_house(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Product:
+def pet_house(stack: ScaleOut, tmp_path_factory: pytest.TempPathFactory) -> Product:
     return import_product(stack.api, tmp_path_factory.mktemp("products"), "pet_house.json")
 
 
 @pytest.fixture(scope="module")
-def appid(stack: Stack) -> str:
+def appid(stack: ScaleOut) -> str:
     return stack.api.create_app("RabbitMQ")["appid"]
 
 
-def device_on(stack: Stack, node: int, did: str, *, answer: bool = False) -> MqttDevice:
+def device_on(stack: ScaleOut, node: int, did: str, *, answer: bool = False) -> MqttDevice:
     return MqttDevice(
         stack.cluster.mqtt_port(node),
         did,
@@ -129,7 +100,7 @@ def device_on(stack: Stack, node: int, did: str, *, answer: bool = False) -> Mqt
     )
 
 
-async def new_bound_device(stack: Stack, appid: str, product: Product) -> tuple[User, str]:
+async def new_bound_device(stack: ScaleOut, appid: str, product: Product) -> tuple[User, str]:
     user = sign_up(stack.api, appid)
     did, _ = register(stack.api, product)
     await bind(stack.api, user, did)
@@ -141,7 +112,7 @@ async def is_online(http: httpx.AsyncClient, user: User, did: str) -> bool:
     return reply.status_code == 200 and bool(reply.json()["is_online"])
 
 
-async def stored_reports(stack: Stack, did: str) -> int:
+async def stored_reports(stack: ScaleOut, did: str) -> int:
     async with Database(stack.api.database_url) as db, db.session() as session:
         device_id = (
             await session.execute(select(DeviceRow.id).where(DeviceRow.did == did))
@@ -157,7 +128,7 @@ async def stored_reports(stack: Stack, did: str) -> int:
         )
 
 
-async def stored_online(stack: Stack, did: str) -> bool:
+async def stored_online(stack: ScaleOut, did: str) -> bool:
     async with Database(stack.api.database_url) as db, db.session() as session:
         return bool(
             (
@@ -166,14 +137,14 @@ async def stored_online(stack: Stack, did: str) -> bool:
         )
 
 
-async def presence_log(stack: Stack, did: str) -> list[str]:
+async def presence_log(stack: ScaleOut, did: str) -> list[str]:
     """The device's stored online/offline changes, oldest first."""
     async with Database(stack.api.database_url) as db, db.session() as session:
         rows = await session.execute(
             select(DeviceEventRow.kind)
             .join(DeviceRow, DeviceRow.id == DeviceEventRow.device_id)
             .where(DeviceRow.did == did, DeviceEventRow.kind.in_(("dev_online", "dev_offline")))
-            .order_by(DeviceEventRow.id)
+            .order_by(DeviceEventRow.at, DeviceEventRow.id)
         )
         return [str(kind) for kind in rows.scalars()]
 
@@ -194,7 +165,7 @@ def _report(codec: P0Codec, index: int) -> bytes:
 
 
 async def count_is(
-    stack: Stack, did: str, expected: int, wait: float = 30.0, redelivered: int = 0
+    stack: ScaleOut, did: str, expected: int, wait: float = 30.0, redelivered: int = 0
 ) -> None:
     """Exactly ``expected`` reports stored, or, after a crash, up to ``redelivered`` more: a
     gateway killed between committing a batch and acknowledging it to the broker has those
@@ -210,7 +181,7 @@ async def count_is(
 
 
 async def test_devices_on_both_nodes_are_online_and_their_reports_stored_once(
-    stack: Stack, appid: str, pet_house: Product
+    stack: ScaleOut, appid: str, pet_house: Product
 ) -> None:
     codec = P0Codec(pet_house.definition)
     first_user, first = await new_bound_device(stack, appid, pet_house)
@@ -248,7 +219,7 @@ async def test_devices_on_both_nodes_are_online_and_their_reports_stored_once(
 
 
 async def test_a_websocket_command_reaches_a_device_on_node_1_and_its_ack_comes_back(
-    stack: Stack, appid: str, pet_house: Product
+    stack: ScaleOut, appid: str, pet_house: Product
 ) -> None:
     user, did = await new_bound_device(stack, appid, pet_house)
     async with (
@@ -270,7 +241,7 @@ async def test_a_websocket_command_reaches_a_device_on_node_1_and_its_ack_comes_
 
 
 async def test_a_gateway_killed_mid_stream_loses_no_report(
-    stack: Stack, appid: str, pet_house: Product
+    stack: ScaleOut, appid: str, pet_house: Product
 ) -> None:
     codec = P0Codec(pet_house.definition)
     user, did = await new_bound_device(stack, appid, pet_house)
@@ -297,7 +268,7 @@ async def test_a_gateway_killed_mid_stream_loses_no_report(
 
 
 async def test_reports_sent_while_every_gateway_is_down_are_stored_when_one_returns(
-    stack: Stack, appid: str, pet_house: Product
+    stack: ScaleOut, appid: str, pet_house: Product
 ) -> None:
     codec = P0Codec(pet_house.definition)
     user, did = await new_bound_device(stack, appid, pet_house)
@@ -317,7 +288,7 @@ async def test_reports_sent_while_every_gateway_is_down_are_stored_when_one_retu
 
 
 async def test_a_disabled_device_is_disconnected_and_refused(
-    stack: Stack, appid: str, pet_house: Product
+    stack: ScaleOut, appid: str, pet_house: Product
 ) -> None:
     user, did = await new_bound_device(stack, appid, pet_house)
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -341,7 +312,7 @@ async def test_a_disabled_device_is_disconnected_and_refused(
 
 
 async def test_a_data_template_device_on_node_1_is_answered_once_and_stored(
-    stack: Stack,
+    stack: ScaleOut,
 ) -> None:
     """Its ``$thing/up/...`` topics come back from routing keys (RabbitMQ's MQTT plugin turns
     ``/`` into ``.``); one gateway answers, although every process hears the report."""
@@ -362,3 +333,88 @@ async def test_a_data_template_device_on_node_1_is_answered_once_and_stored(
         latest = await TelemetryRepository(session).latest(device.id)
     assert latest is not None
     assert dict(latest.attrs) == {"power_switch": 1, "brightness": 30}
+
+
+async def test_a_websocket_on_the_other_api_process_hears_bindings_presence_and_reports(
+    stack: ScaleOut, appid: str, pet_house: Product
+) -> None:
+    """The socket is on ``api`` 1; the binding is made through ``api`` 0, the device is on
+    broker node 0, and whichever gateway stores its reports."""
+    codec = P0Codec(pet_house.definition)
+    user = sign_up(stack.api, appid)
+    bystander = sign_up(stack.api, appid)
+    did, _ = register(stack.api, pet_house)
+    listening, other = stack.apis[1], stack.apis[0]
+    async with (
+        httpx.AsyncClient(base_url=other.base_url, timeout=30) as http,
+        app_socket(listening, user) as socket,
+        app_socket(listening, bystander) as stranger,
+    ):
+        await bind_over_http(http, user, did, PASSCODE)
+        changed = await socket.until(lambda message: message["cmd"] == "s2c_binding_changed")
+        assert changed["data"] == {"did": did, "bind": True}
+        async with device_on(stack, 0, did) as device:
+            async with asyncio.timeout(10):
+                online = await socket.until(lambda m: m["cmd"] == "s2c_online_status")
+            assert (online["data"]["did"], online["data"]["online"]) == (did, True)
+            await send_reports(device, codec, 1, start=42)
+            heard = await socket.until(lambda message: message["cmd"] == "s2c_noti")
+            assert heard["data"]["did"] == did
+            assert heard["data"]["attrs"]["Temperature"] == 42
+        async with asyncio.timeout(10):
+            offline = await socket.until(lambda m: m["cmd"] == "s2c_online_status")
+        assert (offline["data"]["did"], offline["data"]["online"]) == (did, False)
+        # another user of the same app, on the same process, heard none of it
+        assert await stranger.drain() == []
+
+
+async def test_a_sign_out_on_one_api_process_ends_the_token_on_the_other_at_once(
+    stack: ScaleOut, appid: str
+) -> None:
+    """The processes keep tokens for a minute (``IOTCLOUD_AUTH_CACHE_SECONDS``): only the
+    process bus, carried by the cluster, ends it within seconds."""
+    first, second = stack.apis
+    user = sign_up(first, appid)
+    async with (
+        httpx.AsyncClient(base_url=first.base_url, timeout=30) as a,
+        httpx.AsyncClient(base_url=second.base_url, timeout=30) as b,
+    ):
+        assert (await b.get("/app/users", headers=user.headers())).status_code == 200  # cached
+        async with app_socket(second, user) as socket:
+            assert (await a.delete("/app/logout", headers=user.headers())).status_code == 204
+
+            async def refused() -> bool:
+                return (await b.get("/app/users", headers=user.headers())).status_code != 200
+
+            await eventually(refused, wait=3)
+            assert_error(await b.get("/app/users", headers=user.headers()), 9004, 400)
+            ended = await socket.until(lambda message: message["cmd"] == "s2c_invalid_msg")
+            assert ended["data"]["error_code"] == 9004
+
+
+async def test_quick_reconnections_stored_by_two_gateways_end_in_the_real_state(
+    stack: ScaleOut, appid: str, pet_house: Product
+) -> None:
+    """Each connect and disconnect is stored by whichever gateway takes it from the queue, so
+    the two may store them out of order; each is stored with the broker's instant and only
+    if nothing later is stored, so the device ends as it really is."""
+    user, did = await new_bound_device(stack, appid, pet_house)
+    async with httpx.AsyncClient(base_url=stack.api.base_url, timeout=30) as http:
+        for cycle in range(8):
+            async with device_on(stack, cycle % 2, did):
+                pass
+        async with device_on(stack, 1, did):
+            await eventually(lambda: stored_online(stack, did), wait=5)
+            await asyncio.sleep(1.5)  # every older change has been taken by now
+            assert await stored_online(stack, did)
+            assert await is_online(http, user, did)
+
+        async def stored_offline() -> bool:
+            return not await stored_online(stack, did)
+
+        await eventually(stored_offline, wait=5)
+        await asyncio.sleep(1.5)
+        assert not await stored_online(stack, did)
+        assert not await is_online(http, user, did)
+        changes = await presence_log(stack, did)
+        assert changes == ["dev_online", "dev_offline"] * 9, changes
