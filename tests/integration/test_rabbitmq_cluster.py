@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+import aio_pika
 import aiomqtt
 import pytest
 
@@ -188,3 +189,41 @@ async def test_a_client_id_is_unique_across_the_cluster(cluster: RabbitCluster) 
         with pytest.raises(aiomqtt.MqttError, match="Disconnected"):
             async with asyncio.timeout(10):
                 await anext(aiter(first.messages))
+
+
+async def test_a_full_reject_publish_queue_withholds_the_mqtt_puback(
+    cluster: RabbitCluster,
+) -> None:
+    """What iotcloud's report queue relies on past its length bound (``x-overflow:
+    reject-publish``): the broker does not acknowledge a QoS 1 report it could not queue, so
+    the device keeps it, rather than the queue dropping the oldest report."""
+    connection = await aio_pika.connect(cluster.amqp_url(0))
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(
+            "overflow-probe",
+            arguments={"x-max-length": 3, "x-overflow": "reject-publish"},
+            auto_delete=False,
+        )
+        await queue.bind("amq.topic", "overflow.#")
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            cluster.mqtt_port(1),
+            identifier=DEVICE,
+            username=DEVICE,
+            password=PASSWORD,
+            protocol=aiomqtt.ProtocolVersion.V311,
+        ) as device:
+            acknowledged = 0
+            for index in range(3):
+                await asyncio.wait_for(device.publish("overflow/x", str(index), qos=1), 10)
+                acknowledged += 1
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(device.publish("overflow/x", "3", qos=1), 3)
+        assert acknowledged == 3
+        assert (
+            await channel.declare_queue("overflow-probe", passive=True)
+        ).declaration_result.message_count == 3
+        await queue.delete(if_unused=False, if_empty=False)
+    finally:
+        await connection.close()
