@@ -19,6 +19,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import aiomqtt
@@ -38,6 +39,7 @@ from tests.devices import PASSCODE, MqttDevice, Product, eventually, import_prod
 from tests.errors import assert_error
 from tests.integration.test_websocket import app_socket
 from tests.integration.test_websocket import bind as bind_over_http
+from tests.prometheus import sample
 from tests.rabbitmq import rabbitmq_installed
 from tests.scale_out import ScaleOut, scale_out
 from tests.server import ADMIN_TOKEN
@@ -52,6 +54,8 @@ pytestmark = pytest.mark.skipif(
     not rabbitmq_installed() and not os.environ.get("IOTCLOUD_TEST_REQUIRE_RABBITMQ"),
     reason="RabbitMQ is not installed (/usr/lib/rabbitmq/bin); bin/test installs it",
 )
+
+BROKER_AUTH = "iotcloud_broker_auth_requests_total"
 
 STATE = {
     "LED_OnOff": True,
@@ -418,3 +422,51 @@ async def test_quick_reconnections_stored_by_two_gateways_end_in_the_real_state(
         assert not await is_online(http, user, did)
         changes = await presence_log(stack, did)
         assert changes == ["dev_online", "dev_offline"] * 9, changes
+
+
+async def denials(stack: ScaleOut, kind: str) -> float:
+    """``deny`` answers of ``kind`` counted by both ``api`` processes (each node asks its own)."""
+    total = 0.0
+    async with httpx.AsyncClient(timeout=30) as http:
+        for api in stack.apis:
+            exposition = (await http.get(api.base_url + "/metrics")).text
+            total += sample(exposition, BROKER_AUTH, kind=kind, result="deny") or 0.0
+    return total
+
+
+async def test_the_broker_refuses_strangers_and_other_devices_topics_through_iotcloud(
+    stack: ScaleOut, appid: str, pet_house: Product
+) -> None:
+    """A wrong passcode, an unknown did, and a device publishing or subscribing on another
+    device's topics: RabbitMQ asks iotcloud, refuses (and closes the connection of a refused
+    PUBLISH or SUBSCRIBE: it has no SUBACK failure code for MQTT 3.1.1 here), and iotcloud
+    counts each denial in ``/metrics``."""
+    _, did = await new_bound_device(stack, appid, pet_house)
+    _, other = await new_bound_device(stack, appid, pet_house)
+    users_denied, topics_denied = await denials(stack, "user"), await denials(stack, "topic")
+    for node, (name, passcode) in enumerate([(did, "WRONGPASS1"), ("z" * 22, PASSCODE)]):
+        with pytest.raises(aiomqtt.MqttCodeError, match=r"Not authorized|Bad user name"):
+            async with MqttDevice(
+                stack.cluster.mqtt_port(node), name, passcode, protocol=aiomqtt.ProtocolVersion.V31
+            ):
+                pass
+    assert await denials(stack, "user") >= users_denied + 2
+
+    async def closed_after(action: str) -> None:
+        async with device_on(stack, 1, did) as device:
+            assert device.client is not None
+            assert device._task is not None
+            if action == "publish":
+                await device.client.publish(f"dev2app/{other}", b"\x00", qos=1)
+            else:
+                await device.client.subscribe(f"app2dev/{other}/#", qos=1)
+            done, _ = await asyncio.wait({device._task}, timeout=10)
+            assert done, f"a {action} on another device's topic left the connection open"
+            assert isinstance(device._task.exception(), aiomqtt.MqttError)
+            device._task = None
+
+    for action in ("publish", "subscribe"):
+        with suppress(aiomqtt.MqttError):  # the broker may close before it answers
+            await closed_after(action)
+    assert await denials(stack, "topic") >= topics_denied + 2
+    assert await stored_reports(stack, other) == 0
