@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from iotcloud.gateway.rabbitmq import MESSAGES_QUEUE
 from tests.pg import free_port
 from tests.rabbitmq import RabbitCluster
 from tests.server import RunningServer, make_server
@@ -104,3 +106,15 @@ def scale_out(base: Path, database_url: str, **settings: Any) -> Iterator[ScaleO
                         failures.append(f"{server.data_dir.name} exited with {code}")
                         failures.append(server.log()[-4000:])
             assert not failures, "\n".join(failures)
+
+
+def node_processes(stack: ScaleOut, node: int) -> list[RunningServer]:
+    """The processes connected to broker node ``node`` (one of each role)."""
+    return [stack.apis[node], stack.gateways[node], stack.schedulers[node]]
+
+
+def queue_node(stack: ScaleOut) -> int:
+    """The index of the broker node holding the gateways' queue of device messages (a classic
+    queue lives on one node)."""
+    queue = stack.cluster.management_get("/queues/%2F/" + quote(MESSAGES_QUEUE, safe=""))
+    return stack.cluster.node_names.index(queue["node"])

@@ -117,6 +117,18 @@ class ServerError(IotCloudError):
     code = 9008
 
 
+class DatabaseUnavailable(ServerError):
+    """The database cannot be reached now (refused, timed out, restarting): 9008 like any
+    server error, but HTTP 503 rather than the table's 500, so that clients and load balancers
+    see a temporary condition and retry; nothing crashed, so no traceback is logged for it."""
+
+    retry_after = 5
+
+    @property
+    def http_status(self) -> int:
+        return 503
+
+
 class CodeExpired(IotCloudError):
     code = 9009
 

@@ -889,6 +889,72 @@ async def test_a_stopping_engine_hands_its_prepared_claims_on_to_fire_at_their_i
     assert (run.status, len(run.attempts)) == ("succeed", 1)
 
 
+async def test_an_engine_stopped_while_preparing_hands_its_claims_on_unsent(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while the commands of a claim are being prepared: the occurrence claimed ahead
+    is released for another engine, the one already due is recorded as not sent (its retry
+    comes), nothing is sent and nothing stays held."""
+    scheduler = world.services.scheduler
+    target = await bound_device(world)
+    async with Device(world.services, target, answer=True) as device:
+        ahead_id = await scheduler.create(world.user, spec(daily(7), task(world, target)))
+        due_id = await scheduler.create(
+            world.user, spec(daily(6, 59), task(world, target), retry_count=1, name="due")
+        )
+        world.at(utc(2026, 3, 2, 6, 59, 55))
+        preparing = asyncio.Event()
+        async with looping(world, owner="stopping") as engine:
+
+            async def stalled(attempts: Any) -> Any:
+                preparing.set()
+                await asyncio.Event().wait()  # until the engine is stopped
+
+            monkeypatch.setattr(engine.commands, "prepare", stalled)
+            await asyncio.wait_for(preparing.wait(), 10)
+        assert engine.held == 0
+        assert device.frames == []
+    [released] = await run_rows(world, ahead_id)
+    assert (released.lease_owner, released.next_attempt_at) == (None, utc(2026, 3, 2, 7))
+    assert (released.status, released.attempts) == ("running", [])
+    [due] = await run_rows(world, due_id)
+    assert due.status == "running"  # its retry is left
+    assert due.attempts == [{"at": "2026-03-02T06:59:55+00:00", "detail": {target.did: False}}]
+    assert due.next_attempt_at == utc(2026, 3, 2, 6, 59, 55) + timedelta(seconds=RETRY)
+
+
+async def test_an_engine_stopped_mid_claim_hands_on_what_the_claim_took(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim is two transactions: stopped after the first committed, the engine lets the
+    claim finish and releases the occurrence it took ahead, instead of leaving it leased."""
+    scheduler = world.services.scheduler
+    target = await bound_device(world)
+    schedule_id = await scheduler.create(world.user, spec(daily(7), task(world, target)))
+    world.at(utc(2026, 3, 2, 6, 59, 55))
+    claimed, stopping = asyncio.Event(), asyncio.Event()
+    async with looping(world, owner="stopping") as engine:
+        claim_due, adopt = engine.store.claim_due, engine._adopt_cut_claims
+
+        async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+            report = await claim_due(*args, **kwargs)
+            claimed.set()
+            await stopping.wait()  # the claim outlasts the loop's cancellation
+            return report
+
+        async def stop_path() -> None:
+            stopping.set()
+            await adopt()
+
+        monkeypatch.setattr(engine.store, "claim_due", slow_claim)
+        monkeypatch.setattr(engine, "_adopt_cut_claims", stop_path)
+        await asyncio.wait_for(claimed.wait(), 10)
+    assert engine.held == 0
+    assert engine.totals.fired == 1
+    [released] = await run_rows(world, schedule_id)
+    assert (released.lease_owner, released.next_attempt_at) == (None, utc(2026, 3, 2, 7))
+
+
 async def test_two_looping_engines_fire_a_burst_prepared_ahead_exactly_once(
     world: World, database_url: str
 ) -> None:

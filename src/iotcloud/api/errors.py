@@ -22,6 +22,7 @@ from litestar.status_codes import HTTP_405_METHOD_NOT_ALLOWED
 
 from iotcloud.api.gizwits.wire import error_body, json_response
 from iotcloud.errors import (
+    DatabaseUnavailable,
     FormInvalid,
     IotCloudError,
     OperatorAuthFailed,
@@ -106,11 +107,13 @@ CRASHES: Final = CrashLog(log)
 
 def render_iotcloud_error(request: AnyRequest, exc: IotCloudError) -> Response[bytes]:
     headers: dict[str, str] | None = None
-    if isinstance(exc, Throttled):
+    if isinstance(exc, Throttled | DatabaseUnavailable):
         headers = {"Retry-After": str(exc.retry_after)}
     elif isinstance(exc, OperatorAuthFailed) and exc.http_status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="iotcloud operator API"'}
-    if exc.http_status >= 500:  # raised on purpose: the raiser logged the cause already
+    if exc.http_status >= 500 and not isinstance(exc, DatabaseUnavailable):
+        # raised on purpose: the raiser logged the cause already (an outage: once, not per
+        # request)
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return json_response(error_body(exc), exc.http_status, headers)
 

@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import socket
 import ssl
@@ -73,6 +74,9 @@ THING_TOPICS: Final = "$thing/up/#"
 CLIENT_TEXT_NAME: Final = "iotcloud device"
 ROLE_PREFIX: Final = "iotcloud-device-"
 UNKNOWN_PEER: Final = "unknown"
+RECONNECT_MAX_SECONDS: Final = 30.0
+"""The longest wait between two attempts to reconnect to the broker (1 s, then doubling, each
+wait jittered down by up to half)."""
 
 CredentialMode = Literal["dynsec", "none"]
 PresenceSource = Literal["log", "none"]
@@ -332,8 +336,9 @@ class ExternalBroker:
                 # a lost Mosquitto dropped every device; a clustered broker's presence source
                 # (presence="none") says for itself who is gone
                 await self._end_all(DisconnectReason.LOST)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            # jittered, so that the processes a broker restart dropped do not come back in step
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
     def _new_client(self) -> aiomqtt.Client:
         client = aiomqtt.Client(

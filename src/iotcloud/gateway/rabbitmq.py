@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -152,6 +153,21 @@ def client_id_of_user(user: str | None) -> str | None:
     return user.split(";", 1)[0]
 
 
+class JitteredConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection, waiting a jittered interval between two attempts to
+    reconnect (half to one and a half times the URL's ``reconnect_interval``, 5 s unless given)
+    instead of a fixed one, so that the processes a lost node dropped do not all come back to
+    the cluster in step."""
+
+    @property
+    def reconnect_interval(self) -> float:
+        return self._reconnect_base * random.uniform(0.5, 1.5)
+
+    @reconnect_interval.setter
+    def reconnect_interval(self, value: float) -> None:
+        self._reconnect_base = float(value)  # set by aio-pika from the URL
+
+
 @dataclass(frozen=True)
 class ManagementTarget:
     """The management plugin's HTTP API: ``http[s]://user:password@host:port``."""
@@ -253,7 +269,8 @@ class RabbitBroker:
         await self.mqtt.__aenter__()
         try:
             connection = await asyncio.wait_for(
-                aio_pika.connect_robust(self.amqp_url), self.connect_timeout
+                aio_pika.connect_robust(self.amqp_url, connection_class=JitteredConnection),
+                self.connect_timeout,
             )
             self._connection = connection
             connection.reconnect_callbacks.add(self._reconnected)

@@ -49,7 +49,9 @@ HH:MM:00 - and everything that can happen before that instant happens before it:
 * **Stopping** (`__aexit__`): no new claims; occurrences prepared and not yet due are released
   (`ScheduleStore.release`: due again at their instant, for any engine); attempts in flight get
   ``ack_timeout`` plus a few seconds to finish and record their result; the rest are handled
-  by the next engine once their lease expires.
+  by the next engine once their lease expires. A claim or a preparation under way when the
+  loop is cancelled is not lost: the claim finishes (shielded), and what it took is handed to
+  the stop path unprepared - released when claimed ahead, else recorded as not sent.
 """
 
 from __future__ import annotations
@@ -235,6 +237,12 @@ class SchedulerEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._firing: set[asyncio.Task[None]] = set()
+        self._cut_claims: set[asyncio.Task[ClaimReport]] = set()
+        """Claims whose caller was cancelled (the engine is stopping): they finish, and the
+        stop path hands on what they took."""
+        self._unprepared: list[_Firing] = []
+        """Attempts claimed and not prepared because the engine is stopping: the stop path
+        releases those claimed ahead and records the others as not sent."""
         self._closing = False
         self._next_purge = 0.0
         self._listeners: list[AttemptListener] = []
@@ -268,16 +276,47 @@ class SchedulerEngine:
     ) -> None:
         self._closing = True
         try:
+            await self._adopt_cut_claims()
             await self._release_queued()
             await self._drain()
         finally:
             await self._results.close()
 
+    async def _adopt_cut_claims(self) -> None:
+        """Wait (`DRAIN_MARGIN_SECONDS` at most) for the claims cut short by stopping, and hand
+        what they took to the stop path unprepared."""
+        claims, self._cut_claims = self._cut_claims, set()
+        for claim in claims:
+            try:
+                async with asyncio.timeout(DRAIN_MARGIN_SECONDS):
+                    report = await claim
+            except Exception:
+                # what it took (if anything) is taken over once its lease expires
+                log.exception("scheduler stopping: a claim in progress failed")
+                continue
+            self.totals.count_claim(report)
+            self._hold_unprepared(report.attempts)
+
+    def _hold_unprepared(
+        self, attempts: Sequence[ClaimedAttempt], *, awaited: bool = False
+    ) -> None:
+        """Hold ``attempts`` for the stop path without preparing them: every task not sent."""
+        loop = asyncio.get_running_loop()
+        for attempt in attempts:
+            not_sent = Prepared(attempt, sent={task.did: False for task in attempt.send})
+            self._unprepared.append(_Firing(not_sent, loop.create_future() if awaited else None))
+        if attempts:
+            self._held += len(attempts)
+            self._idle.clear()
+
     async def _release_queued(self) -> None:
-        """Hand on what is prepared and not yet sent: runs claimed ahead are released (due
-        again at their instant, for any engine); attempts already due are sent now."""
-        queued = [firing for _, _, firing in self._queue]
+        """Hand on what is prepared (or was claimed and could not be) and not yet sent: runs
+        claimed ahead are released (due again at their instant, for any engine); attempts
+        already due are sent now (one left unprepared is recorded as not sent, as an attempt
+        interrupted by a crash would be after its lease)."""
+        queued = [firing for _, _, firing in self._queue] + self._unprepared
         self._queue.clear()
+        self._unprepared = []
         ahead = [firing for firing in queued if firing.attempt.ahead]
         due = [firing for firing in queued if not firing.attempt.ahead]
         if due:
@@ -443,14 +482,25 @@ class SchedulerEngine:
             log.info("scheduler removed %d runs finished before %s", removed, cutoff.isoformat())
 
     async def _claim(self, now: datetime, limit: int, ahead: timedelta) -> ClaimReport:
-        return await self.store.claim_due(
-            now,
-            owner=self.owner,
-            limit=limit,
-            grace=self.config.grace,
-            lease=self.config.lease,
-            ahead=ahead,
+        """`ScheduleStore.claim_due` for this engine. A claim is two transactions: cancelling
+        it (the engine stopping) after the first commits would leave its runs leased to nobody
+        until the lease expires, so it runs on, shielded, and the stop path takes what it
+        claimed (`_adopt_cut_claims`)."""
+        claim = asyncio.ensure_future(
+            self.store.claim_due(
+                now,
+                owner=self.owner,
+                limit=limit,
+                grace=self.config.grace,
+                lease=self.config.lease,
+                ahead=ahead,
+            )
         )
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            self._cut_claims.add(claim)
+            raise
 
     # -- preparing, firing, recording --------------------------------------------------------------
 
@@ -466,6 +516,12 @@ class SchedulerEngine:
         self._idle.clear()
         try:
             prepared = await self.commands.prepare(attempts)
+        except asyncio.CancelledError:
+            # stopping: the claims go to the stop path as not sent, which releases those
+            # claimed ahead (rather than leaving them leased until the lease expires)
+            self._held -= len(attempts)
+            self._hold_unprepared(attempts, awaited=awaited)
+            raise
         except Exception:
             log.exception("scheduler could not prepare %d attempts; they fail", len(attempts))
             prepared = [

@@ -35,7 +35,7 @@ from iotcloud.api.tencent.wire import (
     success_body,
     tencent_error,
 )
-from iotcloud.errors import IotCloudError, Throttled
+from iotcloud.errors import DatabaseUnavailable, IotCloudError, Throttled
 
 __all__ = [
     "PATH_PREFIX",
@@ -104,9 +104,9 @@ def render_tencent_error(request: AnyRequest, exc: Exception) -> Response[bytes]
         code, message, status, headers = _http_error(request, exc)
     else:
         code, message = tencent_error(exc)
-        if isinstance(exc, Throttled):
+        if isinstance(exc, Throttled | DatabaseUnavailable):
             headers = {"Retry-After": str(exc.retry_after)}
-    if code == INTERNAL_ERROR:
+    if code == INTERNAL_ERROR and not isinstance(exc, DatabaseUnavailable):  # logged once
         what = f"{request.method} {request.url.path} (RequestId {request_id})"
         if isinstance(exc, IotCloudError | HTTPException):  # raised on purpose, cause logged
             log.error("%s failed: %s", what, message)
