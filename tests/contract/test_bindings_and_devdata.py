@@ -153,6 +153,35 @@ async def test_presence_changes_stored_out_of_order_leave_the_latest(world: Worl
     assert await presence(world, change(4.5, True, ordered=False)) == (True, at(4.5), at(5))
 
 
+async def test_devices_gone_without_a_close_are_stored_offline_once(world: World) -> None:
+    """A broker node that crashed says nothing of its connections: every gateway that notices
+    stores its devices offline, and only the first one changes (and logs) anything."""
+    device = world.device_id
+    assert await presence(world, PresenceChange(device, at(1), True, ordered=True)) == (
+        True,
+        at(1),
+        None,
+    )
+
+    async def gone(hours: float) -> list[int]:
+        async with world.services.devices.db.session() as session:
+            return await TelemetryRepository(session).set_offline_if_online([device], at(hours))
+
+    async def online(since_before: float) -> list[tuple[int, str]]:
+        async with world.services.devices.db.session() as session:
+            return await TelemetryRepository(session).online_devices(at(since_before))
+
+    assert await online(2) == [(device, world.did)]
+    assert await online(1) == []  # came online at 1: not before it
+    assert await gone(2) == [device]
+    assert await gone(2) == []  # the second gateway: nothing left to change
+    assert await presence(world) == (False, at(1), at(2))
+    # online again at 3: a loss noticed with an older instant changes nothing
+    await presence(world, PresenceChange(device, at(3), True, ordered=True))
+    assert await gone(2.5) == []
+    assert await presence(world) == (True, at(3), at(2))
+
+
 # -- bindings --------------------------------------------------------------------------------------
 
 

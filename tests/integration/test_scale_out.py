@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -80,8 +81,11 @@ def stack(request: pytest.FixtureRequest) -> Iterator[ScaleOut]:
         # only the process bus can make a change on one process apply on another in time
         "auth_cache_seconds": 60,
     }
-    with scale_out(base, url, **settings) as stack:
-        yield stack
+    try:
+        with scale_out(base, url, **settings) as stack:
+            yield stack
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -433,16 +433,7 @@ async def is_online(http: httpx.AsyncClient, server: RunningServer, user: User, 
     "graceful",
     [
         pytest.param(True, id="stopped"),
-        pytest.param(
-            False,
-            id="crashed",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a crashed node emits no connection.closed: its devices stay stored "
-                "online until they reconnect (presence resynchronisation on a node going down "
-                "is not built yet)",
-            ),
-        ),
+        pytest.param(False, id="crashed"),
     ],
 )
 async def test_a_broker_node_lost_fails_its_processes_fast_and_they_come_back_alone(

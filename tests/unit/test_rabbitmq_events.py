@@ -38,6 +38,7 @@ CLOSED_HEADERS = {
     "pid": "<iotcloud-test-1-3ba55561@localhost.1796275117.766.0>",
     "timestamp_in_ms": 1796281844687,
 }
+NODE = "iotcloud-test-1-3ba55561@localhost"
 CREATED_AT = datetime(2026, 12, 3, 7, 10, 38, 678000, tzinfo=UTC)
 CLOSED_AT = datetime(2026, 12, 3, 7, 10, 44, 687000, tzinfo=UTC)
 
@@ -79,7 +80,7 @@ def test_a_routing_key_that_is_no_device_topic_is_refused(key: str) -> None:
 
 def test_connection_created_carries_the_user_and_the_mqtt_client_id() -> None:
     event = parse_connection_event("connection.created", CREATED_HEADERS)
-    assert event == ConnectionEvent(True, CREATED_HEADERS["name"], "dev1", "dev1", CREATED_AT)
+    assert event == ConnectionEvent(True, CREATED_HEADERS["name"], "dev1", "dev1", CREATED_AT, NODE)
 
 
 def test_connection_created_given_as_bytes_is_read_the_same() -> None:
@@ -88,7 +89,7 @@ def test_connection_created_given_as_bytes_is_read_the_same() -> None:
         for key, value in CREATED_HEADERS.items()
     }
     assert parse_connection_event("connection.created", raw) == ConnectionEvent(
-        True, CREATED_HEADERS["name"], "dev1", "dev1", CREATED_AT
+        True, CREATED_HEADERS["name"], "dev1", "dev1", CREATED_AT, NODE
     )
 
 
@@ -108,7 +109,7 @@ def test_a_data_template_device_is_known_by_its_client_id_not_its_signed_user_na
 
 def test_connection_closed_carries_only_the_name() -> None:
     assert parse_connection_event("connection.closed", CLOSED_HEADERS) == ConnectionEvent(
-        False, CLOSED_HEADERS["name"], at=CLOSED_AT
+        False, CLOSED_HEADERS["name"], at=CLOSED_AT, node=NODE
     )
 
 
@@ -117,7 +118,7 @@ def test_an_event_without_a_usable_instant_has_none(stamp: object) -> None:
     """The change is then stored with the gateway's own clock."""
     headers = {**CLOSED_HEADERS, "timestamp_in_ms": stamp}
     event = parse_connection_event("connection.closed", headers)
-    assert event == ConnectionEvent(False, CLOSED_HEADERS["name"])
+    assert event == ConnectionEvent(False, CLOSED_HEADERS["name"], node=NODE)
 
 
 def test_an_amqp_connection_or_another_event_is_not_a_device() -> None:

@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import quote, unquote, urlsplit
@@ -62,6 +62,12 @@ MESSAGES_MAX_LENGTH: Final = 1_000_000
 its report and sends it again, instead of the queue dropping the oldest stored report."""
 DEVICE_BINDINGS: Final = ("dev2app.#", "$thing.up.#")
 CLOSED_KEPT: Final = 10_000
+NODE_CHECK_SECONDS: Final = 3.0
+"""How often each process asks the management API which cluster nodes are running: a node
+that crashed says nothing of its connections (no ``connection.closed``)."""
+LISTING_MARGIN: Final = timedelta(seconds=10)
+"""The management API lists a connection only after its statistics tick (up to 5 s, measured):
+a resynchronisation stores offline only devices that came online longer ago than this."""
 PREFETCH: Final = 500
 """Unacknowledged messages one gateway holds at once: enough to fill the report batcher's
 group commits, few enough that a killed gateway hands little back for redelivery."""
@@ -107,6 +113,8 @@ class ConnectionEvent:
     """The MQTT client id (``connection.created`` only)."""
     at: datetime | None = None
     """When the node that had the connection emitted the event (``timestamp_in_ms``)."""
+    node: str | None = None
+    """The broker node the connection is on."""
 
 
 def _text(value: Any) -> str | None:
@@ -123,8 +131,9 @@ def parse_connection_event(routing_key: str, headers: dict[str, Any]) -> Connect
     if not name or routing_key not in (CREATED, CLOSED):
         return None
     at = _instant(headers.get("timestamp_in_ms"))
+    node = _text(headers.get("node"))
     if routing_key == CLOSED:
-        return ConnectionEvent(False, name, at=at)
+        return ConnectionEvent(False, name, at=at, node=node)
     protocol = _text(headers.get("protocol")) or ""
     if "MQTT" not in protocol:
         return None
@@ -132,7 +141,7 @@ def parse_connection_event(routing_key: str, headers: dict[str, Any]) -> Connect
     found = _CLIENT_ID.search(variables)
     user = _text(headers.get("user"))
     client_id = found.group(1) if found else client_id_of_user(user)
-    return ConnectionEvent(True, name, user, client_id, at)
+    return ConnectionEvent(True, name, user, client_id, at, node)
 
 
 def _instant(milliseconds: Any) -> datetime | None:
@@ -223,6 +232,8 @@ class RabbitBroker:
         """MQTT client id by connection name, of the device connections open."""
         self._opened: dict[str, datetime | None] = {}
         """When each of them opened (``connection.created``'s instant; None when unknown)."""
+        self._node_of: dict[str, str | None] = {}
+        """The broker node each of them is on."""
         self._closed: OrderedDict[str, str] = OrderedDict()
         """The same for the last `CLOSED_KEPT` connections closed: the shared queue's copy of
         a ``connection.closed`` may be handled after this process's own."""
@@ -278,6 +289,7 @@ class RabbitBroker:
             await self._declare(connection)
             self._amqp_up.set()
             await self.resync()
+            self._spawn(self._watch_nodes())
         except BaseException:
             await self._close()
             raise
@@ -360,22 +372,73 @@ class RabbitBroker:
                 return  # iotcloud's own connections
             self._names[event.name] = event.client_id
             self._opened[event.name] = event.at
+            self._node_of[event.name] = event.node
             await self.mqtt.start_session(event.client_id, event.name)
             return
-        self._opened.pop(event.name, None)
-        client_id = self._names.pop(event.name, None)
-        if client_id is not None:
-            self._closed[event.name] = client_id
-            while len(self._closed) > CLOSED_KEPT:
-                self._closed.popitem(last=False)
+        client_id = self._forget(event.name)
         if client_id is not None and client_id not in self._names.values():
             await self.mqtt.end_session(client_id, DisconnectReason.LOST)
+
+    def _forget(self, name: str) -> str | None:
+        """Drop the open connection ``name``; its client id, kept among the closed ones."""
+        self._opened.pop(name, None)
+        self._node_of.pop(name, None)
+        client_id = self._names.pop(name, None)
+        if client_id is not None:
+            self._closed[name] = client_id
+            while len(self._closed) > CLOSED_KEPT:
+                self._closed.popitem(last=False)
+        return client_id
+
+    async def _watch_nodes(self) -> None:
+        """End the sessions of connections on a cluster node that is not running any more,
+        and (a gateway) store their devices offline: see `NODE_CHECK_SECONDS`."""
+        while True:
+            await asyncio.sleep(NODE_CHECK_SECONDS)
+            if not self._node_of:
+                continue
+            try:
+                down = await self._nodes_down()
+            except (httpx.HTTPError, ValueError) as exc:
+                # this process's own management node may be the one down: others will see it
+                log.debug("could not list RabbitMQ's nodes: %s", exc)
+                continue
+            if not down:
+                continue
+            try:
+                await self._nodes_lost(down)
+            except Exception:
+                log.exception("could not apply the loss of RabbitMQ node(s) %s", down)
+
+    async def _nodes_down(self) -> set[str]:
+        assert self._http is not None
+        response = await self._http.get("/nodes", params={"columns": "name,running"})
+        response.raise_for_status()
+        nodes: list[dict[str, Any]] = response.json()
+        return {str(node.get("name")) for node in nodes if not node.get("running", False)}
+
+    async def _nodes_lost(self, down: set[str]) -> None:
+        async with self._observe_order:
+            names = [name for name, node in self._node_of.items() if node in down]
+            clients = {client for name in names if (client := self._forget(name)) is not None}
+            gone = sorted(client for client in clients if client not in self._names.values())
+            for client_id in gone:
+                await self.mqtt.end_session(client_id, DisconnectReason.LOST)
+        if not gone:
+            return
+        stored = await self.gateway.store_gone(gone, "broker node down")
+        log.warning(
+            "RabbitMQ node(s) %s down: %d device connection(s) lost (%d stored offline here)",
+            ", ".join(sorted(down)),
+            len(gone),
+            stored,
+        )
 
     async def _connections(self) -> list[dict[str, Any]]:
         assert self._http is not None
         response = await self._http.get(
             "/connections",
-            params={"columns": "name,user,protocol,client_properties,connected_at"},
+            params={"columns": "name,user,protocol,client_properties,connected_at,node"},
         )
         response.raise_for_status()
         listed: list[dict[str, Any]] = response.json()
@@ -384,8 +447,11 @@ class RabbitBroker:
     async def resync(self) -> None:
         """Make the sessions this process knows match the connections the cluster lists:
         devices connected and not known start a session, known ones gone end theirs (`LOST`).
-        A gateway process also stores the connected devices as online (idempotent)."""
+        A gateway process also stores the listed devices online (with the instant each
+        connected) and every other device stored online offline, but for connections younger
+        than `LISTING_MARGIN`, which the listing may not show yet."""
         async with self._resync_lock:
+            listed_at = datetime.now(UTC)
             try:
                 listed = await self._connections()
             except (httpx.HTTPError, ValueError) as exc:
@@ -393,6 +459,7 @@ class RabbitBroker:
                 return
             names: dict[str, str] = {}
             opened: dict[str, datetime | None] = {}
+            nodes: dict[str, str | None] = {}
             for connection in listed:
                 if "MQTT" not in str(connection.get("protocol", "")):
                     continue
@@ -405,14 +472,29 @@ class RabbitBroker:
                     name = str(connection["name"])
                     names[name] = str(client_id)
                     opened[name] = _instant(connection.get("connected_at"))
-            self._names = names
-            self._opened = opened
-            present = set(names.values())
-            for client_id in self.mqtt.session_clients() - present:
-                await self.mqtt.end_session(client_id, DisconnectReason.LOST)
-            for name, client_id in names.items():
-                if await self.mqtt.start_session(client_id, name) is not None:
-                    await self.gateway.store_presence(client_id, True, name)
+                    nodes[name] = _text(connection.get("node"))
+            async with self._observe_order:
+                young = listed_at - LISTING_MARGIN
+                for name, client_id in self._names.items():
+                    # opened meanwhile (heard as an event): the listing cannot show it yet
+                    at = self._opened.get(name)
+                    if name not in names and at is not None and at >= young:
+                        names[name], opened[name] = client_id, at
+                        nodes[name] = self._node_of.get(name)
+                self._names, self._opened, self._node_of = names, opened, nodes
+                present = set(names.values())
+                for client_id in self.mqtt.session_clients() - present:
+                    await self.mqtt.end_session(client_id, DisconnectReason.LOST)
+                for name, client_id in names.items():
+                    if await self.mqtt.start_session(client_id, name) is not None:
+                        await self.gateway.store_presence(
+                            client_id, True, name, at=opened.get(name)
+                        )
+            gone = await self.gateway.store_unlisted_offline(
+                sorted(present), young, "not connected to the broker"
+            )
+            if gone:
+                log.info("resynchronised presence: %d device(s) stored offline", gone)
 
     # -- the shared queue (gateway processes) ---------------------------------------------------
 

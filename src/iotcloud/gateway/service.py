@@ -836,6 +836,56 @@ class DeviceGateway:
         )
         return True
 
+    async def store_gone(self, client_ids: Sequence[str], detail: str) -> int:
+        """The consuming half of devices that went without a close event (their broker node
+        went down): store each offline now, unless it is offline already or has a later
+        change stored. Every gateway may do this for the same devices: a device is stored
+        and logged offline once, by the first. Returns how many were stored offline."""
+        if not self.consumer:
+            return 0
+        device_ids = []
+        for client_id in client_ids:
+            principal = await self.principal_of_client(client_id)
+            if principal is None:
+                continue
+            session = self._authenticated.pop(principal.did, None) or self._sessions.get(
+                principal.did
+            )
+            if session is not None:
+                device_ids.append(session.device_id)
+        return await self._store_offline(device_ids, self.clock.now(), detail)
+
+    async def store_unlisted_offline(
+        self, connected: Sequence[str], listed_at: datetime, detail: str
+    ) -> int:
+        """The consuming half of a resynchronisation: every device stored online that is not
+        among the ``connected`` MQTT client ids the broker listed at ``listed_at`` is stored
+        offline (as `store_gone`), unless it came online after ``listed_at`` (a listing may
+        miss connections younger than its statistics tick). Returns how many."""
+        if not self.consumer:
+            return 0
+        keep = set()
+        for client_id in connected:
+            principal = await self.principal_of_client(client_id)
+            if principal is not None:
+                keep.add(principal.did)
+        async with self.db.session() as session:
+            online = await TelemetryRepository(session).online_devices(listed_at)
+        gone = [device_id for device_id, did in online if did not in keep]
+        return await self._store_offline(gone, listed_at, detail)
+
+    async def _store_offline(self, device_ids: Sequence[int], at: datetime, detail: str) -> int:
+        changed: list[int] = []
+        for start in range(0, len(device_ids), _PAGE):
+            async with self.db.session() as session:
+                repo = TelemetryRepository(session)
+                page = await repo.set_offline_if_online(device_ids[start : start + _PAGE], at)
+                await repo.log_frames(
+                    [FrameEvent(device_id, at, "dev_offline", detail=detail) for device_id in page]
+                )
+            changed += page
+        return len(changed)
+
     async def _stored(
         self, principal: DevicePrincipal, topic: str, payload: bytes, session: _Session | None
     ) -> asyncio.Future[None] | None:

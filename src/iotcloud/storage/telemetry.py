@@ -309,6 +309,35 @@ class TelemetryRepository:
                     update(devices).where(*newer).values({"is_online": online, stamp: at}), rows
                 )
 
+    async def set_offline_if_online(self, device_ids: Sequence[int], at: datetime) -> list[int]:
+        """Store offline at ``at`` those of ``device_ids`` stored online with no change later
+        than ``at``; the ids it changed (so that only one of several callers logs it)."""
+        if not device_ids:
+            return []
+        devices = cast(Table, DeviceRow.__table__)
+        changed = await self.session.execute(
+            update(devices)
+            .where(
+                devices.c.id.in_(device_ids),
+                devices.c.is_online.is_(True),
+                or_(devices.c.last_online_at.is_(None), devices.c.last_online_at <= at),
+            )
+            .values(is_online=False, last_offline_at=at)
+            .returning(devices.c.id)
+        )
+        return [int(device_id) for device_id in changed.scalars()]
+
+    async def online_devices(self, since_before: datetime) -> list[tuple[int, str]]:
+        """``(id, did)`` of the devices stored online that came online before
+        ``since_before``."""
+        rows = await self.session.execute(
+            select(DeviceRow.id, DeviceRow.did).where(
+                DeviceRow.is_online.is_(True),
+                or_(DeviceRow.last_online_at.is_(None), DeviceRow.last_online_at < since_before),
+            )
+        )
+        return [(int(device_id), str(did)) for device_id, did in rows]
+
     async def mark_all_offline(self, at: datetime) -> None:
         """After a restart nobody is connected to this broker yet."""
         await self.session.execute(
