@@ -429,6 +429,20 @@ async def is_online(http: httpx.AsyncClient, server: RunningServer, user: User, 
     return reply.status_code == 200 and bool(reply.json()["is_online"])
 
 
+async def broker_unready(
+    http: httpx.AsyncClient, server: RunningServer, wait: float
+) -> dict[str, str]:
+    """Wait until ``server``'s ``/readyz`` is 503 with the database still ok; its checks."""
+
+    async def unready() -> httpx.Response | None:
+        reply = await readiness(http, server)
+        return reply if reply.status_code == 503 else None
+
+    checks: dict[str, str] = (await eventually(unready, wait=wait)).json()["checks"]
+    assert checks["database"] == "ok", checks
+    return checks
+
+
 @pytest.mark.parametrize(
     "graceful",
     [
@@ -464,14 +478,7 @@ async def test_a_broker_node_lost_fails_its_processes_fast_and_they_come_back_al
         try:
             # the processes connected to the lost node say why they are not ready
             for server in on_lost:
-
-                async def unready(server: RunningServer = server) -> httpx.Response | None:
-                    reply = await readiness(http, server)
-                    return reply if reply.status_code == 503 else None
-
-                reply = await eventually(unready, wait=15)
-                checks = reply.json()["checks"]
-                assert checks["database"] == "ok", checks
+                checks = await broker_unready(http, server, wait=15)
                 assert checks["broker"] != "ok", checks
             for server in on_kept:
                 assert (await readiness(http, server)).status_code == 200
@@ -560,14 +567,7 @@ async def test_readyz_names_the_broker_when_only_the_amqp_connection_is_lost(
                 )
                 assert reply.status_code in (200, 204), reply.text
             for server in processes:
-
-                async def unready(server: RunningServer = server) -> httpx.Response | None:
-                    reply = await readiness(http, server)
-                    return reply if reply.status_code == 503 else None
-
-                reply = await eventually(unready, wait=10)
-                checks = reply.json()["checks"]
-                assert checks["database"] == "ok", checks
+                checks = await broker_unready(http, server, wait=10)
                 assert "AMQP" in checks["broker"], checks
         finally:
             reply = await management.delete(limit)
