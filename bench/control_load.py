@@ -21,13 +21,19 @@ Controlled by JSON lines on stdin, one JSON line answered per command:
   signed as Tencent's SDKs sign, each subscribed to ``$thing/down/property/{PID}/{NAME}``;
   such a device reads the sequence number from the ``name`` property of every ``control`` it
   receives and answers it with a ``control_reply`` (code 0, its clientToken), as devices do;
+  sent again with another ``port``, it adds devices on another broker node; with
+  ``"username"`` (and ``"password"``), Gizwits devices sign in with that account instead of
+  their own (a broker ceiling run, where a broker account stands in for the devices);
 * ``{"cmd": "publisher", "host", "port", "client_id"}``: the MQTT connection the broker
-  ceiling publishes from (``app2dev/{did}/bench``);
+  ceiling publishes from (``app2dev/{did}/bench``; ``"username"``/``"password"`` as above);
 * ``{"cmd": "http", "host", "port", "pool", "appid", "token"}``: a pool of keep-alive HTTP/1.1
   connections, one request in flight on each (a ``tokenapi`` answer holding ``"Error"`` counts
-  as an error, whatever its HTTP 200);
+  as an error, whatever its HTTP 200); with ``"ports"``, the connections are spread over
+  several servers and requests released round-robin over them;
 * ``{"cmd": "step", "kind", "rate", "concurrency", "warmup", "window", "drain", "server_pid",
-  "quiet_wait"}``: one measured run, see `Generator.step`;
+  "quiet_wait"}``: one measured run, see `Generator.step`; ``"server_pids"`` (several
+  servers: their CPU is summed) and ``"pids"`` (``{name: [pid, ...]}``: the CPU of each group
+  reported apart, and not counted as other processes') are optional;
 * ``{"cmd": "stats"}``: 0x0093 commands the devices acknowledged, devices connected, this
   process's CPU seconds;
 * ``{"cmd": "close"}``.
@@ -47,7 +53,7 @@ from typing import Any, cast
 
 from bench.harness import (
     QUIET_SHARE,
-    cpu_seconds,
+    cpu_seconds_of,
     machine_busy_seconds,
     own_cpu_seconds,
     percentile,
@@ -266,8 +272,9 @@ class Publisher(asyncio.Protocol):
 class HttpConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection with at most one request in flight."""
 
-    def __init__(self, pool: HttpPool) -> None:
+    def __init__(self, pool: HttpPool, port: int = 0) -> None:
         self.pool = pool
+        self.port = port
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.in_flight: tuple[int, float] | None = None
@@ -317,10 +324,14 @@ class HttpConnection(asyncio.Protocol):
 
 class HttpPool:
     """Keep-alive connections; a released request goes out at once on an idle one, or waits
-    (bounded) for one to finish."""
+    (bounded) for one to finish. With several ``ports`` (servers), the connections alternate
+    between them and released requests go to them in turn (to another one when the server
+    whose turn it is has no idle connection)."""
 
-    def __init__(self, host: str, port: int, size: int) -> None:
+    def __init__(self, host: str, port: int, size: int, ports: list[int] | None = None) -> None:
         self.host, self.port, self.size = host, port, size
+        self.ports = ports or [port]
+        self._turn = 0
         self.connections: list[HttpConnection] = []
         self.idle: collections.deque[HttpConnection] = collections.deque()
         self.backlog: collections.deque[tuple[int, float]] = collections.deque()
@@ -337,8 +348,9 @@ class HttpPool:
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(self.size - len(self.connections)):
+            port = self.ports[len(self.connections) % len(self.ports)]
             _, conn = await loop.create_connection(
-                lambda: HttpConnection(self), self.host, self.port
+                functools.partial(HttpConnection, self, port), self.host, port
             )
             await conn.ready
             self.connections.append(conn)
@@ -347,7 +359,7 @@ class HttpPool:
     def release(self, seq: int, t0: float) -> bool:
         """Send request ``seq`` now if a connection is idle, else queue it; False if shed."""
         if self.idle:  # the longest idle first, so none idles long enough to be closed
-            self.idle.popleft().send(self.build(seq), seq, t0)
+            self._take_idle().send(self.build(seq), seq, t0)
             return True
         if len(self.backlog) >= self.backlog_limit:
             self.shed += 1
@@ -355,6 +367,16 @@ class HttpPool:
         self.waited += 1
         self.backlog.append((seq, t0))
         return True
+
+    def _take_idle(self) -> HttpConnection:
+        if len(self.ports) > 1:
+            wanted = self.ports[self._turn % len(self.ports)]
+            self._turn += 1
+            for index, conn in enumerate(self.idle):
+                if conn.port == wanted:
+                    del self.idle[index]
+                    return conn
+        return self.idle.popleft()
 
     def answered(
         self, conn: HttpConnection, status: int, seq: int, t0: float, *, refusal: str = ""
@@ -428,7 +450,12 @@ class Generator:
             else:
                 label, passcode = entry[:2]
                 device = Device(
-                    connect_packet(label, passcode, keepalive=KEEPALIVE),
+                    connect_packet(
+                        label,
+                        cmd.get("password", passcode),
+                        keepalive=KEEPALIVE,
+                        username=cmd.get("username"),
+                    ),
                     f"app2dev/{label}/#",
                     self.tracker,
                     did=label,
@@ -451,7 +478,14 @@ class Generator:
         loop = asyncio.get_running_loop()
         client_id = cmd["client_id"]
         _, publisher = await loop.create_connection(
-            lambda: Publisher(connect_packet(client_id, "x", keepalive=0)),
+            lambda: Publisher(
+                connect_packet(
+                    client_id,
+                    cmd.get("password", "x"),
+                    keepalive=0,
+                    username=cmd.get("username"),
+                )
+            ),
             cmd["host"],
             cmd["port"],
         )
@@ -466,7 +500,8 @@ class Generator:
         return {"connected": True, "packet_bytes": len(self.publish_templates[0]) + 8}
 
     async def open_http(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        self.pool = HttpPool(cmd["host"], int(cmd["port"]), int(cmd["pool"]))
+        ports = [int(port) for port in cmd.get("ports", [])]
+        self.pool = HttpPool(cmd["host"], int(cmd["port"]), int(cmd["pool"]), ports)
         await self.pool.open()
         host = f"{cmd['host']}:{cmd['port']}"
         self.control_heads = [
@@ -525,8 +560,12 @@ class Generator:
         kind = cmd["kind"]
         rate = float(cmd["rate"])
         concurrency = int(cmd.get("concurrency", 32))
-        server_pid = int(cmd["server_pid"])
-        other_before = await self._wait_for_quiet(server_pid, float(cmd.get("quiet_wait", 0)))
+        server_pids = [int(pid) for pid in cmd.get("server_pids", [cmd["server_pid"]])]
+        groups = {
+            str(name): [int(pid) for pid in pids] for name, pids in cmd.get("pids", {}).items()
+        }
+        ours = sorted(set(server_pids) | {pid for pids in groups.values() for pid in pids})
+        other_before = await self._wait_for_quiet(ours, float(cmd.get("quiet_wait", 0)))
         if self.pool is not None:  # the server closes connections idle for a few seconds
             await self.pool.open()
         tracker = self.tracker
@@ -595,14 +634,21 @@ class Generator:
             pacer = asyncio.create_task(self._pace(rate, release))
         await asyncio.sleep(float(cmd["warmup"]))
 
-        g0, s0, m0 = own_cpu_seconds(), cpu_seconds(server_pid), machine_busy_seconds()
+        g0, s0, m0 = own_cpu_seconds(), cpu_seconds_of(server_pids), machine_busy_seconds()
+        helpers = sorted(set(ours) - set(server_pids))  # not "other processes"
+        h0 = cpu_seconds_of(helpers)
+        group0 = {name: cpu_seconds_of(pids) for name, pids in groups.items()}
         t0 = time.monotonic()
         tracker.recording = True
         errors0 = pool.errors if pool is not None else 0
         await asyncio.sleep(float(cmd["window"]))
         tracker.recording = False
         elapsed = time.monotonic() - t0
-        g1, s1, m1 = own_cpu_seconds(), cpu_seconds(server_pid), machine_busy_seconds()
+        g1, s1, m1 = own_cpu_seconds(), cpu_seconds_of(server_pids), machine_busy_seconds()
+        helper_cpu = (cpu_seconds_of(helpers) - h0) / elapsed
+        group_cpu = {
+            name: (cpu_seconds_of(pids) - group0[name]) / elapsed for name, pids in groups.items()
+        }
         errors = (pool.errors if pool is not None else 0) - errors0
         completed = tracker.completed_in_window
         recorded = tracker.recorded
@@ -637,7 +683,8 @@ class Generator:
             "http_p99": percentile(http_sorted, 0.99) * 1000,
             "server_cpu": server_cpu,
             "generator_cpu": generator_cpu,
-            "other_cpu": max(0.0, (m1 - m0) / elapsed - server_cpu - generator_cpu),
+            "other_cpu": max(0.0, (m1 - m0) / elapsed - server_cpu - generator_cpu - helper_cpu),
+            "cpu": group_cpu,
             "other_before": other_before,
             "waited": pool.waited if pool is not None else 0,
             "shed": pool.shed if pool is not None else 0,
@@ -660,9 +707,10 @@ class Generator:
                 release(now)
             done = target
 
-    async def _wait_for_quiet(self, server_pid: int, limit: float) -> float:
-        """Wait (at most ``limit`` seconds) until processes other than the server and this one
-        use under a quarter of a core; return what they used in the last sample (cores).
+    async def _wait_for_quiet(self, pids: list[int], limit: float) -> float:
+        """Wait (at most ``limit`` seconds) until processes other than ``pids`` (the servers
+        and their helpers) and this one use under a quarter of a core; return what they used in
+        the last sample (cores).
 
         The machine is shared: another job's test run takes the cores the server needs.
         """
@@ -670,14 +718,14 @@ class Generator:
         while True:
             m0, s0, g0, t0 = (
                 machine_busy_seconds(),
-                cpu_seconds(server_pid),
+                cpu_seconds_of(pids),
                 own_cpu_seconds(),
                 time.monotonic(),
             )
             await asyncio.sleep(1.0)
             elapsed = time.monotonic() - t0
             busy = machine_busy_seconds() - m0
-            ours = cpu_seconds(server_pid) - s0 + own_cpu_seconds() - g0
+            ours = cpu_seconds_of(pids) - s0 + own_cpu_seconds() - g0
             other = (busy - ours) / elapsed
             if other < QUIET_SHARE or time.monotonic() > deadline:
                 return max(0.0, other)

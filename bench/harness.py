@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,35 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (all its threads), from ``/proc/<pid>/stat``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (children, their children...), from ``/proc``: a
+    broker or database server whose work runs in child processes (PostgreSQL's backends)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, ()))
+    return found
+
+
+def cpu_seconds_of(pids: Iterable[int]) -> float:
+    """User + system CPU of several processes; one that has ended counts 0."""
+    total = 0.0
+    for pid in pids:
+        with suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
 
 
 def machine_busy_seconds() -> float:

@@ -18,9 +18,12 @@ Controlled by JSON lines on stdin, answering one JSON line per command on stdout
 * ``{"cmd": "connect", "host", "port", "devices": [[did, passcode], ...], "datapoints": path}``
   opens one connection per device (``concurrency`` handshakes at a time) and waits for CONNACK;
   with ``"dialect": "tencent"``, ``devices`` is ``[[product_id, name, psk, ...], ...]`` and
-  ``template`` the data template's path;
+  ``template`` the data template's path; with ``"username"``, every Gizwits connection signs in
+  with that user name (and the device's own client id and password), as when a broker's own
+  account stands in for the devices in a ceiling run;
 * ``{"cmd": "subscribe", "host", "port", "client_id", "passcode", "filter"}`` adds one
-  subscriber that counts the PUBLISH packets it receives;
+  subscriber that counts the PUBLISH packets it receives (``"username"``: another user name
+  than the client id);
 * ``{"cmd": "rate", "rate": R}`` publishes R reports/s spread over every device (0: stop);
 * ``{"cmd": "stats"}`` counters (``received``: PUBLISH packets every connection received),
   CPU seconds of this process, monotonic time;
@@ -105,11 +108,13 @@ class Connection(asyncio.Protocol):
 class GizwitsReports:
     """A Gizwits device: its CONNECT, and 0x0091 reports of random pet_house values."""
 
-    def __init__(self, codec: P0Codec, did: str, passcode: str) -> None:
-        self.codec, self.did, self.passcode = codec, did, passcode
+    def __init__(
+        self, codec: P0Codec, did: str, passcode: str, username: str | None = None
+    ) -> None:
+        self.codec, self.did, self.passcode, self.username = codec, did, passcode, username
 
     def hello(self) -> bytes:
-        return connect_packet(self.did, self.passcode, keepalive=KEEPALIVE)
+        return connect_packet(self.did, self.passcode, keepalive=KEEPALIVE, username=self.username)
 
     def subscription(self) -> bytes:
         return b""
@@ -199,8 +204,10 @@ class Generator:
         else:
             definition = await asyncio.to_thread(Path(cmd["datapoints"]).read_bytes)
             codec = P0Codec(load_product_definition(definition))
+            username = cmd.get("username")
             devices = [
-                GizwitsReports(codec, str(did), str(code)) for did, code, *_ in cmd["devices"]
+                GizwitsReports(codec, str(did), str(code), username)
+                for did, code, *_ in cmd["devices"]
             ]
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(int(cmd.get("concurrency", 100)))
@@ -247,7 +254,12 @@ class Generator:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
             lambda: Connection(
-                connect_packet(cmd["client_id"], cmd["passcode"], keepalive=KEEPALIVE)
+                connect_packet(
+                    cmd["client_id"],
+                    cmd["passcode"],
+                    keepalive=KEEPALIVE,
+                    username=cmd.get("username"),
+                )
             ),
             cmd["host"],
             cmd["port"],

@@ -136,7 +136,11 @@ def build_broker(settings: Settings, gateway: DeviceGateway) -> BrokerAdapter:
         except ValueError as exc:
             raise ConfigError(f"IOTCLOUD_RABBITMQ_MANAGEMENT_URL: {exc}") from exc
         return RabbitBroker(
-            target, settings.amqp_url, management, gateway, prefetch=settings.rabbitmq_prefetch
+            target,
+            settings.amqp_url,
+            management,
+            gateway,
+            prefetch=settings.rabbitmq_prefetch,
         )
     mode: CredentialMode = "none" if settings.mqtt_credentials == "none" else "dynsec"
     return ExternalBroker(
@@ -379,14 +383,17 @@ async def running_services(
         async def devices_changed(dids: Sequence[str] | None) -> None:
             control.devices_changed(dids)
             broker_auth.devices_changed(dids)
+            gateway.forget_devices(dids)
             bus.announce("devices_changed", dids=None if dids is None else list(dids))
             async for page in gateway.credentials(dids):
                 await broker.devices_changed(page)
 
         def devices_changed_elsewhere(message: Mapping[str, Any]) -> None:
             dids = message["dids"]
-            control.devices_changed(None if dids is None else [str(did) for did in dids])
-            broker_auth.devices_changed(None if dids is None else [str(did) for did in dids])
+            changed = None if dids is None else [str(did) for did in dids]
+            control.devices_changed(changed)
+            broker_auth.devices_changed(changed)
+            gateway.forget_devices(changed)
 
         bus.on("devices_changed", devices_changed_elsewhere)
 

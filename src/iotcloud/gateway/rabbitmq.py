@@ -504,10 +504,7 @@ class RabbitBroker:
         key = message.routing_key or ""
         try:
             if key in (CREATED, CLOSED):
-                # in the queue's order within this process (the consumer runs messages
-                # concurrently); across gateways see docs/decisions.md
-                async with self._presence_order:
-                    await self._queued_presence(key, dict(message.headers))
+                await self._queued_presence(key, dict(message.headers))
             else:
                 topic = topic_of_routing_key(key)
                 if topic is not None:
@@ -531,6 +528,17 @@ class RabbitBroker:
         event = parse_connection_event(key, headers)
         if event is None:
             return
+        if event.at is not None:
+            # stored with its instant, only if nothing later is (in any order, concurrently:
+            # a fleet connecting at once shares the presence batches' commits)
+            await self._store_presence_event(event)
+            return
+        # no instant to order by: one at a time, in the queue's order (the consumer runs
+        # messages concurrently; the lock is taken before anything else is awaited)
+        async with self._presence_order:
+            await self._store_presence_event(event)
+
+    async def _store_presence_event(self, event: ConnectionEvent) -> None:
         if event.created:
             if event.user == self.admin_user or event.client_id is None:
                 return

@@ -96,10 +96,11 @@ _STATUS_ACTIONS = frozenset(
 _WARN_LIMIT = 10_000
 _PAGE = 500
 CLOUD_CLIENT_ID = "cloud"
-STORED_DEVICE_TTL: Final = timedelta(seconds=5)
-"""How long `DeviceGateway.store_publish` reuses a device lookup: one query per device and 5 s
-instead of one per queued message; a device disabled meanwhile may have reports stored for that
-long (it is refused at the broker at once)."""
+STORED_DEVICE_TTL: Final = timedelta(seconds=60)
+"""How long `DeviceGateway.store_publish` reuses a device lookup: one query per device and
+minute instead of one per queued message. A device changed here or in another process
+(disabled, re-keyed) is dropped from it at once (`DeviceGateway.forget_devices`, from the
+process bus); the time-to-live bounds what a lost bus message costs."""
 _STORED_DEVICES_MAX = 100_000
 DATA_TEMPLATE = "data_template"
 """``products.protocol_type`` of a data-template (Tencent) product."""
@@ -635,8 +636,7 @@ class DeviceGateway:
     # -- DeviceDirectory ----------------------------------------------------------------------
 
     async def principal_of(self, did: str) -> DevicePrincipal | None:
-        async with self.db.session() as session:
-            found = await DeviceRepository(session).with_product(did)
+        found = await self._look_up(did)
         if found is None or found[0].is_disabled:
             return None
         device, product = found
@@ -792,21 +792,42 @@ class DeviceGateway:
         if cached is not None and cached[0] > now:
             _, principal, looked_up = cached
         else:
-            found = await self.principal_of_client(client_id)
-            looked_up_now = self._authenticated.pop(found.did, None) if found else None
-            if found is None or looked_up_now is None:
+            known = await self._stored_device(client_id, now)
+            if known is None:
                 self.stats.ignored += 1
                 return None
-            principal, looked_up = found, looked_up_now
-            if len(self._stored_devices) >= _STORED_DEVICES_MAX:
-                self._stored_devices.clear()
-            self._stored_devices[client_id] = (now + STORED_DEVICE_TTL, principal, looked_up)
+            principal, looked_up = known
         session = self._sessions.get(principal.did) or looked_up
         token = _PATH.set(_Path.STORE)
         try:
             return await self._stored(principal, topic, payload, session)
         finally:
             _PATH.reset(token)
+
+    async def _stored_device(
+        self, client_id: str, now: datetime
+    ) -> tuple[DevicePrincipal, _Session] | None:
+        """Look the device of ``client_id`` up for `store_publish` (the lookups of a burst share
+        one query, `_look_up`), kept `STORED_DEVICE_TTL`."""
+        found = await self.principal_of_client(client_id)
+        session = self._authenticated.pop(found.did, None) if found else None
+        if found is None or session is None:
+            return None
+        if len(self._stored_devices) >= _STORED_DEVICES_MAX:
+            self._stored_devices.clear()
+        self._stored_devices[client_id] = (now + STORED_DEVICE_TTL, found, session)
+        return found, session
+
+    def forget_devices(self, dids: Sequence[str] | None) -> None:
+        """Devices changed (disabled, re-keyed, deleted) here or in another process: drop what
+        `store_publish` keeps of them (all, for None)."""
+        if dids is None:
+            self._stored_devices.clear()
+            return
+        wanted = set(dids)
+        for client_id, (_, principal, _) in list(self._stored_devices.items()):
+            if principal.did in wanted:
+                del self._stored_devices[client_id]
 
     async def store_presence(
         self, client_id: str, online: bool, detail: str, *, at: datetime | None = None
