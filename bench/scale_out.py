@@ -65,6 +65,7 @@ from typing import Any
 import httpx
 from tests.pg import PostgresServer, free_port
 from tests.rabbitmq import RabbitCluster
+from tests.scale_out import broker_settings
 from tests.server import RunningServer
 
 from bench import ingest
@@ -147,16 +148,6 @@ class Stack:
 
 def postmaster_pid(postgres: PostgresServer) -> int:
     return int((postgres.data / "postmaster.pid").read_text().split("\n", 1)[0])
-
-
-def broker_settings(cluster: RabbitCluster, node: int) -> dict[str, Any]:
-    return {
-        "mqtt_broker": "rabbitmq",
-        "mqtt_url": cluster.mqtt_url(node),
-        "mqtt_port": cluster.mqtt_port(node),
-        "amqp_url": cluster.amqp_url(node),
-        "rabbitmq_management_url": cluster.management_url(node),
-    }
 
 
 @contextmanager

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiomqtt
+
 from iotcloud.gateway.rabbitmq import MESSAGES_QUEUE
+from tests.devices import PASSCODE, MqttDevice
 from tests.pg import free_port
 from tests.rabbitmq import RabbitCluster
 from tests.server import RunningServer, make_server
@@ -59,6 +62,17 @@ def broker_settings(cluster: RabbitCluster, node: int) -> dict[str, object]:
 
 START_TIMEOUT = 120.0
 """Seconds each process has to answer ``/healthz``: five start at once on a small machine."""
+
+
+def device_on(stack: ScaleOut, node: int, did: str, *, answer: bool = False) -> MqttDevice:
+    """A Gizwits device (MQTT 3.1, the test passcode) connecting to broker node ``node``."""
+    return MqttDevice(
+        stack.cluster.mqtt_port(node),
+        did,
+        PASSCODE,
+        protocol=aiomqtt.ProtocolVersion.V31,
+        answer=answer,
+    )
 
 
 def start_all(servers: list[RunningServer]) -> None:

@@ -42,7 +42,7 @@ from tests.integration.test_websocket import app_socket
 from tests.integration.test_websocket import bind as bind_over_http
 from tests.prometheus import sample
 from tests.rabbitmq import rabbitmq_installed
-from tests.scale_out import ScaleOut, scale_out
+from tests.scale_out import ScaleOut, device_on, scale_out
 from tests.server import ADMIN_TOKEN
 from tests.thing_devices import (
     ThingDevice,
@@ -96,16 +96,6 @@ def pet_house(stack: ScaleOut, tmp_path_factory: pytest.TempPathFactory) -> Prod
 @pytest.fixture(scope="module")
 def appid(stack: ScaleOut) -> str:
     return stack.api.create_app("RabbitMQ")["appid"]
-
-
-def device_on(stack: ScaleOut, node: int, did: str, *, answer: bool = False) -> MqttDevice:
-    return MqttDevice(
-        stack.cluster.mqtt_port(node),
-        did,
-        PASSCODE,
-        protocol=aiomqtt.ProtocolVersion.V31,
-        answer=answer,
-    )
 
 
 async def new_bound_device(stack: ScaleOut, appid: str, product: Product) -> tuple[User, str]:

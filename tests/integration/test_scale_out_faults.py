@@ -45,11 +45,11 @@ from iotcloud.gateway.rabbitmq import MESSAGES_QUEUE
 from iotcloud.storage.database import Database
 from iotcloud.storage.models import ScheduleRow, ScheduleRunRow
 from tests.accounts import User, bind, sign_up
-from tests.devices import PASSCODE, MqttDevice, Product, eventually, import_product, register
+from tests.devices import MqttDevice, Product, eventually, import_product, register
 from tests.pg import PostgresServer
 from tests.prometheus import sample
 from tests.rabbitmq import rabbitmq_installed
-from tests.scale_out import ScaleOut, node_processes, queue_node, scale_out
+from tests.scale_out import ScaleOut, device_on, node_processes, queue_node, scale_out
 from tests.server import RunningServer
 
 pytestmark = pytest.mark.skipif(
@@ -139,16 +139,6 @@ async def bound_devices(faults: Faults, user: User, count: int) -> list[str]:
         await bind(faults.stack.api, user, did)
         dids.append(did)
     return dids
-
-
-def device_on(stack: ScaleOut, node: int, did: str, *, answer: bool) -> MqttDevice:
-    return MqttDevice(
-        stack.cluster.mqtt_port(node),
-        did,
-        PASSCODE,
-        protocol=aiomqtt.ProtocolVersion.V31,
-        answer=answer,
-    )
 
 
 async def online(
