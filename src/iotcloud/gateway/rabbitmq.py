@@ -68,6 +68,9 @@ that crashed says nothing of its connections (no ``connection.closed``)."""
 LISTING_MARGIN: Final = timedelta(seconds=10)
 """The management API lists a connection only after its statistics tick (up to 5 s, measured):
 a resynchronisation stores offline only devices that came online longer ago than this."""
+CLOSE_LOOKUP_SECONDS: Final = 5.0
+"""How long a gateway waits to learn which device a queued ``connection.closed`` was about
+(only ``connection.created`` names it); a close of a connection never heard of is dropped."""
 PREFETCH: Final = 500
 """Unacknowledged messages one gateway holds at once: enough to fill the report batcher's
 group commits, few enough that a killed gateway hands little back for redelivery."""
@@ -544,10 +547,7 @@ class RabbitBroker:
                 return
             client_id: str | None = event.client_id
         else:
-            client_id = self._client_of_name(event.name)
-            if client_id is None:  # this process has not heard it open yet
-                await asyncio.sleep(0.2)
-                client_id = self._client_of_name(event.name)
+            client_id = await self._client_of_closed(event.name)
         if client_id is None:
             return
         if not event.created and self._taken_over(client_id, event):
@@ -565,6 +565,17 @@ class RabbitBroker:
             if opened is None or closed.at is None or opened <= closed.at:
                 return True
         return False
+
+    async def _client_of_closed(self, name: str) -> str | None:
+        """The client id of the closed connection ``name``, waiting up to
+        `CLOSE_LOOKUP_SECONDS` for this process's own event queue to tell it (the shared
+        queue's copy of a close may come first when the process is busy)."""
+        deadline = asyncio.get_running_loop().time() + CLOSE_LOOKUP_SECONDS
+        while (client_id := self._client_of_name(name)) is None:
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+        return client_id
 
     def _client_of_name(self, name: str) -> str | None:
         return self._names.get(name) or self._closed.get(name)
