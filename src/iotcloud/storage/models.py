@@ -114,6 +114,7 @@ class UserRow(Base):
     # IANA zone (Tencent timers without ``TimeZone`` use it) and the Tencent user settings
     time_zone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     settings: Mapped[dict[str, Any] | None] = mapped_column(JSON_TYPE, nullable=True)
+    is_disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -431,3 +432,18 @@ class ScheduleRunRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     note: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+
+class ConsoleSessionRow(Base):
+    """A web console sign-in (operator). Only the SHA-256 ``digest`` of the session cookie is
+    stored; a session ends at ``expires_at``, on sign-out (row deleted) or when idle too long
+    (``last_seen_at``)."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
