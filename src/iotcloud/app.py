@@ -28,7 +28,7 @@ from prometheus_client.core import Metric
 
 from iotcloud import runtime
 from iotcloud.api import broker_auth as broker_auth_routes
-from iotcloud.api import ops
+from iotcloud.api import console, openapi, ops
 from iotcloud.api.admin.routes import ROUTER as ADMIN_ROUTER
 from iotcloud.api.errors import EXCEPTION_HANDLERS
 from iotcloud.api.gizwits import accounts as gizwits_accounts
@@ -69,6 +69,7 @@ from iotcloud.services.auth_cache import AuthCache
 from iotcloud.services.bindings import BindingChange, BindingService
 from iotcloud.services.broker_auth import BrokerAuthService, parse_networks
 from iotcloud.services.bus import ProcessBus
+from iotcloud.services.console import ConsoleService
 from iotcloud.services.control import ControlService
 from iotcloud.services.credentials import PasswordHasher
 from iotcloud.services.devices import DeviceService
@@ -76,9 +77,11 @@ from iotcloud.services.password_reset import PasswordResetService
 from iotcloud.services.products import ProductService
 from iotcloud.services.realtime import RealtimeHub
 from iotcloud.services.registry import Services
+from iotcloud.services.schedule_admin import ScheduleAdminService
 from iotcloud.services.scheduler import SchedulerService
 from iotcloud.services.telemetry import TelemetryService
 from iotcloud.services.things import ThingService
+from iotcloud.services.user_admin import UserAdminService
 from iotcloud.services.verification import VerificationService
 from iotcloud.storage.accounts import (
     AppTokenRepository,
@@ -425,6 +428,7 @@ async def running_services(
         engine = await stack.enter_async_context(
             SchedulerEngine(db, clock, control, EngineConfig.from_settings(settings))
         )
+        device_service = DeviceService(db, clock, settings, devices_changed, new_owner)
         services = Services(
             settings=settings,
             apps=apps,
@@ -432,7 +436,7 @@ async def running_services(
             verification=verification,
             password_reset=resets,
             products=products,
-            devices=DeviceService(db, clock, settings, devices_changed, new_owner),
+            devices=device_service,
             telemetry=telemetry,
             bindings=bindings,
             control=control,
@@ -444,6 +448,11 @@ async def running_services(
             database=db,
             broker_unready=broker.unready_reason,
             broker_auth=broker_auth,
+            user_admin=UserAdminService(db, clock, accounts.tokens_revoked),
+            schedule_admin=ScheduleAdminService(db, clock),
+            console=ConsoleService(
+                db, clock, settings, products, device_service, telemetry, control
+            ),
         )
         services.metrics.sources.add(broker_auth.metrics)
         async with asyncio.TaskGroup() as tasks:
@@ -565,6 +574,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Litestar:
         *reset_page.ROUTES,
         ADMIN_ROUTER,
         TENCENT_ROUTER,
+        *openapi.ROUTES,
+        *console.ROUTES,
     ]
     return MeasuredApp(
         route_handlers=[*ops.ROUTES, *(api_routes if "api" in settings.roles else [])],

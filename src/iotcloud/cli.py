@@ -12,8 +12,9 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 from rich.console import Console
@@ -28,13 +29,27 @@ from iotcloud.api.admin.views import (
     product_view,
 )
 from iotcloud.config import ConfigError, Settings
-from iotcloud.domain.clock import SystemClock
+from iotcloud.domain.clock import SystemClock, iso_utc
 from iotcloud.domain.registration import POLICIES
-from iotcloud.errors import FormInvalid, IotCloudError
+from iotcloud.errors import DeviceNotFound, FormInvalid, IotCloudError
 from iotcloud.logs import JsonLogFormatter
 from iotcloud.services.apps import App, AppService
+from iotcloud.services.device_tail import DeviceTail, TailEvent, tail_event_view
 from iotcloud.services.devices import DeviceService, ImportReport, read_device_csv
 from iotcloud.services.products import ProductService
+from iotcloud.services.schedule_admin import (
+    AttemptView,
+    ScheduleAdminService,
+    run_view,
+    schedule_detail_view,
+    schedule_summary_view,
+)
+from iotcloud.services.user_admin import (
+    UserAdminService,
+    UserSummary,
+    user_detail_view,
+    user_summary_view,
+)
 from iotcloud.simulator import (
     Fleet,
     FleetConfig,
@@ -643,6 +658,386 @@ def device_enable(did: str, as_json: bool, **options: Any) -> None:
     settings = load_settings(options)
     device = with_catalog(settings, lambda _, devices: devices.set_disabled(did, False))
     _emit(as_json, device_view(device))
+
+
+@device_group.command("tail")
+@click.argument("did")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per line")
+@click.option(
+    "--since",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="first show what was stored in the last SECONDS",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05, max=60),
+    default=0.5,
+    show_default=True,
+    help="seconds between looks at the database",
+)
+@settings_options
+def device_tail(did: str, as_json: bool, since: float, interval: float, **options: Any) -> None:
+    """Follow a device live: reports (data point values), commands sent to it, its replies,
+    presence and events, one line each, until Ctrl-C.
+
+    Reads what the server stores (the frame log), so it works with any number of server
+    processes. An unknown DID exits with status 2."""
+    settings = load_settings(options)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            async with Database(settings.resolved_database_url) as db:
+                await db.migrate()
+                tail = DeviceTail(db, SystemClock(), did)
+                await tail.start(timedelta(seconds=since))
+                while not stop.is_set():
+                    for event in await tail.poll():
+                        click.echo(_tail_line(event, as_json))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), interval)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        run(go())
+    except click.ClickException as exc:
+        if isinstance(exc.__cause__, DeviceNotFound):
+            click.echo(f"Error: {exc.message}", err=True)
+            sys.exit(2)
+        raise
+
+
+def _tail_line(event: TailEvent, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(tail_event_view(event), ensure_ascii=False)
+    arrow = {"up": "<-", "down": "->"}.get(event.direction or "", "  ")
+    parts = [iso_utc(event.at), f"{event.kind:<8}", arrow]
+    if event.values is not None:
+        parts.append(
+            " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in event.values.items())
+        )
+    if event.detail:
+        parts.append(event.detail)
+    return " ".join(parts)
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+#: Below this many columns tables leave out the less needed columns; from WIDEST on they
+#: show every column.
+NARROW: Final = 100
+WIDEST: Final = 160
+
+
+def with_admin(settings: Settings, action: Callable[[Database, SystemClock], Awaitable[T]]) -> T:
+    """Run ``action`` on the configured database (migrated first)."""
+
+    async def go() -> T:
+        async with Database(settings.resolved_database_url) as db:
+            await db.migrate()
+            return await action(db, SystemClock())
+
+    return run(go())
+
+
+def _when(instant: datetime | None) -> str:
+    return instant.strftime("%Y-%m-%d %H:%M") if instant is not None else "-"
+
+
+def _id_column(table: Table, heading: str, width: int = 32) -> None:
+    """A column of ids that are never wrapped (a uid or schedule id is 32 characters)."""
+    table.add_column(heading, no_wrap=True, min_width=width)
+
+
+@main.group("user")
+def user_group() -> None:
+    """See and manage app users (search, disable, sign out)."""
+
+
+@user_group.command("list")
+@click.option("--query", "-q", default="", help="part of a uid, username, e-mail or phone")
+@click.option("--appid", default=None, help="only users of this app")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def user_list(
+    query: str, appid: str | None, limit: int, offset: int, as_json: bool, **options: Any
+) -> None:
+    """List users, newest first."""
+    settings = load_settings(options)
+    users = with_admin(
+        settings,
+        lambda db, clock: UserAdminService(db, clock).search(
+            query, appid=appid, limit=limit, offset=offset
+        ),
+    )
+    if as_json:
+        _emit(True, [user_summary_view(user) for user in users])
+        return
+    console = Console()
+    wide, widest = console.width >= NARROW, console.width >= WIDEST
+    table = Table()
+    _id_column(table, "uid")
+    if widest:
+        table.add_column("appid", no_wrap=True)
+    table.add_column("user", overflow="fold")
+    table.add_column("devices" if wide else "dev", justify="right")
+    if wide:
+        table.add_column("state", no_wrap=True)
+        table.add_column("created", no_wrap=True)
+    for user in users:
+        row = [user.uid]
+        if widest:
+            row.append(user.appid)
+        identity = _identity(user)
+        if not wide and user.is_disabled:
+            identity += " (disabled)"
+        row += [identity, str(user.device_count)]
+        if wide:
+            row += [_user_state(user), _when(user.created_at)]
+        table.add_row(*row)
+    console.print(table)
+
+
+def _identity(user: UserSummary) -> str:
+    names = [value for value in (user.username, user.email, user.phone) if value]
+    return " ".join(names) or ("(anonymous)" if user.is_anonymous else "-")
+
+
+def _user_state(user: UserSummary) -> str:
+    return "disabled" if user.is_disabled else "active"
+
+
+@user_group.command("show")
+@click.argument("uid")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def user_show(uid: str, as_json: bool, **options: Any) -> None:
+    """Show one user with their bound devices and live sessions."""
+    settings = load_settings(options)
+    detail = with_admin(settings, lambda db, clock: UserAdminService(db, clock).get(uid))
+    view = user_detail_view(detail)
+    if as_json:
+        _emit(True, view)
+        return
+    _emit(False, {key: value for key, value in view.items() if key not in ("devices", "sessions")})
+    console = Console()
+    devices = Table(title="devices")
+    _id_column(devices, "did", 22)
+    devices.add_column("product", overflow="fold")
+    devices.add_column("alias", overflow="fold")
+    devices.add_column("online")
+    if console.width >= NARROW:
+        devices.add_column("mac", no_wrap=True)
+        devices.add_column("bound", no_wrap=True)
+    for device in detail.devices:
+        row = [
+            device.did,
+            device.product_name or device.product_key,
+            device.dev_alias,
+            "yes" if device.is_online else "no",
+        ]
+        if console.width >= NARROW:
+            row += [device.mac, _when(device.bound_at)]
+        devices.add_row(*row)
+    console.print(devices)
+    sessions = Table("signed in", "expires", title="sessions")
+    for item in detail.sessions:
+        sessions.add_row(_when(item.created_at), _when(item.expires_at))
+    console.print(sessions)
+
+
+def _set_user_disabled(uid: str, disabled: bool, as_json: bool, options: dict[str, Any]) -> None:
+    settings = load_settings(options)
+    user = with_admin(
+        settings, lambda db, clock: UserAdminService(db, clock).set_disabled(uid, disabled)
+    )
+    _emit(as_json, user_summary_view(user))
+
+
+@user_group.command("disable")
+@click.argument("uid")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def user_disable(uid: str, as_json: bool, **options: Any) -> None:
+    """Disable a user: every session ends and they can no longer sign in (9026)."""
+    _set_user_disabled(uid, True, as_json, options)
+
+
+@user_group.command("enable")
+@click.argument("uid")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def user_enable(uid: str, as_json: bool, **options: Any) -> None:
+    """Let a disabled user sign in again."""
+    _set_user_disabled(uid, False, as_json, options)
+
+
+@user_group.command("signout")
+@click.argument("uid")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def user_signout(uid: str, as_json: bool, **options: Any) -> None:
+    """Sign a user out everywhere: every token they hold stops working."""
+    settings = load_settings(options)
+    revoked = with_admin(
+        settings, lambda db, clock: UserAdminService(db, clock).sign_out_everywhere(uid)
+    )
+    _emit(as_json, {"uid": uid, "revoked": revoked})
+
+
+# -- schedules -----------------------------------------------------------------------------------
+
+
+@main.group("schedule")
+def schedule_group() -> None:
+    """See every user's schedules, their next firings and their runs."""
+
+
+@schedule_group.command("list")
+@click.option("--user", "uid", default=None, help="only schedules of this uid")
+@click.option("--device", "did", default=None, help="only schedules of this device")
+@click.option(
+    "--enabled/--disabled", "enabled", default=None, help="only enabled (disabled) schedules"
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def schedule_list(
+    uid: str | None,
+    did: str | None,
+    enabled: bool | None,
+    limit: int,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """List schedules, newest first."""
+    settings = load_settings(options)
+    schedules = with_admin(
+        settings,
+        lambda db, clock: ScheduleAdminService(db, clock).list(
+            uid=uid, did=did, enabled=enabled, limit=limit
+        ),
+    )
+    if as_json:
+        _emit(True, [schedule_summary_view(schedule) for schedule in schedules])
+        return
+    console = Console()
+    wide = console.width >= NARROW
+    table = Table()
+    _id_column(table, "id")
+    if wide:
+        table.add_column("name", overflow="fold")
+        table.add_column("uid", overflow="fold")
+    table.add_column("rule", overflow="fold")
+    table.add_column("next", overflow="fold")
+    table.add_column("last")
+    for schedule in schedules:
+        row = [schedule.schedule_id]
+        if wide:
+            row += [schedule.name, schedule.uid]
+        row += [
+            schedule.rule_text,
+            _when(schedule.next_due_at) if schedule.enabled else "off",
+            schedule.last_status or "-",
+        ]
+        table.add_row(*row)
+    console.print(table)
+
+
+@schedule_group.command("show")
+@click.argument("schedule_id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def schedule_show(schedule_id: str, as_json: bool, **options: Any) -> None:
+    """Show one schedule: its rule, tasks, retry settings and next firings."""
+    settings = load_settings(options)
+    detail = with_admin(
+        settings, lambda db, clock: ScheduleAdminService(db, clock).get(schedule_id)
+    )
+    view = schedule_detail_view(detail)
+    if as_json:
+        _emit(True, view)
+        return
+    lists = ("tasks", "upcoming")
+    _emit(False, {key: value for key, value in view.items() if key not in lists})
+    click.echo("upcoming:" + ("" if view["upcoming"] else " -"))
+    for at in view["upcoming"]:
+        click.echo(f"  {at}")
+    table = Table("did", "command", title="tasks")
+    table.columns[0].no_wrap = True
+    table.columns[1].overflow = "fold"
+    for task in detail.tasks:
+        command = task.get("attrs", task.get("raw"))
+        table.add_row(str(task.get("did")), json.dumps(command, ensure_ascii=False))
+    Console().print(table)
+
+
+@schedule_group.command("runs")
+@click.argument("schedule_id", required=False)
+@click.option(
+    "--problems-first/--newest-first",
+    default=True,
+    show_default=True,
+    help="failed and missed runs before the rest, or simply newest first",
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@settings_options
+def schedule_runs(
+    schedule_id: str | None, problems_first: bool, limit: int, as_json: bool, **options: Any
+) -> None:
+    """Show runs of one schedule (of every schedule without an id) with each attempt."""
+    settings = load_settings(options)
+    runs = with_admin(
+        settings,
+        lambda db, clock: ScheduleAdminService(db, clock).runs(
+            schedule_id, problems_first=problems_first, limit=limit
+        ),
+    )
+    if as_json:
+        _emit(True, [run_view(item) for item in runs])
+        return
+    console = Console()
+    wide = console.width >= NARROW
+    table = Table()
+    table.add_column("due", no_wrap=True)
+    table.add_column("schedule", overflow="fold")
+    table.add_column("status")
+    table.add_column("attempts", overflow="fold")
+    if wide:
+        table.add_column("note", overflow="fold")
+    for item in runs:
+        row = [
+            _when(item.scheduled_at),
+            item.schedule_name or item.schedule_id,
+            item.status,
+            "\n".join(_attempt_text(attempt) for attempt in item.attempts) or "-",
+        ]
+        if wide:
+            row.append(item.note or "")
+        table.add_row(*row)
+    console.print(table)
+
+
+def _attempt_text(attempt: AttemptView) -> str:
+    if attempt.detail is None:
+        outcome = "in flight"
+    else:
+        outcome = " ".join(
+            f"{did}:{'ok' if ok else 'failed'}" for did, ok in attempt.detail.items()
+        )
+    if attempt.interrupted:
+        outcome += " (interrupted)"
+    return f"{attempt.at.strftime('%H:%M:%S')} {outcome}"
 
 
 # -- simulate ------------------------------------------------------------------------------------

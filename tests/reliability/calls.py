@@ -13,6 +13,7 @@ Access kinds:
   ``self``: it acts on the caller's own account or bindings, so another user is answered about
   their own (never the owner's).
 - ``operator``: ``/admin/v1``, ``Authorization: Bearer <IOTCLOUD_ADMIN_TOKEN>``.
+- ``console``: ``/console``, a console session cookie (signed in with the operator token).
 - ``tencent``: ``tokenapi``, whose body's ``AccessToken`` is a user token; see `TOKENAPI`.
 - ``websocket``: ``/ws/app/v1``, whose ``login_req`` carries the token.
 - ``public``: needs no user credentials; ``reason`` says why that is right.
@@ -35,7 +36,7 @@ from tests.reliability.scene import (
     timer_params,
 )
 
-Access = Literal["user", "operator", "tencent", "websocket", "public"]
+Access = Literal["user", "operator", "console", "tencent", "websocket", "public"]
 Scope = Literal["resource", "self"]
 NO_BODY: Final[Any] = object()
 FORM: Final = "application/x-www-form-urlencoded"
@@ -94,6 +95,28 @@ class ActionEntry:
 
 def _call(method: str, path: str, **parts: Any) -> HttpCall:
     return HttpCall(method, path, **parts)
+
+
+_FORM_TYPE: Final = {"Content-Type": FORM}
+
+
+def _console(method: str, path: str) -> Build:
+    """A console call naming the owner's things (a form post for POST)."""
+
+    def build(t: Target) -> HttpCall:
+        params = {
+            "did": t.owner.did,
+            "product_key": t.owner.product_key,
+            "schedule_id": t.owner.schedule_id,
+            "uid": t.owner.uid,
+            "appid": t.owner.appid,
+        }
+        used = {name: value for name, value in params.items() if "{" + name in path}
+        if method == "GET":
+            return _call(method, path, path_params=used)
+        return _call(method, path, path_params=used, content=b"csrf=x", headers=_FORM_TYPE)
+
+    return build
 
 
 def _did(method: str, path: str, **parts: Any) -> Build:
@@ -338,6 +361,61 @@ ROUTES: Final[dict[Route, RouteEntry]] = {
         "public",
         lambda t: _call("GET", "/metrics"),
         reason="Prometheus: counts by route template and outcome, never a user's data",
+    ),
+    **{
+        (method, path): RouteEntry("console", _console(method, path))
+        for method, path in (
+            ("GET", "/console"),
+            ("GET", "/console/apps"),
+            ("GET", "/console/devices"),
+            ("GET", "/console/devices/{did:str}"),
+            ("GET", "/console/devices/{did:str}/state"),
+            ("GET", "/console/products"),
+            ("GET", "/console/products/{product_key:str}"),
+            ("GET", "/console/schedules"),
+            ("GET", "/console/schedules/{schedule_id:str}"),
+            ("GET", "/console/users"),
+            ("GET", "/console/users/{uid:str}"),
+            ("POST", "/console/apps"),
+            ("POST", "/console/apps/{appid:str}/rotate"),
+            ("POST", "/console/devices"),
+            ("POST", "/console/devices/import"),
+            ("POST", "/console/devices/import.json"),
+            ("POST", "/console/devices/{did:str}/command"),
+            ("POST", "/console/devices/{did:str}/disable"),
+            ("POST", "/console/devices/{did:str}/enable"),
+            ("POST", "/console/logout"),
+            ("POST", "/console/products"),
+            ("POST", "/console/users/{uid:str}/disable"),
+            ("POST", "/console/users/{uid:str}/enable"),
+            ("POST", "/console/users/{uid:str}/sign-out"),
+        )
+    },
+    ("GET", "/console/login"): RouteEntry(
+        "public",
+        lambda t: _call("GET", "/console/login"),
+        reason="the console's sign-in page: a form, no data",
+    ),
+    ("POST", "/console/login"): RouteEntry(
+        "public",
+        lambda t: _call("POST", "/console/login", content=b"token=wrong", headers=_FORM_TYPE),
+        reason="the console's sign-in: only the operator token opens a session",
+    ),
+    ("GET", "/console/static/{name:str}"): RouteEntry(
+        "public",
+        lambda t: _call("GET", "/console/static/console.css"),
+        reason="the console's own CSS and JavaScript, from the package",
+    ),
+    ("GET", "/openapi.json"): RouteEntry(
+        "public", lambda t: _call("GET", "/openapi.json"), reason="the API's schema, no data"
+    ),
+    ("GET", "/docs"): RouteEntry(
+        "public", lambda t: _call("GET", "/docs"), reason="the API's interactive docs page"
+    ),
+    ("GET", "/docs/assets/{name:str}"): RouteEntry(
+        "public",
+        lambda t: _call("GET", "/docs/assets/swagger-ui.css"),
+        reason="Swagger UI's static files, from the package",
     ),
     **{
         (method, f"/broker/rabbitmq/{kind}"): RouteEntry(

@@ -6,8 +6,9 @@
   "error_message", "detail_message"}``, and successes as JSON, except the device routes
   (``/dev/...``: form text or hex), the captcha image, the password-reset page (HTML, which also
   answers its own refusals as HTML), the broker-auth endpoints (RabbitMQ's ``allow``/``deny``
-  as plain text, EMQX's ``{"result"}``; a caller not allowed gets a bare 403) and ``/metrics``
-  (Prometheus text).
+  as plain text, EMQX's ``{"result"}``; a caller not allowed gets a bare 403), ``/metrics``
+  (Prometheus text), the interactive docs (``/docs``: HTML and its assets) and the web console
+  (``/console``: pages and their assets, refusals as pages).
 - A 204 has no body, in either dialect (``DELETE /app/logout``, ``OPTIONS``).
 """
 
@@ -36,6 +37,13 @@ def envelope_problem(status: int, content_type: str, body: bytes, path: str) -> 
         return None if not body else "a 204 with a body"
     if is_tencent(path):
         return _tencent_problem(status, content_type, body)
+    if status >= 400 and path.startswith(("/console", "/docs")):
+        if "json" not in content_type:
+            return None  # the console and the docs answer their pages' refusals as pages
+        value, problem = _json(content_type, body)  # the console's data routes: {"error", ...}
+        if problem is None and isinstance(value, dict) and value.get("error"):
+            return None
+        return _gizwits_error_problem(content_type, body)  # what no console route answered
     if status >= 400 and path.startswith(RESET_PREFIX) and content_type.startswith("text/html"):
         return None
     if status == 403 and path.startswith((RABBITMQ_PREFIX, EMQX_PREFIX)):
@@ -105,6 +113,8 @@ def _success_problem(status: int, content_type: str, body: bytes, path: str) -> 
         return None if content_type.startswith("image/png") else "a captcha that is not a PNG"
     if path.startswith(RESET_PREFIX):
         return None if content_type.startswith("text/html") else "a reset page that is not HTML"
+    if path.rstrip("/") == "/docs" or path.startswith(("/docs/assets/", "/console")):
+        return None if not content_type.startswith("application/json") else "docs as JSON"
     if path.startswith(RABBITMQ_PREFIX):
         if not content_type.startswith("text/plain"):
             return f"Content-Type {content_type!r} on a RabbitMQ auth-backend route"

@@ -260,6 +260,47 @@ async def test_operator_routes_refuse_wrong_bearer_tokens(
     await assert_untouched(http, a, scene.b)
 
 
+# -- web console -------------------------------------------------------------------------------
+
+
+async def test_console_routes_refuse_callers_without_a_session(
+    scene: Scene, http: httpx.AsyncClient
+) -> None:
+    """Pages send a caller without a live console session to sign-in (303), data routes answer
+    401; neither the operator's bearer token nor a user's token nor a made-up cookie opens one,
+    and nothing is changed."""
+    a = scene.a
+    wrong = {
+        "no cookie": {},
+        "made-up cookie": {"Cookie": f"iotcloud_console={secrets.token_urlsafe(32)}"},
+        "operator bearer": {"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        "user headers": a.headers(),
+    }
+    verdicts = Verdicts(a, [])
+    for entry in by_access("console"):
+        assert entry.build is not None
+        for label, headers in wrong.items():
+            call = entry.build(Target(a, a.family_id))
+            reply = await http.request(
+                call.method, call.url, content=call.content, headers={**call.headers, **headers}
+            )
+            verdicts.calls += 1
+            where = f"{call.method} {call.url} [{label}]"
+            if reply.status_code == 303:
+                if reply.headers.get("location") != "/console/login":
+                    verdicts.problems.append(f"{where}: redirected elsewhere")
+            elif reply.status_code != 401 or not reply.headers.get("content-type", "").startswith(
+                "application/json"
+            ):
+                verdicts.problems.append(f"{where}: {reply.status_code}, not 303 or 401 JSON")
+            for secret in (a.token, a.passcode):
+                if secret in reply.text:
+                    verdicts.problems.append(f"{where}: leaks a secret")
+    verdicts.assert_none()
+    assert verdicts.calls == len(wrong) * len(by_access("console"))
+    await assert_untouched(http, a, scene.b)
+
+
 # -- public routes -----------------------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -64,6 +64,7 @@ from litestar import Request, Response, post, route
 from litestar.enums import HttpMethod
 
 from iotcloud.api.gizwits.wire import json_response
+from iotcloud.api.openapi.declare import Decorator, declare
 from iotcloud.gateway.broker import DevicePrincipal
 from iotcloud.services.broker_auth import (
     BrokerAuthService,
@@ -90,6 +91,68 @@ _FORM: Final = "application/x-www-form-urlencoded"
 _METHODS: Final = [HttpMethod.GET, HttpMethod.POST]
 
 
+class RabbitQuestion(msgspec.Struct):
+    """What ``rabbitmq_auth_backend_http`` asks (which fields depends on the path; a missing
+    one is answered ``deny``)."""
+
+    username: str | None = None
+    password: str | None = None
+    vhost: str | None = None
+    client_id: str | None = None
+    ip: str | None = None
+    tags: str | None = None
+    resource: str | None = None
+    name: str | None = None
+    permission: str | None = None
+    routing_key: str | None = None
+
+
+class EmqxQuestion(msgspec.Struct):
+    """What EMQX's HTTP authentication (``password``) or authorization (``topic``,
+    ``action``) asks; malformed is answered ``deny``."""
+
+    username: str
+    password: str | None = None
+    clientid: str | None = None
+    topic: str | None = None
+    action: str | None = None
+
+
+class EmqxAnswer(msgspec.Struct, omit_defaults=True):
+    result: Literal["allow", "deny", "ignore"]
+    is_superuser: bool | None = None
+
+
+_VERDICT: Final = {"type": "string", "enum": [ALLOW, DENY]}
+_REFUSED: Final = {"type": "string", "maxLength": 0, "description": "peer not allowed to ask"}
+
+
+def _declare_rabbitmq(what: str) -> Decorator:
+    return declare(
+        f"RabbitMQ asks whether a {what} is allowed",
+        tag="broker auth",
+        query=RabbitQuestion,
+        body=RabbitQuestion,
+        body_required=False,
+        body_media=_FORM,
+        responses={200: _VERDICT, 403: _REFUSED},
+        response_media={200: "text/plain", 403: "text/plain"},
+        dialect="plain",
+    )
+
+
+def _declare_emqx(what: str) -> Decorator:
+    return declare(
+        f"EMQX asks whether {what}",
+        tag="broker auth",
+        body=EmqxQuestion,
+        responses={200: EmqxAnswer, 403: _REFUSED},
+        response_media={403: "text/plain"},
+        errors=(413,),
+        dialect="plain",
+    )
+
+
 class _Malformed(Exception):
     """The question cannot be read: answered ``deny``."""
 
@@ -97,21 +160,25 @@ class _Malformed(Exception):
 # -- RabbitMQ -------------------------------------------------------------------------------------
 
 
+@_declare_rabbitmq("device (user)")
 @route("/broker/rabbitmq/user", http_method=_METHODS, status_code=200)
 async def rabbitmq_user(request: AnyRequest) -> Response[bytes]:
     return await _rabbitmq(request, "user", _user)
 
 
+@_declare_rabbitmq("virtual host")
 @route("/broker/rabbitmq/vhost", http_method=_METHODS, status_code=200)
 async def rabbitmq_vhost(request: AnyRequest) -> Response[bytes]:
     return await _rabbitmq(request, "vhost", _vhost)
 
 
+@_declare_rabbitmq("queue or exchange")
 @route("/broker/rabbitmq/resource", http_method=_METHODS, status_code=200)
 async def rabbitmq_resource(request: AnyRequest) -> Response[bytes]:
     return await _rabbitmq(request, "resource", _resource)
 
 
+@_declare_rabbitmq("topic")
 @route("/broker/rabbitmq/topic", http_method=_METHODS, status_code=200)
 async def rabbitmq_topic(request: AnyRequest) -> Response[bytes]:
     return await _rabbitmq(request, "topic", _topic)
@@ -287,11 +354,13 @@ async def _authz(services: Services, body: Mapping[str, Any], username: str) -> 
     return ALLOW if allowed else DENY
 
 
+@_declare_emqx("a device may connect")
 @post("/broker/emqx/authn", status_code=200)
 async def emqx_authn(request: AnyRequest) -> Response[bytes]:
     return await _emqx_answer(request, "authn", _authn, is_superuser=False)
 
 
+@_declare_emqx("a device may publish or subscribe")
 @post("/broker/emqx/authz", status_code=200)
 async def emqx_authz(request: AnyRequest) -> Response[bytes]:
     return await _emqx_answer(request, "authz", _authz)

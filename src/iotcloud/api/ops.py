@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+import msgspec
 from litestar import Request, Response, get
 
 from iotcloud.api.gizwits.wire import json_response
+from iotcloud.api.openapi.declare import declare
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +27,31 @@ AnyRequest = Request[Any, Any, Any]
 READY_TIMEOUT_SECONDS: Final = 2.0
 
 
+class Health(msgspec.Struct):
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready", "unready"]
+    checks: dict[str, str]
+    """``database`` and ``broker``: ``"ok"`` or what is wrong."""
+
+
+METRICS_TEXT: Final = {"type": "string", "description": "Prometheus text exposition format"}
+
+
+@declare("The process is alive", tag="probes", responses={200: Health}, dialect="plain")
 @get("/healthz")
 async def healthz() -> Response[bytes]:
     return json_response({"status": "ok"})
 
 
+@declare(
+    "The database and the broker answer",
+    tag="probes",
+    responses={200: Readiness, 503: Readiness},
+    dialect="plain",
+)
 @get("/readyz")
 async def readyz(request: AnyRequest) -> Response[bytes]:
     services = request.app.state.services
@@ -54,6 +76,13 @@ async def readyz(request: AnyRequest) -> Response[bytes]:
     )
 
 
+@declare(
+    "Prometheus metrics of this process",
+    tag="probes",
+    responses={200: METRICS_TEXT},
+    response_media={200: "text/plain"},
+    dialect="plain",
+)
 @get("/metrics")
 async def metrics(request: AnyRequest) -> Response[bytes]:
     body, content_type = request.app.state.services.metrics.render()

@@ -366,6 +366,8 @@ class AccountService:
             if found is None:
                 raise TokenInvalid("user token unknown or revoked")
             row, user = found
+            if user.is_disabled:  # its tokens were revoked; one issued in a race is refused
+                raise TokenInvalid("user token revoked: the user is disabled")
             current = CurrentUser(
                 app_id=user.app_id,
                 user_id=user.id,
@@ -651,6 +653,10 @@ class AccountService:
         return await self.hasher.hash(password)
 
     async def _issue(self, session: AsyncSession, user: UserRow) -> IssuedToken:
+        """A new token for ``user``; 9026 when an operator disabled the user (every sign-in
+        and sign-up that finds an existing user ends here, after its own checks)."""
+        if user.is_disabled:
+            raise UserInvalid("the user is disabled")
         token, token_digest = new_token()
         now = self.clock.now()
         await UserTokenRepository(session).add(

@@ -3,12 +3,19 @@ products."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Final, Literal
 
+import msgspec
 from litestar import Request, Response, get, post, route
 
-from iotcloud.api.admin.views import product_credentials_view, product_view
+from iotcloud.api.admin.views import (
+    ProductCredentialsShape,
+    ProductShape,
+    product_credentials_view,
+    product_view,
+)
 from iotcloud.api.gizwits.wire import json_object, json_response
+from iotcloud.api.openapi.declare import OPERATOR_ERRORS, Decorator, declare
 from iotcloud.errors import FormInvalid
 from iotcloud.services.registry import Services
 
@@ -17,6 +24,32 @@ AnyRequest = Request[Any, Any, Any]
 MAX_DEFINITION_BYTES = 4 * 1024 * 1024
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
+
+
+Registration = Literal["open", "signed", "preprovisioned"]
+Flag = Annotated[str, msgspec.Meta(description="true or false (1/0, yes/no, on/off)")]
+
+
+class ImportQuery(msgspec.Struct):
+    product_secret: str | None = None
+    replace: Flag = ""
+    registration: Registration | None = None
+
+
+class RegistrationForm(msgspec.Struct, forbid_unknown_fields=True):
+    registration: Registration
+
+
+DEFINITION: Final = {
+    "type": "object",
+    "description": "A Gizwits datapoint JSON, or a Tencent data template (``profile.ProductId``)",
+}
+
+
+def _declare(summary: str, **kwargs: Any) -> Decorator:
+    return declare(
+        summary, tag="operator", security=("operator",), errors=OPERATOR_ERRORS, **kwargs
+    )
 
 
 def services(request: AnyRequest) -> Services:
@@ -32,6 +65,12 @@ def flag(request: AnyRequest, name: str) -> bool:
     raise FormInvalid(f"{name}: must be true or false")
 
 
+@_declare(
+    "Import a product definition",
+    query=ImportQuery,
+    body=DEFINITION,
+    responses={201: ProductCredentialsShape, 200: ProductCredentialsShape},
+)
 @post("/products", request_max_body_size=MAX_DEFINITION_BYTES)
 async def import_product(request: AnyRequest) -> Response[bytes]:
     """Body: a Gizwits datapoint JSON or a Tencent data template (keyed by its
@@ -52,6 +91,9 @@ async def import_product(request: AnyRequest) -> Response[bytes]:
     return json_response(product_credentials_view(creds), 201 if creds.created else 200)
 
 
+@_declare(
+    "Change a product's registration policy", body=RegistrationForm, responses={200: ProductShape}
+)
 @route("/products/{product_key:str}", http_method=["PATCH"])
 async def update_product(request: AnyRequest, product_key: str) -> Response[bytes]:
     """Body ``{"registration": "open" | "signed" | "preprovisioned"}``: the product as
@@ -67,6 +109,7 @@ async def update_product(request: AnyRequest, product_key: str) -> Response[byte
     return json_response(product_view(product))
 
 
+@_declare("List products", responses={200: list[ProductShape]})
 @get("/products")
 async def list_products(request: AnyRequest) -> Response[bytes]:
     """``[{"product_key", "name", "protocol_type", "created_at", "updated_at"}]``."""
@@ -74,6 +117,7 @@ async def list_products(request: AnyRequest) -> Response[bytes]:
     return json_response([product_view(product) for product in products])
 
 
+@_declare("A product with its data points", responses={200: ProductShape})
 @get("/products/{product_key:str}")
 async def show_product(request: AnyRequest, product_key: str) -> Response[bytes]:
     """The product with its secret and data points (9002 when unknown)."""

@@ -5,11 +5,96 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from iotcloud.codecs.datapoints import ProductDefinition
 from iotcloud.codecs.template import DataTemplate
 from iotcloud.domain.clock import iso_utc
 from iotcloud.services.devices import Device, DeviceCredentials, NamedDeviceCredentials
 from iotcloud.services.products import Product, ProductCredentials
+
+# -- the shapes, for the OpenAPI document (`iotcloud.api.openapi`) --------------------------
+
+
+class ProductCredentialsShape(msgspec.Struct):
+    product_key: str
+    product_secret: str
+
+
+class AttrShape(msgspec.Struct):
+    id: int
+    name: str
+    display_name: str
+    type: str
+    data_type: str
+
+
+class PropertyShape(msgspec.Struct):
+    id: str
+    name: str
+    type: str
+    mode: str
+
+
+class EventShape(msgspec.Struct):
+    id: str
+    name: str
+    type: str
+
+
+class ActionShape(msgspec.Struct):
+    id: str
+    name: str
+
+
+class ProductShape(msgspec.Struct):
+    """A product; shown alone, also its secret and data points (``attrs`` for a Gizwits
+    product, ``properties``/``events``/``actions`` for a data template)."""
+
+    product_key: str
+    name: str
+    protocol_type: str
+    registration: str
+    created_at: str | None
+    updated_at: str | None
+    product_secret: str | msgspec.UnsetType = msgspec.UNSET
+    attrs: list[AttrShape] | msgspec.UnsetType = msgspec.UNSET
+    properties: list[PropertyShape] | msgspec.UnsetType = msgspec.UNSET
+    events: list[EventShape] | msgspec.UnsetType = msgspec.UNSET
+    actions: list[ActionShape] | msgspec.UnsetType = msgspec.UNSET
+
+
+class DeviceCredentialsShape(msgspec.Struct):
+    did: str
+    passcode: str
+    mac: str
+
+
+class NamedDeviceCredentialsShape(msgspec.Struct):
+    did: str
+    device_name: str
+    psk: str
+
+
+class DeviceShape(msgspec.Struct):
+    did: str
+    product_key: str
+    name: str | None
+    mac: str
+    passcode: str
+    is_disabled: bool
+    is_online: bool
+    origin: str
+    owner_since: str | None
+    last_online_at: str | None
+    last_offline_at: str | None
+    mcu_soft_version: str | None
+    mcu_hard_version: str | None
+    wifi_soft_version: str | None
+    wifi_hard_version: str | None
+    created_at: str | None
+    updated_at: str | None
+    psk: str | msgspec.UnsetType = msgspec.UNSET
 
 
 def _time(instant: datetime | None) -> str | None:

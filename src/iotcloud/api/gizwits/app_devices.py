@@ -15,8 +15,9 @@ import msgspec
 from litestar import Request, Response, get
 
 from iotcloud.api.gizwits.accounts import current_user, services
-from iotcloud.api.gizwits.query import page_links, query_form
+from iotcloud.api.gizwits.query import Skip, page_links
 from iotcloud.api.gizwits.wire import json_response
+from iotcloud.api.openapi.declare import DEVICE_ERRORS, Decorator, declare, declared_query
 from iotcloud.config import Settings
 from iotcloud.services.bindings import BoundDevice
 from iotcloud.services.telemetry import FRAME_LOG_LIMIT_MAX, FrameLogEntry, FrameLogType
@@ -137,15 +138,49 @@ class RawDataQuery(_Query):
     type: FrameLogType
     start_time: UnixSeconds
     end_time: UnixSeconds
-    skip: Annotated[int, msgspec.Meta(ge=0)] = 0
+    skip: Skip = 0
     limit: Annotated[int, msgspec.Meta(ge=1, le=FRAME_LOG_LIMIT_MAX)] = 20
     sort: Literal["asc", "desc"] = "desc"
+
+
+class FrameLogMeta(msgspec.Struct):
+    did: str
+    type: FrameLogType
+    start_time: int
+    end_time: int
+    sort: Literal["asc", "desc"]
+    limit: int
+    skip: int
+    total: int
+    previous: str | None
+    next: str | None
+
+
+class FrameObject(msgspec.Struct):
+    type: str
+    """``app2dev``/``dev2app`` (``type=cmd``), ``dev_online``/``dev_offline``/``dev_refused``"""
+    timestamp: float
+    ip: str | None
+    payload_bin: str
+    reason: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class FrameLog(msgspec.Struct):
+    meta: FrameLogMeta
+    objects: list[FrameObject]
+
+
+def _declare(summary: str, **kwargs: Any) -> Decorator:
+    return declare(
+        summary, tag="gizwits devices", security=("app", "user"), errors=DEVICE_ERRORS, **kwargs
+    )
 
 
 def unix_seconds(value: int) -> datetime:
     return EPOCH + timedelta(seconds=value)
 
 
+@_declare("A bound device", responses={200: DeviceItem})
 @get("/app/devices/{did:str}")
 async def device(request: AnyRequest, did: str) -> Response[bytes]:
     """The ``DeviceItem`` of a device bound to the caller."""
@@ -155,23 +190,25 @@ async def device(request: AnyRequest, did: str) -> Response[bytes]:
     return json_response(device_item(bound, svc.settings))
 
 
+@_declare("A bound device by product and MAC", query=MacQuery, responses={200: DeviceItem})
 @get("/app/devices")
 async def device_by_mac(request: AnyRequest) -> Response[bytes]:
     """``?product_key=&mac=``: the ``DeviceItem`` of that device, if bound to the caller."""
     _, user = await current_user(request)
-    form = query_form(request, MacQuery)
+    form = declared_query(request, MacQuery)
     svc = services(request)
     bound = await svc.bindings.find_bound(user, form.product_key, form.mac)
     return json_response(device_item(bound, svc.settings))
 
 
+@_declare("The frame log", query=RawDataQuery, responses={200: FrameLog})
 @get("/app/devices/{did:str}/raw_data")
 async def raw_data(request: AnyRequest, did: str) -> Response[bytes]:
     """The frame log: ``type=cmd`` (``app2dev``/``dev2app`` frames) or ``type=online``
     (``dev_online``/``dev_offline``) between ``start_time`` and ``end_time`` (Unix seconds,
     both included)."""
     _, user = await current_user(request)
-    form = query_form(request, RawDataQuery)
+    form = declared_query(request, RawDataQuery)
     page = await services(request).telemetry.frame_log(
         user,
         did,

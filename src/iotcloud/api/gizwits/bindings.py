@@ -14,9 +14,16 @@ import msgspec
 from litestar import Request, Response, delete, get, post, put
 
 from iotcloud.api.gizwits.accounts import current_user, services
-from iotcloud.api.gizwits.app_devices import device_item
-from iotcloud.api.gizwits.query import query_form
-from iotcloud.api.gizwits.wire import convert, header, json_object, json_response
+from iotcloud.api.gizwits.app_devices import DeviceItem, device_item
+from iotcloud.api.gizwits.query import Skip
+from iotcloud.api.gizwits.wire import header, json_response
+from iotcloud.api.openapi.declare import (
+    DEVICE_ERRORS,
+    Decorator,
+    declare,
+    declared_body,
+    declared_query,
+)
 from iotcloud.errors import FormInvalid
 from iotcloud.services.bindings import (
     LIST_LIMIT_MAX,
@@ -77,7 +84,7 @@ Flag = Annotated[int, msgspec.Meta(ge=0, le=1)]
 
 class BindingsQuery(_Form):
     limit: Annotated[int, msgspec.Meta(ge=1, le=LIST_LIMIT_MAX)] = 20
-    skip: Annotated[int, msgspec.Meta(ge=0)] = 0
+    skip: Skip = 0
     show_disabled: Flag = 0
     show_proto_ver: Flag = 0
     lan_prot_ver: Flag = 0
@@ -89,6 +96,38 @@ class NoQuery(_Form):
 
 class RemoveQuery(_Form):
     uid: str
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+class Outcome(msgspec.Struct):
+    success: list[str]
+    failed: list[str]
+
+
+class ListedDevice(DeviceItem):
+    proto_ver: str | msgspec.UnsetType = msgspec.UNSET
+    lan_prot_ver: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class DeviceList(msgspec.Struct):
+    devices: list[ListedDevice]
+
+
+class DeviceUserView(msgspec.Struct):
+    uid: str
+    username: str | None
+    phone: str | None
+    email: str | None
+    role: str
+    created_at: str
+
+
+def _declare(summary: str, **kwargs: Any) -> Decorator:
+    return declare(
+        summary, tag="gizwits bindings", security=("app", "user"), errors=DEVICE_ERRORS, **kwargs
+    )
 
 
 def _outcome(outcome: BatchOutcome) -> Response[bytes]:
@@ -106,6 +145,15 @@ def _user_view(user: DeviceUser) -> dict[str, Any]:
     }
 
 
+@_declare(
+    "Bind a device by MAC (signed with the product secret)",
+    body=BindMacForm,
+    responses={201: DeviceItem},
+    headers={
+        TIMESTAMP: "Unix seconds, when the product requires a signed bind",
+        SIGNATURE: "md5(product_secret + timestamp), when the product requires a signed bind",
+    },
+)
 @post("/app/bind_mac", status_code=201)
 async def bind_mac(request: AnyRequest) -> Response[bytes]:
     """``{product_key, mac, remark?, dev_alias?}`` signed with the product secret -> 201 with
@@ -113,7 +161,7 @@ async def bind_mac(request: AnyRequest) -> Response[bytes]:
     _, user = await current_user(request)
     svc = services(request)
     timestamp, signature = header(request, TIMESTAMP), header(request, SIGNATURE)
-    form = convert(await json_object(request), BindMacForm)
+    form = await declared_body(request, BindMacForm)
     bound = await svc.bindings.bind_by_mac(
         user,
         form.product_key,
@@ -126,12 +174,13 @@ async def bind_mac(request: AnyRequest) -> Response[bytes]:
     return json_response(device_item(bound, svc.settings), 201)
 
 
+@_declare("Bind devices by passcode", body=BindForm, responses={200: Outcome})
 @post("/app/bindings", status_code=200)
 async def bind_devices(request: AnyRequest) -> Response[bytes]:
     """``{"devices": [{did, passcode, remark?, dev_alias?}, ...]}`` ->
     ``{"success": [did...], "failed": [did...]}``."""
     _, user = await current_user(request)
-    form = convert(await json_object(request), BindForm)
+    form = await declared_body(request, BindForm)
     outcome = await services(request).bindings.bind_by_passcode(
         user,
         [
@@ -147,22 +196,24 @@ async def bind_devices(request: AnyRequest) -> Response[bytes]:
     return _outcome(outcome)
 
 
+@_declare("Unbind devices", body=UnbindForm, responses={200: Outcome})
 @delete("/app/bindings", status_code=200)
 async def unbind_devices(request: AnyRequest) -> Response[bytes]:
     """``{"devices": [{did}, ...]}`` -> ``{"success": [did...], "failed": [did...]}``."""
     _, user = await current_user(request)
-    form = convert(await json_object(request), UnbindForm)
+    form = await declared_body(request, UnbindForm)
     outcome = await services(request).bindings.unbind_many(
         user, [item.did for item in form.devices]
     )
     return _outcome(outcome)
 
 
+@_declare("The caller's bound devices", query=BindingsQuery, responses={200: DeviceList})
 @get("/app/bindings")
 async def list_bindings(request: AnyRequest) -> Response[bytes]:
     """``?limit&skip&show_disabled&show_proto_ver&lan_prot_ver`` -> ``{"devices": [...]}``."""
     _, user = await current_user(request)
-    form = query_form(request, BindingsQuery)
+    form = declared_query(request, BindingsQuery)
     svc = services(request)
     devices = await svc.bindings.list_bound(
         user, limit=form.limit, skip=form.skip, show_disabled=bool(form.show_disabled)
@@ -178,11 +229,12 @@ async def list_bindings(request: AnyRequest) -> Response[bytes]:
     return json_response({"devices": items})
 
 
+@_declare("Rename a bound device", body=ChangeForm, responses={200: DeviceItem})
 @put("/app/bindings/{did:str}")
 async def change_binding(request: AnyRequest, did: str) -> Response[bytes]:
     """``{dev_alias?, remark?, dev_label?}`` -> the ``DeviceItem`` with the new names."""
     _, user = await current_user(request)
-    form = convert(await json_object(request), ChangeForm)
+    form = await declared_body(request, ChangeForm)
     svc = services(request)
     bound: BoundDevice = await svc.bindings.update(
         user,
@@ -194,22 +246,24 @@ async def change_binding(request: AnyRequest, did: str) -> Response[bytes]:
     return json_response(device_item(bound, svc.settings))
 
 
+@_declare("The users bound to a device", query=NoQuery, responses={200: list[DeviceUserView]})
 @get("/app/{did:str}/bindings")
 async def device_users(request: AnyRequest, did: str) -> Response[bytes]:
     """The users of the caller's app bound to ``did``, personal data masked:
     ``[{uid, username, phone, email, role, created_at}, ...]``."""
     _, user = await current_user(request)
-    query_form(request, NoQuery)
+    declared_query(request, NoQuery)
     users = await services(request).bindings.bound_users(user, did)
     return json_response([_user_view(entry) for entry in users])
 
 
+@_declare("The owner unbinds guests", query=RemoveQuery, responses={200: Outcome})
 @delete("/app/{did:str}/bindings", status_code=200)
 async def remove_device_users(request: AnyRequest, did: str) -> Response[bytes]:
     """``?uid=a[,b...]``: the owner unbinds guests -> ``{"success": [uid...],
     "failed": [uid...]}``."""
     _, user = await current_user(request)
-    form = query_form(request, RemoveQuery)
+    form = declared_query(request, RemoveQuery)
     uids = [part.strip() for part in form.uid.split(",")]
     if any(not uid for uid in uids):
         raise FormInvalid("uid: an empty uid in the list")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from litestar import Request, Response, get, route
 
 from iotcloud.api.gizwits.accounts import current_app, current_user, services
 from iotcloud.api.gizwits.app_devices import EPOCH, MAX_UNIX_SECONDS, UnixSeconds, unix_seconds
-from iotcloud.api.gizwits.query import page_links, query_form
+from iotcloud.api.gizwits.query import page_links
 from iotcloud.api.gizwits.wire import json_object, json_response
+from iotcloud.api.openapi.declare import DEVICE_ERRORS, Decorator, declare, declared_query
 from iotcloud.domain.clock import iso_utc
 from iotcloud.errors import FormInvalid
 from iotcloud.services.telemetry import HISTORY_LIMIT_MAX, Aggregator, BucketUnit
@@ -44,6 +45,71 @@ class AggregateQuery(_Query):
     unit: BucketUnit
 
 
+class Latest(msgspec.Struct):
+    did: str
+    updated_at: int
+    attr: dict[str, Any]
+
+
+class PageMeta(msgspec.Struct):
+    total: int
+    limit: int
+    skip: int
+    previous: str | None
+    next: str | None
+
+
+class Report(msgspec.Struct):
+    ts: int
+    attrs: dict[str, Any]
+
+
+class History(msgspec.Struct):
+    meta: PageMeta
+    objects: list[Report]
+
+
+class AggregateEcho(msgspec.Struct):
+    aggregator: Aggregator
+    start_ts: int
+    end_ts: int
+    attrs: str
+    unit: Literal["HOURS", "DAYS", "WEEKS", "MONTHS"]
+
+
+class Bucket(msgspec.Struct):
+    datatime: str
+    did: str
+    uid: str
+    product_key: str
+    attrs: dict[str, float | int | None]
+
+
+class Aggregates(msgspec.Struct):
+    query: AggregateEcho
+    data: list[Bucket]
+
+
+AGGREGATE_BODY: Final = {
+    "type": "object",
+    "description": "The query's fields in a JSON body instead (PUT only); each field in one place",
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "integer"},
+            {"type": "array", "items": {"type": "string"}},
+        ]
+    },
+}
+
+
+def _declare(summary: str, security: tuple[str, ...] = ("app", "user"), **kwargs: Any) -> Decorator:
+    return declare(
+        summary, tag="gizwits device data", security=security, errors=DEVICE_ERRORS, **kwargs
+    )
+
+
+@_declare("The latest values", ("app",), responses={200: Latest})
 @get("/app/devdata/{did:str}/latest")
 async def latest(request: AnyRequest, did: str) -> Response[bytes]:
     """Needs only ``X-Gizwits-Application-Id`` (as the Open API's swagger says): anyone who
@@ -68,6 +134,7 @@ async def latest(request: AnyRequest, did: str) -> Response[bytes]:
     return json_response({"did": state.did, "updated_at": updated, "attr": attrs})
 
 
+@_declare("Reported history", query=HistoryQuery, responses={200: History})
 @get("/app/devdata/{did:str}")
 async def history(request: AnyRequest, did: str) -> Response[bytes]:
     """The device's reports: ``?start_ts&end_ts`` (Unix seconds, both included, either may be
@@ -79,7 +146,7 @@ async def history(request: AnyRequest, did: str) -> Response[bytes]:
     ``{"meta": {total, limit, skip, previous, next}, "objects": [{"ts", "attrs"}]}``.
     """
     _, user = await current_user(request)
-    form = query_form(request, HistoryQuery)
+    form = declared_query(request, HistoryQuery)
     page = await services(request).telemetry.history(
         user,
         did,
@@ -107,6 +174,13 @@ async def history(request: AnyRequest, did: str) -> Response[bytes]:
     )
 
 
+@_declare(
+    "Aggregates per time bucket",
+    query=AggregateQuery,
+    body=AGGREGATE_BODY,
+    body_required=False,
+    responses={200: Aggregates},
+)
 @route("/app/devdata/{did:str}/agg_data", http_method=["GET", "PUT"])
 async def aggregate(request: AnyRequest, did: str) -> Response[bytes]:
     """``?start_ts&end_ts`` (Unix milliseconds, both included) ``&attrs=a,b``
@@ -119,7 +193,7 @@ async def aggregate(request: AnyRequest, did: str) -> Response[bytes]:
     """
     _, user = await current_user(request)
     body = await json_object(request, allow_empty=True) if request.method == "PUT" else None
-    form = query_form(request, AggregateQuery, body)
+    form = declared_query(request, AggregateQuery, body)
     attrs = [name.strip() for name in form.attrs.split(",")]
     if not all(attrs):
         raise FormInvalid("attrs: an empty name in the list")

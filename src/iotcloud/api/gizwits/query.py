@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
@@ -20,6 +20,10 @@ from iotcloud.api.gizwits.wire import describe_validation_error
 from iotcloud.errors import FormInvalid
 
 T = TypeVar("T")
+
+SKIP_MAX: Final = 2**31 - 1
+"""The largest ``skip`` of a page (the databases' offsets are bounded)."""
+Skip = Annotated[int, msgspec.Meta(ge=0, le=SKIP_MAX)]
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
 _Shape = tuple[str, bool, tuple[str, ...]]
@@ -34,6 +38,8 @@ def query_form(
     params: dict[str, str] = {}
     seen: set[str] = set()
     for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise FormInvalid(f"{name.replace(chr(0), '')}: must not contain a NUL character")
         if name in seen:
             raise FormInvalid(f"{name}: given more than once")
         seen.add(name)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import html
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
 
+from iotcloud.api.openapi.declare import declare
 from iotcloud.errors import IotCloudError
 from iotcloud.services.password_reset import RESET_PATH
 from iotcloud.services.registry import Services
@@ -24,6 +26,16 @@ _STYLE = (
     "input{display:block;width:100%;padding:.5rem;margin:.3rem 0 1rem;box-sizing:border-box}"
     "button{padding:.6rem 1.2rem}.error{color:#b00020}"
 )
+
+
+class NewPasswordForm(msgspec.Struct):
+    new_pwd: str
+    confirm: str
+
+
+HTML = {"type": "string", "contentMediaType": "text/html"}
+_PAGES = {200: HTML, 400: HTML}
+_MEDIA = {200: "text/html", 400: "text/html"}
 
 
 def _page(title: str, body: str, status: int = 200) -> Response[str]:
@@ -51,6 +63,13 @@ def _services(request: Request[Any, Any, Any]) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
+@declare(
+    "The password-reset page of a mailed link",
+    tag="gizwits users",
+    responses=_PAGES,
+    response_media=_MEDIA,
+    errors=(503,),
+)
 @get(RESET_PATH + "/{token:str}")
 async def reset_form(request: Request[Any, Any, Any], token: str) -> Response[str]:
     try:
@@ -60,6 +79,15 @@ async def reset_form(request: Request[Any, Any, Any], token: str) -> Response[st
     return _page("Choose a new password", _form(email))
 
 
+@declare(
+    "Set the new password from the reset page",
+    tag="gizwits users",
+    body=NewPasswordForm,
+    body_media="application/x-www-form-urlencoded",
+    responses=_PAGES,
+    response_media=_MEDIA,
+    errors=(503,),
+)
 @post(RESET_PATH + "/{token:str}", status_code=200)
 async def reset_submit(request: Request[Any, Any, Any], token: str) -> Response[str]:
     resets = _services(request).password_reset

@@ -10,14 +10,22 @@ seed shows them: ``YYYY-MM-DDTHH:MM:SS`` in UTC.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, delete, get, post, put
 
 from iotcloud.api.gizwits.accounts import current_user, services
-from iotcloud.api.gizwits.query import query_form
-from iotcloud.api.gizwits.wire import convert, json_object, json_response
+from iotcloud.api.gizwits.query import Skip
+from iotcloud.api.gizwits.wire import json_response
+from iotcloud.api.openapi.declare import (
+    DEVICE_ERRORS,
+    Decorator,
+    Empty,
+    declare,
+    declared_body,
+    declared_query,
+)
 from iotcloud.domain.schedules import MonthDays as MonthDaysRule
 from iotcloud.domain.schedules import (
     Once,
@@ -88,22 +96,98 @@ class DeviceSchedulerForm(_Form):
 
 class PageQuery(_Form):
     limit: Annotated[int, msgspec.Meta(ge=1, le=LIST_LIMIT_MAX)] = 20
-    skip: Annotated[int, msgspec.Meta(ge=0)] = 0
+    skip: Skip = 0
 
 
 class NoQuery(_Form):
     pass
 
 
+# -- answers ---------------------------------------------------------------------------------
+
+Stamp = str | None
+"""``YYYY-MM-DDTHH:MM:SS`` in UTC, or null."""
+
+
+class Created(msgspec.Struct):
+    id: str
+
+
+class TaskView(msgspec.Struct):
+    did: str
+    product_key: str
+    attrs: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    raw: list[int] | msgspec.UnsetType = msgspec.UNSET
+
+
+class SchedulerView(msgspec.Struct):
+    id: str
+    created_at: Stamp
+    date: str | None
+    time: str
+    repeat: str
+    task: list[TaskView]
+    retry_count: int
+    retry_task: str
+
+
+class DeviceSchedulerView(msgspec.Struct):
+    id: str
+    created_at: Stamp
+    date: str | None
+    time: str
+    repeat: str
+    days: list[int]
+    start_date: str | None
+    end_date: str | None
+    enabled: bool
+    remark: str
+    retry_count: int
+    retry_task: str
+    attrs: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    raw: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class LogView(msgspec.Struct):
+    datetime: Stamp
+    status: Literal["succeed", "failed"] | None
+    detail: dict[str, bool]
+    result: Literal["succeed", "failed", "missed"] | msgspec.UnsetType = msgspec.UNSET
+    note: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class AttemptView(msgspec.Struct):
+    at: Stamp
+    detail: dict[str, bool] | None
+    interrupted: bool
+
+
+class RunView(msgspec.Struct):
+    datetime: Stamp
+    status: Literal["running", "succeed", "failed", "missed"]
+    detail: dict[str, bool]
+    note: str | None
+    started_at: Stamp
+    finished_at: Stamp
+    attempts: list[AttemptView]
+
+
+def _declare(summary: str, **kwargs: Any) -> Decorator:
+    return declare(
+        summary, tag="gizwits schedules", security=("app", "user"), errors=DEVICE_ERRORS, **kwargs
+    )
+
+
 # -- /app/scheduler --------------------------------------------------------------------------
 
 
+@_declare("Create a schedule", body=SchedulerForm, responses={201: Created})
 @post("/app/scheduler", status_code=201)
 async def create_schedule(request: AnyRequest) -> Response[bytes]:
     """``{date, time, repeat, task: [{did, product_key, attrs|raw}], retry_count, retry_task}``
     -> 201 ``{"id"}``."""
     _, user = await current_user(request)
-    form = convert(await json_object(request), SchedulerForm)
+    form = await declared_body(request, SchedulerForm)
     try:
         timing = parse_gizwits_scheduler(date=form.date, time=form.time, repeat=form.repeat)
     except ScheduleInvalid as exc:
@@ -119,33 +203,36 @@ async def create_schedule(request: AnyRequest) -> Response[bytes]:
     return json_response({"id": schedule_id}, 201)
 
 
+@_declare("List schedules", query=PageQuery, responses={200: list[SchedulerView]})
 @get("/app/scheduler")
 async def list_schedules(request: AnyRequest) -> Response[bytes]:
     """``?limit&skip`` -> the caller's ``/app/scheduler`` schedules, oldest first."""
     _, user = await current_user(request)
-    page = query_form(request, PageQuery)
+    page = declared_query(request, PageQuery)
     schedules = await services(request).scheduler.list(
         user, limit=page.limit, skip=page.skip, dialect="gizwits", device=NO_DEVICE
     )
     return json_response([_scheduler_view(schedule) for schedule in schedules])
 
 
+@_declare("Delete a schedule", query=NoQuery, responses={200: Empty})
 @delete("/app/scheduler/{schedule_id:str}", status_code=200)
 async def delete_schedule(request: AnyRequest, schedule_id: str) -> Response[bytes]:
     """Delete one of the caller's Gizwits schedules and its run log -> ``{}``; 9030 otherwise."""
     _, user = await current_user(request)
-    query_form(request, NoQuery)
+    declared_query(request, NoQuery)
     await services(request).scheduler.delete(user, schedule_id, dialect="gizwits")
     return json_response({})
 
 
+@_declare("The latest finished run", query=NoQuery, responses={200: LogView})
 @get("/app/scheduler/{schedule_id:str}/logs")
 async def latest_log(request: AnyRequest, schedule_id: str) -> Response[bytes]:
     """The latest finished run: ``{"datetime", "status": "succeed"|"failed", "detail": {did:
     bool}}`` plus ``result`` (``succeed``, ``failed`` or ``missed``) and ``note``. Before the
     first run has finished: ``{"datetime": null, "status": null, "detail": {}}``."""
     _, user = await current_user(request)
-    query_form(request, NoQuery)
+    declared_query(request, NoQuery)
     # the newest run may still be in flight; the log shows the newest one with an outcome
     runs = await services(request).scheduler.runs(user, schedule_id, limit=2, dialect="gizwits")
     finished = next((run for run in runs if run.status != "running"), None)
@@ -154,6 +241,7 @@ async def latest_log(request: AnyRequest, schedule_id: str) -> Response[bytes]:
     return json_response(_log_view(finished))
 
 
+@_declare("Run history with attempts", query=PageQuery, responses={200: list[RunView]})
 @get("/app/scheduler/{schedule_id:str}/runs")
 async def run_history(request: AnyRequest, schedule_id: str) -> Response[bytes]:
     """``?limit&skip`` -> every run, latest occurrence first, with each attempt (an iotcloud
@@ -161,7 +249,7 @@ async def run_history(request: AnyRequest, schedule_id: str) -> Response[bytes]:
     detail, interrupted}]}]`` with ``status`` ``running``, ``succeed``, ``failed`` or
     ``missed``."""
     _, user = await current_user(request)
-    page = query_form(request, PageQuery)
+    page = declared_query(request, PageQuery)
     runs = await services(request).scheduler.runs(
         user, schedule_id, limit=page.limit, skip=page.skip, dialect="gizwits"
     )
@@ -171,11 +259,12 @@ async def run_history(request: AnyRequest, schedule_id: str) -> Response[bytes]:
 # -- /app/devices/{did}/scheduler ------------------------------------------------------------
 
 
+@_declare("List a device's schedules", query=PageQuery, responses={200: list[DeviceSchedulerView]})
 @get("/app/devices/{did:str}/scheduler")
 async def list_device_schedules(request: AnyRequest, did: str) -> Response[bytes]:
     """``?limit&skip`` -> the caller's schedules of the bound device ``did``, oldest first."""
     _, user = await current_user(request)
-    page = query_form(request, PageQuery)
+    page = declared_query(request, PageQuery)
     svc = services(request)
     await svc.bindings.require_bound(user, did)
     schedules = await svc.scheduler.list(
@@ -184,11 +273,17 @@ async def list_device_schedules(request: AnyRequest, did: str) -> Response[bytes
     return json_response([_device_view(schedule) for schedule in schedules])
 
 
+@_declare(
+    "Create a device schedule",
+    query=NoQuery,
+    body=DeviceSchedulerForm,
+    responses={201: Created},
+)
 @post("/app/devices/{did:str}/scheduler", status_code=201)
 async def create_device_schedule(request: AnyRequest, did: str) -> Response[bytes]:
     """A ``DeviceSchedulerForm`` -> 201 ``{"id"}``."""
     _, user = await current_user(request)
-    query_form(request, NoQuery)
+    declared_query(request, NoQuery)
     svc = services(request)
     device = await svc.bindings.require_bound(user, did)
     spec = await _device_spec(request, device)
@@ -196,6 +291,12 @@ async def create_device_schedule(request: AnyRequest, did: str) -> Response[byte
     return json_response({"id": schedule_id}, 201)
 
 
+@_declare(
+    "Replace a device schedule",
+    query=NoQuery,
+    body=DeviceSchedulerForm,
+    responses={200: DeviceSchedulerView},
+)
 @put("/app/devices/{did:str}/scheduler/{schedule_id:str}")
 async def replace_device_schedule(
     request: AnyRequest, did: str, schedule_id: str
@@ -203,7 +304,7 @@ async def replace_device_schedule(
     """A whole ``DeviceSchedulerForm`` replaces the schedule -> the schedule as stored.
     ``enabled`` left out keeps the current state."""
     _, user = await current_user(request)
-    query_form(request, NoQuery)
+    declared_query(request, NoQuery)
     svc = services(request)
     device = await svc.bindings.require_bound(user, did)
     scheduler = svc.scheduler
@@ -213,6 +314,7 @@ async def replace_device_schedule(
     return json_response(_device_view(changed))
 
 
+@_declare("Delete a device schedule", query=NoQuery, responses={200: Empty})
 @delete("/app/devices/{did:str}/scheduler/{schedule_id:str}", status_code=200)
 async def delete_device_schedule(
     request: AnyRequest, did: str, schedule_id: str
@@ -220,7 +322,7 @@ async def delete_device_schedule(
     """Delete the device's schedule and its run log -> ``{}``; 9014/9017 unless ``did`` is
     bound to the caller, 9030 for an id that is not one of its schedules."""
     _, user = await current_user(request)
-    query_form(request, NoQuery)
+    declared_query(request, NoQuery)
     svc = services(request)
     await svc.bindings.require_bound(user, did)
     await svc.scheduler.delete(user, schedule_id, device=did, dialect="gizwits")
@@ -242,7 +344,7 @@ def _task(index: int, item: TaskForm) -> Task:
 
 async def _device_spec(request: AnyRequest, device: BoundDevice) -> ScheduleSpec:
     """The spec of a ``DeviceSchedulerForm`` body for ``device`` (bound to the caller)."""
-    form = convert(await json_object(request), DeviceSchedulerForm)
+    form = await declared_body(request, DeviceSchedulerForm)
     try:
         timing = parse_gizwits_device_scheduler(
             time=form.time,

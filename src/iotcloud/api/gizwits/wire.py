@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -62,7 +62,31 @@ async def json_object(
         raise FormInvalid(f"body: {exc}") from exc
     if not isinstance(value, dict):
         raise FormInvalid("body: must be a JSON object")
+    if NUL_ESCAPE in body:
+        refuse_nul(value)
     return value
+
+
+NUL_ESCAPE: Final = b"\\u0000"
+"""How a NUL character appears in JSON text (a raw one is not JSON)."""
+
+
+def refuse_nul(value: Any, path: str = "") -> None:
+    """``FormInvalid`` naming the first string of a decoded JSON value (key or value) that holds
+    a NUL character: text columns cannot store one (PostgreSQL refuses it), so it is refused at
+    the edge, on every database alike."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise FormInvalid(f"{path or 'body'}: must not contain a NUL character")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            where = f"{path}.{name}" if path else str(name)
+            if "\x00" in name:
+                raise FormInvalid(f"{path or 'body'}: a key must not contain a NUL character")
+            refuse_nul(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            refuse_nul(item, f"{path or 'body'}[{index}]")
 
 
 async def form_fields(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -77,7 +101,7 @@ async def form_fields(request: Request[Any, Any, Any]) -> dict[str, str]:
         for name, value in data.items():
             if not isinstance(value, str):
                 raise FormInvalid(f"{name}: must be a string")
-        return dict(data)
+        return dict(data)  # NUL characters were refused by json_object
     body = await request.body()
     try:
         text = body.decode("utf-8")
@@ -86,6 +110,8 @@ async def form_fields(request: Request[Any, Any, Any]) -> dict[str, str]:
     fields: dict[str, str] = {}
     # lenient on purpose: firmware may send a trailing '&'; a missing field is named later
     for name, value in parse_qsl(text.strip(), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            raise FormInvalid(f"{name.replace(chr(0), '')}: must not contain a NUL character")
         fields.setdefault(name, value)
     return fields
 

@@ -25,7 +25,14 @@ from typing import Any, Final
 
 from litestar import Request, Response, post
 
+from iotcloud.api.openapi.declare import declare
 from iotcloud.api.tencent.errors import answer, read_call
+from iotcloud.api.tencent.params import (
+    APPAPI_PARAMS,
+    DeclaredParams,
+    SignedCommon,
+    success_schema,
+)
 from iotcloud.api.tencent.signing import signature_matches, within_window
 from iotcloud.api.tencent.users import HOME_COUNTRY_CODE
 from iotcloud.api.tencent.wire import (
@@ -250,6 +257,15 @@ ACTIONS: Final[Mapping[str, SignedAction]] = {
 # -- endpoint --------------------------------------------------------------------------------
 
 
+@declare(
+    "Tencent app API for signing up and in, signed by the app (Action in the body)",
+    tag="tencent",
+    dialect="tencent",
+    body=SignedCommon,
+    actions=APPAPI_PARAMS,
+    responses={200: success_schema()},
+    errors=(413,),
+)
 @post("/appapi", status_code=200)
 async def appapi(request: AnyRequest) -> Response[bytes]:
     """Check the signed call, then dispatch its ``Action``; the result becomes ``Response``
@@ -257,7 +273,8 @@ async def appapi(request: AnyRequest) -> Response[bytes]:
     params, request_id, action = await read_call(request, ACTIONS, "appapi")
     services: Services = request.app.state.services
     app = await _signed_app(services, params)
-    content = await action(SignedCall(services, app, params))
+    declared = DeclaredParams(params, APPAPI_PARAMS[params["Action"]], SignedCommon)
+    content = await action(SignedCall(services, app, declared))
     return answer(request, request_id, content)
 
 

@@ -14,9 +14,16 @@ from typing import Any, Final
 
 from litestar import Request, Response, Router, post
 
+from iotcloud.api.openapi.declare import declare
 from iotcloud.api.tencent import appapi, devices, families, timers, users
 from iotcloud.api.tencent.actions import Action, Call
 from iotcloud.api.tencent.errors import PATH_PREFIX, answer, read_call
+from iotcloud.api.tencent.params import (
+    TOKENAPI_PARAMS,
+    DeclaredParams,
+    TokenCommon,
+    success_schema,
+)
 from iotcloud.errors import TokenExpired, TokenInvalid
 from iotcloud.services.registry import Services
 
@@ -32,6 +39,15 @@ ACTIONS: Final[Mapping[str, Action]] = {
 }
 
 
+@declare(
+    "Tencent app API for signed-in users (Action in the body)",
+    tag="tencent",
+    dialect="tencent",
+    body=TokenCommon,
+    actions=TOKENAPI_PARAMS,
+    responses={200: success_schema()},
+    errors=(413,),
+)
 @post("/tokenapi", status_code=200)
 async def tokenapi(request: AnyRequest) -> Response[bytes]:
     """Dispatch the body's ``Action``; its result becomes ``Response`` with ``RequestId``."""
@@ -46,7 +62,8 @@ async def tokenapi(request: AnyRequest) -> Response[bytes]:
         raise TokenExpired(f"AccessToken: {exc.detail or exc.message}") from exc
     except TokenInvalid as exc:
         raise TokenInvalid(f"AccessToken: {exc.detail or exc.message}") from exc
-    content = await action(Call(services, user, params))
+    declared = DeclaredParams(params, TOKENAPI_PARAMS[params["Action"]], TokenCommon)
+    content = await action(Call(services, user, declared))
     return answer(request, request_id, content)
 
 

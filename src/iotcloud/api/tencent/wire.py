@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, get_args
 import msgspec
 from litestar import Response
 
+from iotcloud.api.gizwits.wire import NUL_ESCAPE, refuse_nul
 from iotcloud.codecs.jsonlimits import JsonRejected, decode_json
 from iotcloud.domain.accounts import FieldInvalid
 from iotcloud.errors import (
@@ -248,6 +249,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise JsonInvalid(f"body: {exc}") from exc
     if not isinstance(value, dict):
         raise FormInvalid("body: must be a JSON object")
+    if NUL_ESCAPE in body:
+        refuse_nul(value)
     return value
 
 
@@ -312,6 +315,7 @@ def json_object_param(
         raise JsonInvalid(f"{name}: {exc}") from exc
     if not isinstance(decoded, dict):
         raise FormInvalid(f"{name}: must hold a JSON object")
+    refuse_nul(decoded, name)
     if not decoded and not allow_empty:
         raise FormInvalid(f"{name}: must not be an empty object")
     return decoded
