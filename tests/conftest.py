@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,28 @@ from tests.pg import PostgresServer
 from tests.server import RunningServer, serving
 
 BACKENDS = ["sqlite", "postgres"]
+#: What a run leaves for people to look at (console screenshots, the fuzz case counts).
+TEST_OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
+_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name what this run left under ``test-output/`` (written by any worker process)."""
+    fresh = sorted(
+        path
+        for path in TEST_OUTPUT.rglob("*")
+        if path.is_file() and path.stat().st_mtime >= _STARTED
+    )
+    if not fresh:
+        return
+    terminalreporter.section("test output")
+    for path in fresh:
+        if path.suffix == ".txt":
+            terminalreporter.write_line(f"{path}: {path.read_text().strip()}")
+    shots = [path for path in fresh if path.suffix == ".png"]
+    if shots:
+        terminalreporter.write_line(f"{len(shots)} console screenshots in {shots[0].parent}:")
+        terminalreporter.write_line("  " + " ".join(path.name for path in shots))
 
 
 @pytest.fixture(scope="session")

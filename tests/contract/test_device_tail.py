@@ -15,7 +15,7 @@ from iotcloud.codecs import Frame, P0Codec, encode_frame, parse_product_definiti
 from iotcloud.codecs.frame import CMD_ACK_SN, CMD_CONTROL_SN, CMD_REPORT
 from iotcloud.domain.clock import FrozenClock
 from iotcloud.errors import DeviceNotFound
-from iotcloud.services.device_tail import DeviceTail, tail_event_view
+from iotcloud.services.device_tail import PAGE, DeviceTail, tail_event_view
 from iotcloud.services.registry import Services
 from iotcloud.storage.devices import DeviceRepository
 from iotcloud.storage.telemetry import FrameEvent, TelemetryRepository, ThingEvent
@@ -120,3 +120,23 @@ async def test_since_shows_what_was_stored_before(scene: Scene, services: Servic
 async def test_an_unknown_device_is_refused(services: Services, clock: FrozenClock) -> None:
     with pytest.raises(DeviceNotFound):
         await DeviceTail(services.database, clock, "no-such-device").start()
+
+
+async def test_more_than_a_page_within_the_overlap_is_all_shown(
+    scene: Scene, services: Services
+) -> None:
+    tail = DeviceTail(services.database, scene.clock, scene.did)
+    await tail.start()
+    scene.clock.advance(1)
+    frames = [
+        FrameEvent(scene.device_id, scene.clock.now(), "dev_online", None, f"burst {n}")
+        for n in range(PAGE + 250)  # one instant: only the id tells them apart
+    ]
+    async with services.database.session() as session:
+        await TelemetryRepository(session).log_frames(frames)
+    shown = await tail.poll()
+    assert len(shown) == PAGE + 250
+    scene.clock.advance(1)
+    await scene.log("dev_offline")
+    later = await tail.poll()
+    assert [event.kind for event in later] == ["offline"]

@@ -34,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.accounts import sign_up
+from tests.conftest import TEST_OUTPUT
 from tests.server import ADMIN_TOKEN, RunningServer, serving
 
 pytestmark = pytest.mark.timeout(900)
@@ -167,8 +168,14 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     counts, failures, operations = fuzz(server, seed)
     elapsed = time.monotonic() - started
     total = sum(counts.values())
+    summary = f"{total} cases over {len(counts)} operations in {elapsed:.0f} s"
     with capsys.disabled():
-        print(f"\nschemathesis: {total} cases over {len(counts)} operations in {elapsed:.0f} s")
+        print(f"\nschemathesis: {summary}")
+    backend = "postgres" if server.database_url.startswith("postgresql") else "sqlite"
+    TEST_OUTPUT.mkdir(exist_ok=True)
+    (TEST_OUTPUT / f"schemathesis-{backend}.txt").write_text(
+        f"{summary}, {len(failures)} failures\n"
+    )
     assert not failures, "\n\n".join(failures[:30])
     assert total >= MIN_CASES
     assert len(counts) == operations

@@ -40,6 +40,8 @@ __all__ = ["DeviceTail", "TailEvent", "tail_event_view"]
 
 OVERLAP: Final = timedelta(seconds=10)
 PAGE: Final = 1000
+MAX_PAGES: Final = 50
+"""At most this many pages a poll; the rest comes with the next poll."""
 
 _STATUS: Final = frozenset(
     {Action.REPORT, Action.READ_REPLY, Action.VAR_REPORT, Action.VAR_READ_REPLY}
@@ -109,10 +111,25 @@ class DeviceTail:
         """What was stored since the last poll (from the start instant on the first), oldest
         first; each row is returned once."""
         since = max(self._start, self._floor - OVERLAP)
+        frames: list[DeviceEventRow] = []
+        events: list[DeviceThingEventRow] = []
         async with self.db.session() as session:
             traffic = DeviceTrafficRepository(session)
-            frames = await traffic.frames_since(self._device_id, since, PAGE)
-            events = await traffic.thing_events_since(self._device_id, since, PAGE)
+            # page on (at, id) so that more than a page of rows in the overlap cannot stall
+            cursor = (since, 0)
+            for _ in range(MAX_PAGES):
+                page = await traffic.frames_since(self._device_id, cursor[0], PAGE, cursor[1])
+                frames.extend(page)
+                if len(page) < PAGE:
+                    break
+                cursor = (page[-1].at, page[-1].id)
+            cursor = (since, 0)
+            for _ in range(MAX_PAGES):
+                got = await traffic.thing_events_since(self._device_id, cursor[0], PAGE, cursor[1])
+                events.extend(got)
+                if len(got) < PAGE:
+                    break
+                cursor = (got[-1].at, got[-1].id)
         found: list[tuple[datetime, int, TailEvent]] = []
         for row in frames:
             if row.id not in self._seen_frames:
