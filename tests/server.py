@@ -46,7 +46,7 @@ class RunningServer:
         """The database URL the server runs on (its data directory's SQLite file by default)."""
         return Settings.load(self.env).resolved_database_url
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(

@@ -339,6 +339,12 @@ def test_a_reported_value_changes_live_on_the_device_page(
         )
         browser.find("svg.chart[data-dp='Temperature']")
         browser.wait(
+            lambda: browser.driver.find_elements(
+                By.CSS_SELECTOR, "svg.chart[data-dp='Temperature'] polyline"
+            ),
+            "the Temperature chart to draw the reports, without a reload",
+        )
+        browser.wait(
             lambda: (
                 "Nothing logged" not in browser.text("table#frames tbody")
                 and browser.text("table#frames tbody")
