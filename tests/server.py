@@ -66,7 +66,9 @@ class RunningServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"iotcloud serve did not answer:\n{self.log()}")
+        self.process.kill()  # never leave a server behind that no test will stop
+        self.process.wait()
+        raise RuntimeError(f"iotcloud serve did not answer within {timeout:.0f} s:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.process is not None

@@ -78,6 +78,7 @@ async def session_count(server: RunningServer) -> int:
 # -- signing in ----------------------------------------------------------------------------------
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 async def test_the_operator_token_signs_in_with_a_strict_http_only_cookie(
     server: RunningServer,
 ) -> None:
@@ -110,6 +111,7 @@ async def test_the_operator_token_signs_in_with_a_strict_http_only_cookie(
         assert (await client.get("/console/login")).status_code == 303
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 async def test_a_wrong_or_missing_token_is_refused_next_to_the_field(
     server: RunningServer,
 ) -> None:
@@ -236,6 +238,7 @@ DATA = [
 ]
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 @pytest.mark.parametrize(("method", "path"), PAGES)
 async def test_pages_send_a_browser_without_a_session_to_sign_in(
     server: RunningServer, method: str, path: str
@@ -248,6 +251,7 @@ async def test_pages_send_a_browser_without_a_session_to_sign_in(
         assert reply.headers["location"] == "/console/login"
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 @pytest.mark.parametrize(("method", "path"), DATA)
 async def test_data_routes_answer_401_without_a_session(
     server: RunningServer, method: str, path: str
@@ -261,6 +265,7 @@ async def test_data_routes_answer_401_without_a_session(
 # -- CSRF and Origin -----------------------------------------------------------------------------
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 async def test_state_changing_requests_need_the_sessions_csrf_token(
     server: RunningServer, console: tuple[httpx.AsyncClient, str]
 ) -> None:
@@ -374,6 +379,7 @@ async def test_a_data_template_is_imported_by_upload(
     assert 'name="power_switch"' in device.text  # the command form takes its properties
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -398,6 +404,7 @@ async def test_a_product_upload_that_is_not_a_definition_is_refused_with_a_messa
     assert message in error
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 async def test_a_product_upload_over_the_limit_is_refused(
     console: tuple[httpx.AsyncClient, str],
 ) -> None:
@@ -412,6 +419,7 @@ async def test_a_product_upload_over_the_limit_is_refused(
     assert "larger than 4 MiB" in reply.text
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 async def test_a_product_upload_without_a_file_is_refused(
     console: tuple[httpx.AsyncClient, str],
 ) -> None:
@@ -471,6 +479,7 @@ async def test_a_created_device_shows_its_passcode_only_on_the_result_page(
     assert passcode.group(1) not in again.text
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 @pytest.mark.parametrize(
     ("form", "field"),
     [
@@ -531,6 +540,7 @@ async def test_a_csv_import_creates_devices_and_reports_bad_lines(
     assert [failure["line"] for failure in body["failed"]] == [10]
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 @pytest.mark.parametrize(
     ("content", "product", "field"),
     [
@@ -559,6 +569,7 @@ async def test_a_csv_upload_that_is_not_text_is_refused(
         assert "product_key" in reply.text.split('id="import-result"', 1)[1]
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 async def test_a_csv_upload_over_the_limit_is_refused(
     console: tuple[httpx.AsyncClient, str], pet_house: Product
 ) -> None:
@@ -573,6 +584,7 @@ async def test_a_csv_upload_over_the_limit_is_refused(
     assert "larger than 4 MiB" in reply.text
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -785,6 +797,7 @@ async def test_the_schedules_pages_answer(console: tuple[httpx.AsyncClient, str]
     assert (await client.get("/console/schedules/no-such-schedule")).status_code == 404
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 async def test_static_assets_ship_in_the_package(server: RunningServer) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
         css = await client.get("/console/static/console.css")
@@ -797,6 +810,7 @@ async def test_static_assets_ship_in_the_package(server: RunningServer) -> None:
         assert (await client.get("/console/static/nothing.js")).status_code == 404
 
 
+@pytest.mark.backend("sqlite")  # the HTTP edge; the data it reads is tested on both
 @pytest.mark.parametrize(
     "path",
     [

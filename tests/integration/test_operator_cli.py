@@ -31,6 +31,10 @@ from tests.server import IOTCLOUD, RunningServer, run_cli
 
 EVERY_DAY = "mon,tue,wed,thu,fri,sat,sun"
 
+# The commands' queries run on both databases in tests/contract/test_{user,schedule}_admin.py and
+# test_device_tail.py; here, what an operator sees at the terminal, on one.
+pytestmark = pytest.mark.backend("sqlite")
+
 
 @pytest.fixture(scope="module")
 def pet_house(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Product:
