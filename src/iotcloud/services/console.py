@@ -43,6 +43,7 @@ from iotcloud.errors import (
 )
 from iotcloud.gateway.service import SendResult
 from iotcloud.services.control import ControlService, encode_template_control
+from iotcloud.services.credentials import digest
 from iotcloud.services.devices import (
     DeviceImportRow,
     DeviceService,
@@ -96,10 +97,6 @@ class ConsoleSession:
 def csrf_token(session_token: str) -> str:
     """The CSRF token tied to a session."""
     return hmac.new(session_token.encode(), b"iotcloud-console-csrf", hashlib.sha256).hexdigest()
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -246,7 +243,7 @@ class ConsoleService:
             await repo.purge(now, now - SESSION_IDLE)
             await repo.add(
                 ConsoleSessionRow(
-                    digest=_digest(raw),
+                    digest=digest(raw),
                     created_at=now,
                     expires_at=expires,
                     last_seen_at=now,
@@ -264,7 +261,7 @@ class ConsoleService:
         now = self.clock.now()
         async with self.db.session() as session:
             repo = ConsoleSessionRepository(session)
-            row = await repo.by_digest(_digest(token))
+            row = await repo.by_digest(digest(token))
             if row is None:
                 return None
             if row.expires_at <= now or row.last_seen_at + SESSION_IDLE <= now:
@@ -276,7 +273,7 @@ class ConsoleService:
 
     async def sign_out(self, token: str) -> None:
         async with self.db.session() as session:
-            await ConsoleSessionRepository(session).delete(_digest(token))
+            await ConsoleSessionRepository(session).delete(digest(token))
 
     # -- overview ------------------------------------------------------------------------------
 

@@ -19,11 +19,11 @@ as hex, never dropped.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from iotcloud.codecs import DATA_TEMPLATE_PROTOCOL, parse_product_definition
 from iotcloud.codecs.errors import CodecError
@@ -40,6 +40,7 @@ __all__ = ["DeviceTail", "TailEvent", "tail_event_view"]
 
 OVERLAP: Final = timedelta(seconds=10)
 PAGE: Final = 1000
+RowT = TypeVar("RowT", DeviceEventRow, DeviceThingEventRow)
 MAX_PAGES: Final = 50
 """At most this many pages a poll; the rest comes with the next poll."""
 
@@ -111,25 +112,10 @@ class DeviceTail:
         """What was stored since the last poll (from the start instant on the first), oldest
         first; each row is returned once."""
         since = max(self._start, self._floor - OVERLAP)
-        frames: list[DeviceEventRow] = []
-        events: list[DeviceThingEventRow] = []
         async with self.db.session() as session:
             traffic = DeviceTrafficRepository(session)
-            # page on (at, id) so that more than a page of rows in the overlap cannot stall
-            cursor = (since, 0)
-            for _ in range(MAX_PAGES):
-                page = await traffic.frames_since(self._device_id, cursor[0], PAGE, cursor[1])
-                frames.extend(page)
-                if len(page) < PAGE:
-                    break
-                cursor = (page[-1].at, page[-1].id)
-            cursor = (since, 0)
-            for _ in range(MAX_PAGES):
-                got = await traffic.thing_events_since(self._device_id, cursor[0], PAGE, cursor[1])
-                events.extend(got)
-                if len(got) < PAGE:
-                    break
-                cursor = (got[-1].at, got[-1].id)
+            frames = await _pages(traffic.frames_since, self._device_id, since)
+            events = await _pages(traffic.thing_events_since, self._device_id, since)
         found: list[tuple[datetime, int, TailEvent]] = []
         for row in frames:
             if row.id not in self._seen_frames:
@@ -198,6 +184,24 @@ def _thing_message(at: datetime, direction: str, payload: bytes) -> TailEvent:
         action = message.get("actionId")
         return TailEvent(at, "command", direction, values, f"action {action}")
     return TailEvent(at, "message", direction, values, method or None)
+
+
+async def _pages(
+    fetch: Callable[[int, datetime, int, int], Awaitable[Sequence[RowT]]],
+    device_id: int,
+    since: datetime,
+) -> list[RowT]:
+    """Every row after ``since``, page by page on (at, id), so that more than a page of rows
+    in the overlap cannot stall the tail (at most `MAX_PAGES` a poll; the rest comes next)."""
+    rows: list[RowT] = []
+    cursor = (since, 0)
+    for _ in range(MAX_PAGES):
+        page = await fetch(device_id, cursor[0], PAGE, cursor[1])
+        rows.extend(page)
+        if len(page) < PAGE:
+            break
+        cursor = (page[-1].at, page[-1].id)
+    return rows
 
 
 def _thing_event(row: DeviceThingEventRow) -> TailEvent:
